@@ -1,0 +1,240 @@
+"""ROS message <-> numpy / m3_core conversions, without cv_bridge (not installable here).
+
+Images: rgb8, bgr8, mono8, 16UC1, 32FC1 (and rgba8/bgra8 -> RGB), honouring `step` (row padding)
+and `is_bigendian`. Poses: ROS quaternions are (x, y, z, w); matrices are `<parent>_from_<child>`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import Pose, PoseStamped, TransformStamped
+from nav_msgs.msg import Odometry
+from sensor_msgs.msg import CameraInfo, Image
+from tf2_msgs.msg import TFMessage
+
+from m3_core.geometry.camera import PinholeCamera
+from m3_core.geometry.se3 import matrix_from_pose as core_matrix_from_pose
+from m3_core.geometry.se3 import pose_from_matrix
+from m3_core.geometry.transform_buffer import TransformBuffer
+
+# encoding -> (numpy dtype, channels)
+ENCODINGS: dict[str, tuple[np.dtype, int]] = {
+    "rgb8": (np.dtype(np.uint8), 3),
+    "bgr8": (np.dtype(np.uint8), 3),
+    "rgba8": (np.dtype(np.uint8), 4),
+    "bgra8": (np.dtype(np.uint8), 4),
+    "mono8": (np.dtype(np.uint8), 1),
+    "8UC1": (np.dtype(np.uint8), 1),
+    "16UC1": (np.dtype(np.uint16), 1),
+    "mono16": (np.dtype(np.uint16), 1),
+    "32FC1": (np.dtype(np.float32), 1),
+}
+
+
+# -- time --------------------------------------------------------------------------------------
+
+
+def stamp_ns_from_msg(stamp: Time) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def time_msg_from_ns(stamp_ns: int) -> Time:
+    return Time(sec=int(stamp_ns // 1_000_000_000), nanosec=int(stamp_ns % 1_000_000_000))
+
+
+# -- images ------------------------------------------------------------------------------------
+
+
+def image_from_msg(msg: Image, want: str | None = None) -> np.ndarray:
+    """Pixels of a sensor_msgs/Image as numpy.
+
+    Color encodings come back as RGB uint8 [H,W,3]; mono8 [H,W] uint8; 16UC1 [H,W] uint16;
+    32FC1 [H,W] float32. `want` ("color" or "depth") checks the kind and explains a mix-up.
+    """
+    enc = msg.encoding
+    if enc not in ENCODINGS:
+        raise ValueError(
+            f"unsupported image encoding {enc!r}; supported: {sorted(ENCODINGS)} "
+            "(compressed or bayer images need a decoder/debayer node first)"
+        )
+    is_color = enc in ("rgb8", "bgr8", "rgba8", "bgra8")
+    if want == "depth" and enc not in ("16UC1", "mono16", "32FC1"):
+        raise ValueError(
+            f"depth must be 16UC1 or 32FC1, got {enc}; is the depth topic remapped to the color stream?"
+        )
+    if want == "color" and not is_color and enc not in ("mono8", "8UC1"):
+        raise ValueError(
+            f"color image must be rgb8/bgr8/mono8, got {enc}; is the color topic remapped to depth?"
+        )
+    dtype, channels = ENCODINGS[enc]
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    row_bytes = w * channels * dtype.itemsize
+    if h == 0 or w == 0:
+        raise ValueError(f"empty image ({w}x{h})")
+    if step < row_bytes:
+        raise ValueError(
+            f"image step {step} is smaller than width*channels*bytes = {row_bytes} ({enc} {w}x{h})"
+        )
+    data = np.frombuffer(bytes(msg.data) if not isinstance(msg.data, bytes) else msg.data, dtype=np.uint8)
+    if data.size < step * h:
+        raise ValueError(
+            f"image data has {data.size} bytes, expected step*height = {step * h} ({enc} {w}x{h})"
+        )
+    rows = data[: step * h].reshape(h, step)[:, :row_bytes]
+    order = ">" if msg.is_bigendian else "<"
+    arr = np.ascontiguousarray(rows).view(dtype.newbyteorder(order) if dtype.itemsize > 1 else dtype)
+    arr = arr.reshape(h, w, channels) if channels > 1 else arr.reshape(h, w)
+    if dtype.itemsize > 1:
+        arr = arr.astype(dtype.newbyteorder("="), copy=False)
+    if enc in ("bgr8", "bgra8"):
+        arr = arr[..., 2::-1]
+    elif enc == "rgba8":
+        arr = arr[..., :3]
+    return np.ascontiguousarray(arr)
+
+
+def msg_from_image(array: np.ndarray, encoding: str, stamp_ns: int = 0, frame_id: str = "") -> Image:
+    """A sensor_msgs/Image from numpy; the array layout must match the encoding (RGB order for rgb8)."""
+    if encoding not in ENCODINGS:
+        raise ValueError(f"unsupported image encoding {encoding!r}; supported: {sorted(ENCODINGS)}")
+    dtype, channels = ENCODINGS[encoding]
+    arr = np.asarray(array)
+    expected_ndim = 3 if channels > 1 else 2
+    if arr.ndim != expected_ndim or (channels > 1 and arr.shape[2] != channels):
+        raise ValueError(
+            f"{encoding} needs an array [H,W{',' + str(channels) if channels > 1 else ''}], got {arr.shape}"
+        )
+    if arr.dtype != dtype:
+        raise ValueError(f"{encoding} needs dtype {dtype}, got {arr.dtype}")
+    if encoding in ("bgr8", "bgra8"):
+        arr = np.concatenate([arr[..., 2::-1], arr[..., 3:]], axis=2) if channels == 4 else arr[..., ::-1]
+    arr = np.ascontiguousarray(arr.astype(dtype.newbyteorder("<"), copy=False))
+    msg = Image()
+    msg.header.stamp = time_msg_from_ns(stamp_ns)
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = int(arr.shape[0]), int(arr.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = 0
+    msg.step = int(arr.shape[1] * channels * dtype.itemsize)
+    msg.data = arr.tobytes()
+    return msg
+
+
+def depth_m_from_msg(msg: Image, depth_scale_m: float = 0.001) -> np.ndarray:
+    """Metric depth [H,W] float32 from 16UC1 (units of depth_scale_m) or 32FC1 (metres); invalid -> 0."""
+    raw = image_from_msg(msg, want="depth")
+    if raw.dtype == np.uint16:
+        return raw.astype(np.float32) * np.float32(depth_scale_m)
+    depth = raw.astype(np.float32)
+    depth[~np.isfinite(depth) | (depth < 0)] = 0.0
+    return depth
+
+
+# -- camera info -------------------------------------------------------------------------------
+
+
+def camera_from_info_msg(msg: CameraInfo) -> PinholeCamera:
+    """Pinhole intrinsics from CameraInfo (K; the image must be rectified or distortion-free)."""
+    if msg.width == 0 or msg.height == 0:
+        raise ValueError("CameraInfo has zero width/height; is the camera driver configured?")
+    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+    if K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise ValueError(f"CameraInfo K has non-positive focal lengths: {K[0, 0]}, {K[1, 1]}")
+    return PinholeCamera.from_matrix(K, int(msg.width), int(msg.height))
+
+
+def info_msg_from_camera(camera: PinholeCamera, stamp_ns: int = 0, frame_id: str = "") -> CameraInfo:
+    msg = CameraInfo()
+    msg.header.stamp = time_msg_from_ns(stamp_ns)
+    msg.header.frame_id = frame_id
+    msg.width, msg.height = int(camera.width), int(camera.height)
+    msg.distortion_model = "plumb_bob"
+    msg.d = [0.0] * 5
+    msg.k = camera.K.reshape(-1).tolist()
+    msg.r = np.eye(3).reshape(-1).tolist()
+    P = np.zeros((3, 4))
+    P[:3, :3] = camera.K
+    msg.p = P.reshape(-1).tolist()
+    return msg
+
+
+# -- poses and transforms ----------------------------------------------------------------------
+
+
+def matrix_from_pose_msg(pose: Pose | PoseStamped) -> np.ndarray:
+    """4x4 `<header frame>_from_<pose's frame>` from a Pose or PoseStamped."""
+    if isinstance(pose, PoseStamped):
+        pose = pose.pose
+    p, q = pose.position, pose.orientation
+    return core_matrix_from_pose(np.array([p.x, p.y, p.z]), np.array([q.x, q.y, q.z, q.w]))
+
+
+def pose_from_matrix_msg(T: np.ndarray) -> Pose:
+    """geometry_msgs/Pose of a 4x4 transform."""
+    position, quat = pose_from_matrix(T)
+    pose = Pose()
+    pose.position.x, pose.position.y, pose.position.z = (float(v) for v in position)
+    pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = (float(v) for v in quat)
+    return pose
+
+
+def pose_msg_from_matrix(T: np.ndarray, stamp_ns: int = 0, frame_id: str = "") -> PoseStamped:
+    """PoseStamped of `frame_id_from_X` (the pose of X in frame_id)."""
+    msg = PoseStamped()
+    msg.header.stamp = time_msg_from_ns(stamp_ns)
+    msg.header.frame_id = frame_id
+    msg.pose = pose_from_matrix_msg(T)
+    return msg
+
+
+def matrix_from_transform_msg(msg: TransformStamped) -> np.ndarray:
+    """4x4 `header.frame_id _from_ child_frame_id`."""
+    t, q = msg.transform.translation, msg.transform.rotation
+    return core_matrix_from_pose(np.array([t.x, t.y, t.z]), np.array([q.x, q.y, q.z, q.w]))
+
+
+def transform_msg_from_matrix(T: np.ndarray, parent: str, child: str, stamp_ns: int = 0) -> TransformStamped:
+    """TransformStamped carrying `parent_from_child`."""
+    position, quat = pose_from_matrix(T)
+    msg = TransformStamped()
+    msg.header.stamp = time_msg_from_ns(stamp_ns)
+    msg.header.frame_id = parent
+    msg.child_frame_id = child
+    tr = msg.transform.translation
+    tr.x, tr.y, tr.z = (float(v) for v in position)
+    ro = msg.transform.rotation
+    ro.x, ro.y, ro.z, ro.w = (float(v) for v in quat)
+    return msg
+
+
+def matrix_from_odometry_msg(msg: Odometry) -> tuple[np.ndarray, str, str, int]:
+    """(parent_from_child, parent frame, child frame, stamp_ns) of an Odometry's pose."""
+    return (
+        matrix_from_pose_msg(msg.pose.pose),
+        msg.header.frame_id,
+        msg.child_frame_id,
+        stamp_ns_from_msg(msg.header.stamp),
+    )
+
+
+def odometry_msg_from_matrix(T: np.ndarray, parent: str, child: str, stamp_ns: int = 0) -> Odometry:
+    msg = Odometry()
+    msg.header.stamp = time_msg_from_ns(stamp_ns)
+    msg.header.frame_id = parent
+    msg.child_frame_id = child
+    msg.pose.pose = pose_from_matrix_msg(T)
+    return msg
+
+
+def feed_buffer_from_tf_msg(buffer: TransformBuffer, msg: TFMessage, static: bool) -> int:
+    """Insert every transform of a tf2_msgs/TFMessage into a m3_core TransformBuffer; returns how many."""
+    for tf in msg.transforms:
+        buffer.set_transform(
+            tf.header.frame_id,
+            tf.child_frame_id,
+            matrix_from_transform_msg(tf),
+            stamp_ns_from_msg(tf.header.stamp),
+            static=static,
+        )
+    return len(msg.transforms)
