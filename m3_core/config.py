@@ -27,9 +27,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(
-            f"unknown key(s) {unknown} in {where or cls.__name__}; valid keys: {sorted(fields)}"
-        )
+        raise ValueError(f"unknown key(s) {unknown} in {where or cls.__name__}; valid keys: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
