@@ -1,0 +1,179 @@
+"""Gaussian memory attention: rendered principal queries -> foundation-model features.
+
+Paper: R_hat = Softmax(Q W_m PSC^T) PSC, with Q [P, l] rendered queries, W_m [l, d] the memory
+projection and PSC [T, d] the principal scene components of one model (memory_bank).
+
+Computed as Q (PSC W_m^T)^T: the keys K = PSC W_m^T [T, l] are formed once per call, so the
+logits cost P*T*l instead of P*T*d (GPU_FACTS.md). Two similarities, both found in the M3 code:
+- "dot": logits = Q W_m PSC^T (the paper's formula);
+- "cosine": logits = cos(Q W_m, PSC) / temperature (the M3 code, temperature 0.05). |Q W_m| comes
+  from the Gram matrix W_m W_m^T [l, l], so the [P, d] product is never formed.
+W_m is fixed (as the M3 code effectively has it: random init, not optimised) or learned.
+
+Full images are chunked over pixels (an unchunked [P, T] logit matrix is 2*P*T bytes in bf16:
+61 GB at 640x480 and T = 50k); with gradients each chunk is checkpointed, so the backward pass
+recomputes one chunk's softmax instead of keeping all of them. On CUDA the matmuls run in bf16.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+SIMILARITIES = ("cosine", "dot")
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """How the memory attention reads the PSC bank."""
+
+    similarity: str = "cosine"
+    """"cosine" (M3 code: cosine / temperature) or "dot" (the paper's plain Q W_m PSC^T)."""
+    temperature: float = 0.05
+    """Softmax temperature of the cosine similarity (ignored for "dot")."""
+    learn_w_m: bool = False
+    """Optimise W_m; False keeps the random projection fixed, as the M3 code does."""
+    chunk_size: int = 32768
+    """Pixels per chunk for full images (bounds the [chunk, T] logit matrix)."""
+    checkpoint: bool = True
+    """Recompute each chunk in backward instead of storing its softmax (full images only)."""
+    bf16_on_cuda: bool = True
+    """Run the matmuls in bfloat16 on CUDA (float32 on CPU always)."""
+
+    def __post_init__(self) -> None:
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+
+
+def attention_logits(
+    queries: torch.Tensor,  # [P, l]
+    psc: torch.Tensor,  # [T, d]
+    w_m: torch.Tensor,  # [l, d]
+    similarity: str = "cosine",
+    temperature: float = 0.05,
+) -> torch.Tensor:  # [P, T]
+    """Logits of the memory attention, via the [T, l] keys PSC W_m^T."""
+    if similarity == "dot":
+        return queries @ (psc @ w_m.T).T
+    psc_unit = psc / psc.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    keys = psc_unit @ w_m.T  # [T, l]
+    gram = w_m @ w_m.T  # [l, l]
+    proj_norm = ((queries @ gram) * queries).sum(dim=1).clamp_min(1e-12).sqrt()  # |q W_m|
+    return (queries @ keys.T) / (proj_norm[:, None] * temperature)
+
+
+def memory_attention(
+    queries: torch.Tensor,  # [P, l]
+    psc: torch.Tensor,  # [T, d]
+    w_m: torch.Tensor,  # [l, d]
+    similarity: str = "cosine",
+    temperature: float = 0.05,
+) -> torch.Tensor:  # [P, d]
+    """Softmax(logits) PSC for one chunk of queries (no chunking, no dtype changes)."""
+    logits = attention_logits(queries, psc, w_m, similarity, temperature)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()  # softmax of bf16 logits at temperature 0.05 is too coarse
+    return torch.softmax(logits, dim=1).to(psc.dtype) @ psc
+
+
+def memory_attention_reference(
+    queries: torch.Tensor, psc: torch.Tensor, w_m: torch.Tensor, similarity: str, temperature: float
+) -> torch.Tensor:
+    """The paper's formula written out with the [P, d] product (for tests)."""
+    projected = queries @ w_m  # [P, d]
+    if similarity == "dot":
+        logits = projected @ psc.T
+    else:
+        logits = nn.functional.cosine_similarity(projected[:, None], psc[None], dim=2) / temperature
+    return torch.softmax(logits, dim=1) @ psc
+
+
+class MemoryAttention(nn.Module):
+    """One model's memory: PSC bank (buffer) + W_m; maps rendered queries to features."""
+
+    def __init__(
+        self,
+        psc: torch.Tensor,  # [T, d] raw principal scene components
+        query_dim: int,
+        config: AttentionConfig | None = None,
+        w_m: torch.Tensor | None = None,  # [l, d]; random (seeded) when None
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.config = config or AttentionConfig()
+        if psc.ndim != 2 or psc.shape[0] == 0:
+            raise ValueError(f"psc must be a non-empty [T, d] tensor, got shape {tuple(psc.shape)}")
+        self.register_buffer("psc", psc.detach().float().clone())
+        if w_m is None:
+            gen = torch.Generator().manual_seed(seed)
+            w_m = torch.randn(query_dim, psc.shape[1], generator=gen) / query_dim**0.5
+        if tuple(w_m.shape) != (query_dim, psc.shape[1]):
+            raise ValueError(f"w_m must be [{query_dim}, {psc.shape[1]}], got {tuple(w_m.shape)}")
+        self.w_m = nn.Parameter(
+            w_m.detach().float().clone().to(psc.device), requires_grad=self.config.learn_w_m
+        )
+
+    @property
+    def query_dim(self) -> int:
+        return self.w_m.shape[0]
+
+    @property
+    def feature_dim(self) -> int:
+        return self.psc.shape[1]
+
+    def _chunk(self, queries: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        use_bf16 = cfg.bf16_on_cuda and queries.is_cuda
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+            out = memory_attention(queries, self.psc, self.w_m, cfg.similarity, cfg.temperature)
+        return out.float()
+
+    def forward(self, queries: torch.Tensor) -> torch.Tensor:  # [..., l] -> [..., d]
+        if queries.shape[-1] != self.query_dim:
+            raise ValueError(f"queries have {queries.shape[-1]} dims, this memory expects {self.query_dim}")
+        lead = queries.shape[:-1]
+        flat = queries.reshape(-1, self.query_dim).float()
+        step = self.config.chunk_size
+        if flat.shape[0] <= step:
+            out = self._chunk(flat)
+        else:
+            grad = torch.is_grad_enabled() and (flat.requires_grad or self.w_m.requires_grad)
+            parts = []
+            for s in range(0, flat.shape[0], step):
+                q = flat[s : s + step]
+                if grad and self.config.checkpoint:
+                    parts.append(checkpoint(self._chunk, q, use_reentrant=False))
+                else:
+                    parts.append(self._chunk(q))
+            out = torch.cat(parts)
+        return out.reshape(*lead, self.feature_dim)
+
+
+class LinearDecoder(nn.Module):
+    """Distillation baseline head (F-3DGS style): rendered latent [.., L] -> feature [.., d]."""
+
+    def __init__(self, latent_dim: int, feature_dim: int, seed: int = 0) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.linear = nn.Linear(latent_dim, feature_dim)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.randn(feature_dim, latent_dim, generator=gen) / latent_dim**0.5)
+            self.linear.bias.zero_()
+
+    @property
+    def query_dim(self) -> int:
+        return self.linear.in_features
+
+    @property
+    def feature_dim(self) -> int:
+        return self.linear.out_features
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.linear(latents.float())
