@@ -72,7 +72,7 @@ done
 
 build_interfaces() {  # <source dir> <build dir> [cmake args...]
   local src="$1" build="$2"; shift 2
-  log "generating ROS interfaces: $(basename "$src") (rosidl)"
+  log "generating ROS interfaces: $(sed -n "s:.*<name>\(.*\)</name>.*:\1:p" "$src/package.xml" | head -n1) (rosidl)"
   rm -rf "$build"
   AMENT_PREFIX_PATH="$venv" CMAKE_PREFIX_PATH="$venv" PATH="$venv/bin:$PATH" \
     cmake -S "$src" -B "$build" -DCMAKE_INSTALL_PREFIX="$venv" -DBUILD_TESTING=OFF \
