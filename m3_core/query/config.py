@@ -1,0 +1,84 @@
+"""Configuration of a text query: relevance, mask, 3D target, grasp pose, 3D (Gaussian) query.
+
+One frozen dataclass; the node maps its ROS parameters onto it, the CLI its flags, YAML goes
+through m3_core.config.from_dict. Defaults are calibrated on the built-in scene (BENCHMARKS.md,
+"Query") with the language-mask model; CLIP-like models use the same relevance scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CANONICAL_NEGATIVES: tuple[str, ...] = ("object", "things", "stuff", "texture")
+
+
+@dataclass(frozen=True)
+class QueryConfig:
+    """How a text becomes a grasp target."""
+
+    negatives: tuple[str, ...] = CANONICAL_NEGATIVES
+    """Canonical phrases the query competes against (LERF pairwise softmax); () = plain cosine."""
+    temperature: float = 0.1
+    """Softmax temperature on cosine similarities (LERF uses 0.1, i.e. a factor of 10)."""
+    relevance_threshold: float = 0.6
+    """Pixels (or Gaussians) with relevance at or above this are candidates; the floor under Otsu."""
+    min_similarity: float = 0.4
+    """The best cosine similarity in the target region must reach this, else "not found"."""
+    threshold_mode: str = "fixed"
+    """"fixed" (relevance_threshold) or "otsu" (Otsu on the relevance map, never below the floor)."""
+    min_alpha: float = 0.5
+    """Rendered pixels with opacity below this are background: relevance 0 there."""
+    min_area_px: int = 12
+    """A mask smaller than this (at the render resolution) counts as not found."""
+    morph_kernel_px: int = 3
+    """Opening + closing kernel (ellipse) that removes speckle and fills pinholes; 0 = none."""
+    edge_erode_px: int = 1
+    """Erode the mask this much before back-projection: edge pixels mix object and background depth."""
+    outlier_mad: float = 3.0
+    """Points farther from the median than median + k * 1.4826 * MAD (of the distances) are outliers."""
+    extent_percentile: float = 2.0
+    """Extent = the (p, 100 - p) percentile range of the inlier points per axis."""
+    surface_to_centre: float = 0.8
+    """The view sees the front surface: move the centre along the viewing ray by this factor times
+    the object's half width across the ray (a sphere's median visible pixel is 0.707 r in front of
+    its centre, and its (2, 98) percentile half width is 0.895 r: 0.79); 0 = off."""
+    max_points: int = 20000
+    """Back-project at most about this many depth pixels (strided)."""
+    grasp_mode: str = "top_down"
+    """"top_down" (approach along -up of the world) or "view_ray" (along the camera's viewing ray)."""
+    world_up: tuple[float, float, float] = (0.0, 0.0, 1.0)
+    """The world frame's up axis (REP 103 odom: +z)."""
+    render_width: int = 0
+    """Render the memory at this width (0 = the camera's own size); height keeps the aspect if 0."""
+    render_height: int = 0
+    """Render height (0 = from render_width and the camera's aspect ratio)."""
+    max_text_chars: int = 200
+    """Longer queries are refused (text encoders truncate silently; a paragraph is not an object)."""
+    cluster_radius_m: float = 0.02
+    """3D query: Gaussians closer than this belong to one cluster."""
+    min_cluster_gaussians: int = 5
+    """3D query: smaller clusters are ignored."""
+    min_opacity: float = 0.1
+    """3D query: Gaussians more transparent than this are ignored."""
+
+    def __post_init__(self) -> None:
+        if self.threshold_mode not in ("fixed", "otsu"):
+            raise ValueError(f"threshold_mode must be 'fixed' or 'otsu', got {self.threshold_mode!r}")
+        if self.grasp_mode not in ("top_down", "view_ray"):
+            raise ValueError(f"grasp_mode must be 'top_down' or 'view_ray', got {self.grasp_mode!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.relevance_threshold <= 1.0:
+            raise ValueError(f"relevance_threshold must be in [0, 1], got {self.relevance_threshold}")
+        if not -1.0 <= self.min_similarity <= 1.0:
+            raise ValueError(f"min_similarity is a cosine in [-1, 1], got {self.min_similarity}")
+        if self.render_width < 0 or self.render_height < 0:
+            raise ValueError(f"render size must be >= 0, got {self.render_width}x{self.render_height}")
+        if any(not isinstance(n, str) or not n.strip() for n in self.negatives):
+            raise ValueError(f"negatives must be non-empty strings, got {self.negatives!r}")
+        if len(self.world_up) != 3:
+            raise ValueError(f"world_up must be 3 numbers, got {self.world_up!r}")
+        if not 0.0 <= self.extent_percentile < 50.0:
+            raise ValueError(f"extent_percentile must be in [0, 50), got {self.extent_percentile}")
+        if self.max_text_chars < 1 or self.max_points < 1:
+            raise ValueError("max_text_chars and max_points must be >= 1")
