@@ -1,0 +1,137 @@
+"""`m3 colmap-align SCENE RECON`: Sim(3) from a COLMAP reconstruction to the robot world frame.
+
+The paper's COLMAP_0 T_c0 step. Images are matched by file name between the scene (robot poses from
+the pose chain) and the reconstruction (e.g. pycolmap SfM on scene/images); the camera centres give
+robot_from_colmap by robust Umeyama (RANSAC over 3-point fits, refit on inliers). Residuals are
+reported per camera (centre distance in metres, orientation difference in degrees) and the
+reconstruction can be rewritten in robot coordinates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from m3_core.capture.keyframes import rotation_angle_deg
+from m3_core.errors import M3Error
+from m3_core.geometry.sim3 import Sim3, umeyama_sim3_robust
+from m3_core.scene import load_scene, read_colmap_poses
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """robot_from_colmap and how well each matched camera fits it."""
+
+    robot_from_colmap: Sim3
+    names: list[str]
+    inliers: np.ndarray  # [N] bool
+    centre_residuals_m: np.ndarray  # [N] |robot centre - aligned COLMAP centre|
+    rotation_residuals_deg: np.ndarray  # [N] angle between robot and aligned COLMAP orientation
+
+    def summary(self) -> str:
+        s = self.robot_from_colmap
+        angle = np.degrees(np.linalg.norm(_rotvec(s.rotation)))
+        inl = self.inliers
+        r, a = self.centre_residuals_m[inl], self.rotation_residuals_deg[inl]
+        lines = [
+            f"robot_from_colmap: scale {s.scale:.6f}, rotation {angle:.3f} deg, translation "
+            f"[{', '.join(f'{v:.4f}' for v in s.translation)}] m",
+            f"cameras matched {len(self.names)}, inliers {int(inl.sum())}, outliers {int((~inl).sum())}",
+            f"inlier centre residual: rms {np.sqrt(np.mean(r**2)):.4f} m, median {np.median(r):.4f} m, "
+            f"max {r.max():.4f} m; orientation: median {np.median(a):.3f} deg, max {a.max():.3f} deg",
+        ]
+        outliers = [
+            f"{n} ({d:.3f} m)" for n, d, ok in zip(self.names, self.centre_residuals_m, inl) if not ok
+        ]
+        if outliers:
+            lines.append("outliers: " + ", ".join(outliers[:20]) + (" ..." if len(outliers) > 20 else ""))
+        return "\n".join(lines)
+
+
+def _rotvec(R: np.ndarray) -> np.ndarray:
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.from_matrix(R).as_rotvec()
+
+
+def align_camera_poses(
+    colmap_poses: dict[str, np.ndarray],
+    robot_poses: dict[str, np.ndarray],
+    inlier_threshold_m: float = 0.05,
+    iterations: int = 1000,
+    seed: int = 0,
+) -> Alignment:
+    """Estimate robot_from_colmap from world_from_camera poses of the same images in both frames.
+
+    colmap_poses, robot_poses: {image name: world_from_camera [4,4]} (COLMAP's and the robot's world).
+    inlier_threshold_m: a camera whose aligned centre is farther than this from the robot's is an outlier.
+    """
+    names = sorted(set(colmap_poses) & set(robot_poses))
+    if len(names) < 3:
+        raise ValueError(
+            f"only {len(names)} image names are common to the reconstruction and the scene (need >= 3); "
+            "was the reconstruction made from the scene's images/ with their file names?"
+        )
+    src = np.stack([colmap_poses[n][:3, 3] for n in names])
+    dst = np.stack([robot_poses[n][:3, 3] for n in names])
+    sim3, inliers = umeyama_sim3_robust(src, dst, inlier_threshold_m, iterations=iterations, seed=seed)
+    centre_res = np.linalg.norm(sim3.apply(src) - dst, axis=1)
+    rot_res = np.array(
+        [rotation_angle_deg(sim3.apply_to_pose(colmap_poses[n]), robot_poses[n]) for n in names]
+    )
+    return Alignment(sim3, names, inliers, centre_res, rot_res)
+
+
+def write_aligned_reconstruction(recon_dir: Path, out_dir: Path, robot_from_colmap: Sim3) -> None:
+    """Copy a COLMAP model to out_dir with every image and point mapped into robot coordinates."""
+    import pycolmap
+
+    rec = pycolmap.Reconstruction(str(recon_dir))
+    s = robot_from_colmap
+    rec.transform(pycolmap.Sim3d(s.scale, pycolmap.Rotation3d(s.rotation), s.translation.reshape(3, 1)))
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        rec.write_binary(str(tmp))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("scene", type=Path, help="scene directory with robot poses (scene.json + sparse/0)")
+    parser.add_argument(
+        "recon", type=Path, help="COLMAP model directory (cameras/images/points3D .bin or .txt)"
+    )
+    parser.add_argument("--threshold", type=float, default=0.05, help="inlier distance of camera centres, m")
+    parser.add_argument("--iterations", type=int, default=1000, help="RANSAC iterations")
+    parser.add_argument(
+        "--write", type=Path, default=None, help="write the reconstruction in robot coordinates"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        scene = load_scene(args.scene)
+        colmap = {name: pose for name, (_cam, pose) in read_colmap_poses(args.recon).items()}
+        robot = {Path(f.image_path).name: f.world_from_camera for f in scene.frames}
+        alignment = align_camera_poses(colmap, robot, args.threshold, args.iterations)
+    except (ValueError, OSError, M3Error) as err:
+        print(f"m3 colmap-align: {err}")
+        return 2
+    print(alignment.summary())
+    print("robot_from_colmap (4x4, scaled rotation):")
+    print(np.array2string(alignment.robot_from_colmap.matrix(), precision=6, suppress_small=True))
+    if args.write is not None:
+        write_aligned_reconstruction(args.recon, args.write, alignment.robot_from_colmap)
+        print(f"wrote the reconstruction in robot coordinates to {args.write}")
+    return 0

@@ -1,0 +1,335 @@
+"""CaptureSession: the one implementation of capture, shared by the live node and bag2scene.
+
+Inputs, in any interleaving: color and depth images (raw arrays + encoding), camera intrinsics,
+transforms (static and stamped). A paired frame waits in a small queue until the transform buffer
+holds every dynamic edge of world <- camera up to `stamp + tf_wait` (so the pose is interpolated
+between real samples, identically online and offline), or until a wall-clock timeout (live only),
+then is decided: pose lookup, keyframe gate, blur and depth checks, write. Nothing here raises on bad
+input: it is counted by reason and logged, and the session keeps going.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from m3_core.capture.images import ImageEncodingError, depth_mm_from_array, rgb_from_array
+from m3_core.capture.keyframes import KeyframeConfig, KeyframeSelector, sharpness, valid_depth_fraction
+from m3_core.capture.pairing import Pair, StampPairer
+from m3_core.capture.writer import SceneWriteError, SceneWriter
+from m3_core.errors import TransformError
+from m3_core.geometry.camera import PinholeCamera
+from m3_core.geometry.transform_buffer import TransformBuffer
+
+log = logging.getLogger(__name__)
+
+DROP_REASONS = (
+    "bad_encoding",
+    "size_mismatch",
+    "unpaired",
+    "no_camera_info",
+    "no_transform",
+    "not_keyframe",
+    "blurred",
+    "depth_invalid",
+    "write_error",
+    "clock_jump",
+    "queue_full",
+)
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """Capture parameters (thresholds and timing); frames and paths come from the robot config."""
+
+    keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
+    """Motion/time/blur/depth gates."""
+    pair_slop_s: float = 0.015
+    """Largest color/depth stamp difference that still pairs (s); about half a frame period."""
+    tf_wait_s: float = 0.1
+    """Decide a frame once transforms up to its stamp + this are in (s of stamp time)."""
+    tf_timeout_s: float = 1.0
+    """Live only: decide anyway after waiting this long in wall time (s); then a missing pose drops it."""
+    max_pending: int = 30
+    """Frames waiting for transforms at most; beyond it the oldest is decided at once."""
+    clock_jump_s: float = 1.0
+    """A stamp this far behind the newest seen (s) means the clock jumped (looping bag): reset."""
+    save_every: int = 10
+    """Rewrite scene.json and sparse/0 every this many keyframes."""
+    depth_scale_m: float = 0.001
+    """Metres per unit of 16UC1 depth (RealSense: 0.001)."""
+
+    def __post_init__(self) -> None:
+        if self.pair_slop_s < 0 or self.tf_wait_s < 0 or self.tf_timeout_s <= 0:
+            raise ValueError("pair_slop_s and tf_wait_s must be >= 0 and tf_timeout_s > 0")
+        if self.max_pending < 1 or self.save_every < 1 or self.clock_jump_s <= 0:
+            raise ValueError("max_pending and save_every must be >= 1, clock_jump_s > 0")
+
+
+@dataclass
+class _Pending:
+    stamp_ns: int
+    rgb: np.ndarray
+    depth_mm: np.ndarray
+    arrival_s: float
+
+
+@dataclass
+class CaptureStats:
+    """Counters for the diagnostics line."""
+
+    received_color: int = 0
+    received_depth: int = 0
+    paired: int = 0
+    kept: int = 0
+    clock_jumps: int = 0
+    save_errors: int = 0
+    dropped: Counter = field(default_factory=Counter)
+
+    def line(self) -> str:
+        drops = ", ".join(f"{k}={v}" for k, v in sorted(self.dropped.items())) or "none"
+        return (
+            f"received color={self.received_color} depth={self.received_depth}, paired={self.paired}, "
+            f"kept={self.kept}, dropped: {drops}"
+        )
+
+    def as_dict(self) -> dict:
+        return {
+            "received_color": self.received_color,
+            "received_depth": self.received_depth,
+            "paired": self.paired,
+            "kept": self.kept,
+            "clock_jumps": self.clock_jumps,
+            "save_errors": self.save_errors,
+            "dropped": dict(self.dropped),
+        }
+
+
+class CaptureSession:
+    """Decides and writes keyframes from streamed images and transforms (thread-safe inputs)."""
+
+    def __init__(
+        self,
+        config: CaptureConfig,
+        writer: SceneWriter,
+        world_frame: str,
+        camera_frame: str,
+        buffer: TransformBuffer | None = None,
+    ) -> None:
+        self.config = config
+        self.writer = writer
+        self.world_frame = world_frame
+        self.camera_frame = camera_frame
+        self.buffer = buffer or TransformBuffer()
+        self.stats = CaptureStats()
+        self.selector = KeyframeSelector(config.keyframes)
+        self._pairer = StampPairer(int(config.pair_slop_s * 1e9), max_queue=config.max_pending)
+        self._pending: list[_Pending] = []
+        self._camera: PinholeCamera | None = None
+        self._parents: dict[str, str] = {}  # child -> parent of every edge seen
+        self._newest_edge_ns: dict[str, int] = {}  # child -> newest stamp of a dynamic edge
+        self._newest_ns: int | None = None
+        self._lock = threading.Lock()  # inputs vs. poll; poll itself runs in one thread at a time
+        self._decide_lock = threading.Lock()
+        self._logged: set[str] = set()
+
+    # -- inputs (any thread) ---------------------------------------------------------------
+    def set_camera(self, camera: PinholeCamera) -> None:
+        self._camera = camera
+
+    def add_transform(
+        self, parent: str, child: str, parent_from_child: np.ndarray, stamp_ns: int, static: bool = False
+    ) -> None:
+        with self._lock:
+            if not static:
+                self._check_clock(stamp_ns)
+            try:
+                self.buffer.set_transform(parent, child, parent_from_child, stamp_ns, static)
+            except ValueError as err:
+                self._warn_once("bad_transform", f"ignoring transform {parent}->{child}: {err}")
+                return
+            self._parents[child] = parent
+            if static:
+                self._newest_edge_ns.pop(child, None)
+            else:
+                self._newest_edge_ns[child] = max(stamp_ns, self._newest_edge_ns.get(child, stamp_ns))
+
+    def add_color(self, stamp_ns: int, array: np.ndarray, encoding: str) -> None:
+        with self._lock:
+            self.stats.received_color += 1
+            self._check_clock(stamp_ns)
+            try:
+                rgb = rgb_from_array(array, encoding)
+            except ImageEncodingError as err:
+                self._drop("bad_encoding", f"color image dropped: {err}")
+                return
+            self._add_pairs(self._pairer.add_color(stamp_ns, rgb))
+
+    def add_depth(self, stamp_ns: int, array: np.ndarray, encoding: str) -> None:
+        with self._lock:
+            self.stats.received_depth += 1
+            self._check_clock(stamp_ns)
+            try:
+                depth_mm = depth_mm_from_array(array, encoding, self.config.depth_scale_m)
+            except ImageEncodingError as err:
+                self._drop("bad_encoding", f"depth image dropped: {err}")
+                return
+            self._add_pairs(self._pairer.add_depth(stamp_ns, depth_mm))
+
+    def drop_input(self, reason: str, message: str) -> None:
+        """Count an input that could not even be converted (e.g. a malformed message)."""
+        with self._lock:
+            self._drop(reason, message)
+
+    # -- deciding (one thread) ---------------------------------------------------------------
+    def poll(self, now_s: float | None = None, flush: bool = False) -> int:
+        """Decide every pending frame that is ready; returns how many were kept.
+
+        now_s: monotonic wall time (live) for the timeout; None offline. flush: decide all (end of bag).
+        """
+        kept = 0
+        with self._decide_lock:
+            while True:
+                with self._lock:
+                    item = self._next_ready(now_s, flush)
+                if item is None:
+                    break
+                kept += self._decide(item)
+        return kept
+
+    def save(self) -> int:
+        """Write scene.json + sparse/0 now; returns the number of frames saved (raises SceneWriteError)."""
+        with self._decide_lock:
+            self.writer.scene.extra["capture_stats"] = self.stats.as_dict()
+            return self.writer.save()
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    # -- internals -----------------------------------------------------------------------------
+    def _add_pairs(self, pairs: list[Pair]) -> None:
+        dropped = self._pairer.unpaired_color + self._pairer.unpaired_depth
+        if dropped:
+            self.stats.dropped["unpaired"] += dropped
+            self._pairer.unpaired_color = self._pairer.unpaired_depth = 0
+        now = time.monotonic()
+        for p in pairs:
+            self.stats.paired += 1
+            self._pending.append(_Pending(p.stamp_ns, p.color, p.depth, now))
+        if pairs:
+            self._pending.sort(key=lambda x: x.stamp_ns)
+
+    def _tf_horizon_ns(self) -> int | None:
+        """Oldest 'newest stamp' among the dynamic edges between world and camera (None: unknown)."""
+        stamps = []
+        for start in (self.camera_frame, self.world_frame):
+            frame, seen = start, set()
+            while frame in self._parents and frame not in seen:
+                seen.add(frame)
+                if frame in self._newest_edge_ns:
+                    stamps.append(self._newest_edge_ns[frame])
+                frame = self._parents[frame]
+        return min(stamps) if stamps else None
+
+    def _next_ready(self, now_s: float | None, flush: bool) -> _Pending | None:
+        if not self._pending:
+            return None
+        head = self._pending[0]
+        horizon = self._tf_horizon_ns()
+        ready = (
+            flush
+            or len(self._pending) > self.config.max_pending
+            or (horizon is not None and horizon >= head.stamp_ns + int(self.config.tf_wait_s * 1e9))
+            or (now_s is not None and now_s - head.arrival_s >= self.config.tf_timeout_s)
+        )
+        return self._pending.pop(0) if ready else None
+
+    def _decide(self, item: _Pending) -> int:
+        try:
+            world_from_camera = self.buffer.lookup(self.world_frame, self.camera_frame, item.stamp_ns)
+        except TransformError as err:
+            self._drop("no_transform", f"frame at {item.stamp_ns * 1e-9:.3f}s skipped, no pose: {err}")
+            return 0
+        camera = self._camera
+        if camera is None:
+            self._drop("no_camera_info", "frame skipped: no camera_info received yet")
+            return 0
+        h, w = item.rgb.shape[:2]
+        if item.depth_mm.shape != (h, w) or (camera.width, camera.height) != (w, h):
+            self._drop(
+                "size_mismatch",
+                f"frame skipped: color {w}x{h}, depth {item.depth_mm.shape[1]}x{item.depth_mm.shape[0]}, "
+                f"camera_info {camera.width}x{camera.height}; is depth aligned to color "
+                "(realsense2_camera align_depth.enable:=true)?",
+            )
+            return 0
+        candidate, _why = self.selector.check(world_from_camera, item.stamp_ns)
+        if not candidate:
+            self.stats.dropped["not_keyframe"] += 1
+            return 0
+        kf = self.config.keyframes
+        if kf.min_sharpness > 0 and sharpness(item.rgb) < kf.min_sharpness:
+            self._drop(
+                "blurred", f"frame at {item.stamp_ns * 1e-9:.3f}s rejected as blurred", level=logging.DEBUG
+            )
+            return 0
+        if valid_depth_fraction(item.depth_mm) < kf.min_valid_depth_fraction:
+            self._drop("depth_invalid", f"frame at {item.stamp_ns * 1e-9:.3f}s has almost no valid depth")
+            return 0
+        try:
+            self.writer.add(item.rgb, item.depth_mm, camera, world_from_camera, item.stamp_ns)
+        except SceneWriteError as err:
+            self._drop("write_error", str(err), level=logging.ERROR)
+            return 0
+        self.selector.accept(world_from_camera, item.stamp_ns)
+        self.stats.kept += 1
+        if self.writer.save_due:
+            try:
+                self.writer.scene.extra["capture_stats"] = self.stats.as_dict()
+                self.writer.save()
+            except SceneWriteError as err:
+                self.stats.save_errors += 1
+                log.error("%s (will retry at the next save)", err)
+        return 1
+
+    def _check_clock(self, stamp_ns: int) -> None:
+        """On a backwards jump forget dynamic transforms and queued frames (caller holds the lock)."""
+        jump_ns = int(self.config.clock_jump_s * 1e9)
+        if self._newest_ns is not None and stamp_ns < self._newest_ns - jump_ns:
+            log.warning(
+                "clock jumped back %.3fs (from %.3fs to %.3fs; looping bag?): clearing transforms and queues",
+                (self._newest_ns - stamp_ns) * 1e-9,
+                self._newest_ns * 1e-9,
+                stamp_ns * 1e-9,
+            )
+            self.stats.clock_jumps += 1
+            self.stats.dropped["clock_jump"] += len(self._pending)
+            self._pending.clear()
+            self._pairer.clear()
+            self.buffer.clear()
+            self._newest_edge_ns.clear()
+            self.selector.reset_time()
+            self._newest_ns = stamp_ns
+            return
+        self._newest_ns = stamp_ns if self._newest_ns is None else max(self._newest_ns, stamp_ns)
+
+    def _drop(self, reason: str, message: str, level: int = logging.WARNING) -> None:
+        self.stats.dropped[reason] += 1
+        # the first of each reason is logged in full, the rest show up in the diagnostics line
+        if reason not in self._logged:
+            self._logged.add(reason)
+            log.log(level, "%s (reason %r; further ones are counted in the diagnostics)", message, reason)
+        else:
+            log.debug("%s", message)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._logged:
+            self._logged.add(key)
+            log.warning("%s", message)
