@@ -13,8 +13,10 @@ from m3_core.query.config import CANONICAL_NEGATIVES, QueryConfig
 from m3_core.query.gaussian3d import GaussianMatch, cluster_points, match_gaussians
 from m3_core.query.grasp import approach_direction, closing_direction, grasp_pose
 from m3_core.query.locate import (
+    SEARCH_3D_MODES,
     TextEmbeddings,
     check_model,
+    find_target,
     locate,
     locate_3d,
     render_camera_for,
@@ -34,6 +36,7 @@ __all__ = [
     "QueryConfig",
     "QueryError",
     "QueryResult",
+    "SEARCH_3D_MODES",
     "TextEmbeddings",
     "approach_direction",
     "check_model",
@@ -41,6 +44,7 @@ __all__ = [
     "cluster_points",
     "erode",
     "estimate_object",
+    "find_target",
     "grasp_pose",
     "locate",
     "locate_3d",

@@ -54,14 +54,24 @@ def check_model(memory: Any, model: str) -> str:
 
 
 class TextEmbeddings:
-    """Text embeddings per model with the (fixed) negatives cached; the query is encoded each time."""
+    """Text encoders of a memory, loaded once per model, with the (fixed) negatives' embeddings cached.
 
-    def __init__(self, memory: Any) -> None:
+    The query itself is encoded on every call (that is part of the measured latency).
+    """
+
+    def __init__(self, memory: Any, device: str | torch.device | None = None) -> None:
         self.memory = memory
+        self.device = device if device is not None else getattr(memory, "device", "cpu")
+        self._encoders: dict[str, Any] = {}
         self._negatives: dict[tuple[str, tuple[str, ...]], torch.Tensor] = {}
 
+    def encoder(self, model: str) -> Any:
+        if model not in self._encoders:
+            self._encoders[model] = self.memory.text_encoder(model, device=self.device)
+        return self._encoders[model]
+
     def encode(self, model: str, texts: list[str]) -> torch.Tensor:
-        out = self.memory.text_encoder(model).encode_text(list(texts))
+        out = self.encoder(model).encode_text(list(texts))
         out = torch.as_tensor(out)
         if out.ndim != 2 or out.shape[0] != len(texts):
             raise RuntimeError(
@@ -359,3 +369,63 @@ def gaussian_means_opacities(memory: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Means [N,3] and opacities [N] in [0, 1] of the memory's Gaussians."""
     gaussians = memory.gaussians
     return torch.as_tensor(gaussians.means), torch.as_tensor(gaussians.opacities)
+
+
+SEARCH_3D_MODES = ("never", "fallback", "always")
+
+
+def find_target(
+    memory: Any,
+    text: str,
+    *,
+    model: str,
+    world_from_camera: np.ndarray,
+    camera: PinholeCamera,
+    depth_m: np.ndarray | None = None,
+    depth_stamp_ok: bool = True,
+    config: QueryConfig | None = None,
+    embeddings: TextEmbeddings | None = None,
+    search_3d: str = "fallback",
+) -> QueryResult:
+    """`locate` in the view; with search_3d "fallback", the Gaussians answer when the view has nothing.
+
+    search_3d "always" skips the view (locate_3d, grasp approach per config with the camera
+    position), "never" answers from the view only.
+    """
+    if search_3d not in SEARCH_3D_MODES:
+        raise ValueError(f"search_3d must be one of {SEARCH_3D_MODES}, got {search_3d!r}")
+    embeddings = embeddings or TextEmbeddings(memory)
+    camera_position = np.asarray(world_from_camera, dtype=np.float64)[:3, 3]
+    if search_3d == "always":
+        return locate_3d(
+            memory, text, model=model, config=config, camera_position=camera_position, embeddings=embeddings
+        )
+    try:
+        return locate(
+            memory,
+            text,
+            model=model,
+            world_from_camera=world_from_camera,
+            camera=camera,
+            depth_m=depth_m,
+            depth_stamp_ok=depth_stamp_ok,
+            config=config,
+            embeddings=embeddings,
+        )
+    except NotFoundError as err:
+        if search_3d == "never":
+            raise
+        try:
+            result = locate_3d(
+                memory, text, model=model, config=config, camera_position=camera_position, embeddings=embeddings
+            )
+        except NotFoundError as err3d:
+            raise NotFoundError(
+                f"{err}; also not among the Gaussians ({err3d})",
+                relevance=err.relevance,
+                rgb=err.rgb,
+                best_relevance=err.best_relevance,
+                best_similarity=err.best_similarity,
+            ) from err3d
+        log.info("%r is not in the view; found among the Gaussians (3D query)", result.text)
+        return result
