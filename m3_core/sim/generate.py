@@ -1,0 +1,298 @@
+"""`m3 sim` core: spec -> planned scan -> rendered frames -> mcap bag + ground-truth sidecar.
+
+Output (both appear only when complete: written under a hidden temporary folder, then renamed):
+    <bag_dir>/            rosbag2 (mcap): topics and frames from config/robot_b1z1.yaml
+    <bag_dir>_gt/         ground truth, never on topics (m3_core.sim.gt describes the files)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from m3_core.config import read_yaml, to_dict
+from m3_core.geometry.camera import PinholeCamera
+from m3_core.geometry.chain import ArmChainExtrinsics
+from m3_core.geometry.se3 import matrix_from_pose
+from m3_core.scene import atomic_write_json, depth_png_from_m
+from m3_core.sim import bag as bagmsg
+from m3_core.sim import gt as gtio
+from m3_core.sim.plan import check_reach, check_views, place_objects, scan_poses
+from m3_core.sim.realism import drift_transforms, jittered_stamps_ns, noisy_depth
+from m3_core.sim.spec import SimSpec, check_spec
+from m3_core.sim.world import TabletopWorld
+
+log = logging.getLogger(__name__)
+
+
+def config_dir() -> Path:
+    """The repository's config/ folder (or $M3_CONFIG_DIR)."""
+    env = os.environ.get("M3_CONFIG_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "config"
+
+
+def gt_dir_for(bag_dir: Path | str) -> Path:
+    """Where the ground truth of a simulated bag lives: `<bag_dir>_gt` next to it."""
+    bag_dir = Path(bag_dir)
+    return bag_dir.with_name(bag_dir.name + "_gt")
+
+
+@dataclass(frozen=True)
+class RobotSetup:
+    """Topics, frames and the two static extrinsics, from config/robot_b1z1.yaml."""
+
+    topics: dict[str, str]
+    frames: dict[str, str]
+    extrinsics: ArmChainExtrinsics
+
+
+def load_robot(path: Path) -> RobotSetup:
+    data = read_yaml(path)
+    try:
+        ex = data["extrinsics"]
+        extrinsics = ArmChainExtrinsics(
+            lidar_from_armbase=matrix_from_pose(
+                ex["lidar_from_armbase"]["position"], ex["lidar_from_armbase"]["quat_xyzw"]
+            ),
+            ee_from_camera=matrix_from_pose(
+                ex["ee_from_camera"]["position"], ex["ee_from_camera"]["quat_xyzw"]
+            ),
+        )
+        return RobotSetup(dict(data["topics"]), dict(data["frames"]), extrinsics)
+    except KeyError as err:
+        raise ValueError(f"robot config {path} lacks {err}; see config/robot_b1z1.yaml") from err
+
+
+@dataclass
+class SimResult:
+    """What `generate` wrote (the `--json` summary)."""
+
+    bag_dir: Path
+    gt_dir: Path
+    topics: dict[str, dict]
+    frames: int
+    size: tuple[int, int]
+    objects: list[dict]
+    seconds: float
+    realism: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "bag": str(self.bag_dir),
+            "gt_dir": str(self.gt_dir),
+            "storage": "mcap",
+            "topics": self.topics,
+            "frames": self.frames,
+            "size": f"{self.size[0]}x{self.size[1]}",
+            "objects": self.objects,
+            "seconds": round(self.seconds, 2),
+            "realism": self.realism,
+        }
+
+
+def with_overrides(
+    spec: SimSpec,
+    *,
+    seed: int | None = None,
+    frames: int | None = None,
+    size: tuple[int, int] | None = None,
+    depth_noise: bool | None = None,
+    odometry_drift: bool | None = None,
+    stamp_jitter: bool | None = None,
+) -> SimSpec:
+    """The spec with command-line overrides. `frames` keeps the rate and shortens/lengthens the
+    scan (same path, other speed); `size` rescales the intrinsics."""
+    if seed is not None:
+        spec = replace(spec, seed=int(seed))
+    if frames is not None:
+        if frames < 1:
+            raise ValueError(f"--frames must be >= 1, got {frames}")
+        spec = replace(spec, trajectory=replace(spec.trajectory, duration_s=frames / spec.camera.rate_hz))
+    if size is not None:
+        c = spec.camera
+        cam = PinholeCamera(c.fx, c.fy, c.cx, c.cy, c.width, c.height).scaled(int(size[0]), int(size[1]))
+        spec = replace(
+            spec,
+            camera=replace(c, width=cam.width, height=cam.height, fx=cam.fx, fy=cam.fy, cx=cam.cx, cy=cam.cy),
+        )
+    r = spec.realism
+    spec = replace(
+        spec,
+        realism=replace(
+            r,
+            depth_noise=r.depth_noise if depth_noise is None else depth_noise,
+            odometry_drift=r.odometry_drift if odometry_drift is None else odometry_drift,
+            stamp_jitter=r.stamp_jitter if stamp_jitter is None else stamp_jitter,
+        ),
+    )
+    return spec
+
+
+def _grid(rate_hz: float, duration_s: float) -> np.ndarray:
+    n = max(1, int(round(duration_s * rate_hz)))
+    return np.arange(n) / rate_hz
+
+
+def generate(
+    spec: SimSpec, spec_dir: Path, bag_dir: Path | str, *, force: bool = False, progress: bool = False
+) -> SimResult:
+    """Build, check and render the scene; write the bag and its ground truth atomically.
+
+    Raises ValueError (SpecError) for a spec that cannot be realised, FileExistsError when the
+    output exists and force is False; in both cases nothing is written.
+    """
+    started = time.perf_counter()
+    check_spec(spec)
+    bag_dir = Path(bag_dir).absolute()
+    gt_dir = gt_dir_for(bag_dir)
+    for path in (bag_dir, gt_dir):
+        if path.exists() and not force:
+            raise FileExistsError(f"{path} exists; choose another --out or pass --force to replace it")
+    robot_path = Path(spec.robot_config)
+    if not robot_path.is_absolute():
+        robot_path = spec_dir / robot_path if (spec_dir / robot_path).exists() else config_dir() / robot_path
+    robot = load_robot(robot_path)
+    rng = np.random.default_rng(spec.seed)
+    cam_spec = spec.camera
+    camera = PinholeCamera(
+        cam_spec.fx, cam_spec.fy, cam_spec.cx, cam_spec.cy, cam_spec.width, cam_spec.height
+    )
+    traj = spec.trajectory
+    t_cam = _grid(cam_spec.rate_hz, traj.duration_s)
+    t_odom = _grid(spec.odometry_rate_hz, traj.duration_s)
+    t_ee = _grid(spec.ee_pose_rate_hz, traj.duration_s)
+
+    with TabletopWorld(spec) as world:
+        place_objects(spec, world, rng)
+        cam_poses = scan_poses(traj, world.world_from_table, robot.extrinsics, t_cam)
+        odom_poses = scan_poses(traj, world.world_from_table, robot.extrinsics, t_odom)
+        odom_ahead = scan_poses(traj, world.world_from_table, robot.extrinsics, t_odom + 1e-3)
+        ee_poses = scan_poses(traj, world.world_from_table, robot.extrinsics, t_ee)
+        for poses in (cam_poses, odom_poses, ee_poses):
+            check_reach(traj, poses)
+        check_views(world, cam_poses, camera)
+        # realism draws come from their own streams so switching one on leaves the rest unchanged
+        real = spec.realism
+        t0_ns = int(round(spec.start_time_s * 1e9))
+        cam_true_ns = t0_ns + np.round(t_cam * 1e9).astype(np.int64)
+        cam_stamp_ns = (
+            jittered_stamps_ns(cam_true_ns, real, np.random.default_rng([spec.seed, 1]))
+            if real.stamp_jitter
+            else cam_true_ns
+        )
+        drift = (
+            drift_transforms(t_odom, real, np.random.default_rng([spec.seed, 2]))
+            if real.odometry_drift
+            else np.tile(np.eye(4), (len(t_odom), 1, 1))
+        )
+        noise_rng = np.random.default_rng([spec.seed, 3])
+
+        bag_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = bag_dir.parent / f".{bag_dir.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            topics = _write(
+                tmp, spec, robot, world, camera, t0_ns,
+                cam_poses, cam_true_ns, cam_stamp_ns, odom_poses, odom_ahead, drift, ee_poses,
+                noise_rng, progress,
+            )  # fmt: skip
+            objects = gtio.objects_record(world)
+            atomic_write_json(tmp / "gt" / gtio.OBJECTS_JSON, objects)
+            gtio.write_meshes(tmp / "gt" / gtio.MESHES_NPZ, world)
+            gtio.write_cameras(tmp / "gt", camera, cam_stamp_ns, cam_true_ns, cam_poses, robot)
+            atomic_write_json(tmp / "gt" / "spec.json", to_dict(spec))
+            if force:
+                shutil.rmtree(bag_dir, ignore_errors=True)
+                shutil.rmtree(gt_dir, ignore_errors=True)
+            # ground truth first: a bag that exists always has its sidecar
+            (tmp / "gt").rename(gt_dir)
+            (tmp / "bag").rename(bag_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return SimResult(
+        bag_dir=bag_dir,
+        gt_dir=gt_dir,
+        topics=topics,
+        frames=len(t_cam),
+        size=(camera.width, camera.height),
+        objects=[{k: o[k] for k in ("id", "name", "caption")} for o in objects["objects"]],
+        seconds=time.perf_counter() - started,
+        realism={k: getattr(real, k) for k in ("depth_noise", "odometry_drift", "stamp_jitter")},
+    )
+
+
+def _write(
+    tmp, spec, robot, world, camera, t0_ns,
+    cam_poses, cam_true_ns, cam_stamp_ns, odom_poses, odom_ahead, drift, ee_poses, noise_rng, progress,
+) -> dict[str, dict]:  # fmt: skip
+    """Stream all messages in time order into tmp/bag; masks into tmp/gt/masks."""
+    topics, frames = robot.topics, robot.frames
+    (tmp / "gt" / gtio.MASKS_DIR).mkdir(parents=True)
+    # events: (log time, order at equal times, kind, index); poses before images so a live chain
+    # can resolve an image as soon as it arrives
+    events = [(t0_ns + int(round(t * 1e9)), 0, "odom", i) for i, t in enumerate(odom_poses.t_s)]
+    events += [(t0_ns + int(round(t * 1e9)), 1, "ee", i) for i, t in enumerate(ee_poses.t_s)]
+    events += [(int(ns), 2, "cam", i) for i, ns in enumerate(cam_true_ns)]
+    events.sort()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(cam_true_ns), desc="m3 sim", unit="frame")
+    with bagmsg.BagWriter(tmp / "bag") as writer:
+        writer.add_topic("/tf_static", bagmsg.TF_MESSAGE, depth=1, transient_local=True)
+        writer.add_topic(topics["odometry"], bagmsg.ODOMETRY, depth=50)
+        writer.add_topic(topics["ee_pose"], bagmsg.POSE_STAMPED, depth=50)
+        writer.add_topic(topics["camera_info"], bagmsg.CAMERA_INFO)
+        writer.add_topic(topics["color"], bagmsg.IMAGE)
+        writer.add_topic(topics["depth"], bagmsg.IMAGE)
+        static = [
+            (frames["lidar"], frames["arm_base"], robot.extrinsics.lidar_from_armbase),
+            (frames["ee"], frames["camera"], robot.extrinsics.ee_from_camera),
+        ]
+        writer.write("/tf_static", bagmsg.tf_message(static, t0_ns), t0_ns)
+        for log_ns, _, kind, i in events:
+            if kind == "odom":
+                true_T = odom_poses.world_from_lidar[i]
+                ahead_T = odom_ahead.world_from_lidar[i]
+                R = true_T[:3, :3]
+                lin = R.T @ ((ahead_T[:3, 3] - true_T[:3, 3]) / 1e-3)
+                dyaw = np.arctan2(ahead_T[1, 0], ahead_T[0, 0]) - np.arctan2(true_T[1, 0], true_T[0, 0])
+                ang = np.array([0.0, 0.0, np.angle(np.exp(1j * dyaw)) / 1e-3])
+                msg = bagmsg.odometry_msg(
+                    drift[i] @ true_T, lin, ang, log_ns, frames["world"], frames["lidar"]
+                )
+                writer.write(topics["odometry"], msg, log_ns)
+            elif kind == "ee":
+                msg = bagmsg.pose_stamped_msg(ee_poses.armbase_from_ee[i], log_ns, frames["arm_base"])
+                writer.write(topics["ee_pose"], msg, log_ns)
+            else:
+                rgb, depth_m, ids = world.render(cam_poses.world_from_camera[i], camera)
+                if spec.realism.depth_noise:
+                    depth_m = noisy_depth(depth_m, spec.realism, noise_rng)
+                stamp = int(cam_stamp_ns[i])
+                writer.write(
+                    topics["camera_info"], bagmsg.camera_info_msg(camera, stamp, frames["camera"]), log_ns
+                )
+                writer.write(topics["color"], bagmsg.image_msg(rgb, "rgb8", stamp, frames["camera"]), log_ns)
+                depth_mm = depth_png_from_m(depth_m, 0.001)
+                writer.write(
+                    topics["depth"], bagmsg.image_msg(depth_mm, "16UC1", stamp, frames["camera"]), log_ns
+                )
+                ok, buf = cv2.imencode(".png", ids)
+                if not ok:
+                    raise RuntimeError("PNG encoding of an instance mask failed")
+                (tmp / "gt" / gtio.MASKS_DIR / f"{stamp}.png").write_bytes(buf.tobytes())
+                if bar is not None:
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
+    return {t: {"type": writer.types[t], "count": writer.counts[t]} for t in writer.types}
