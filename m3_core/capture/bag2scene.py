@@ -69,7 +69,10 @@ class BagFeeder:
         }
 
     def feed(self, topic: str, msg: Any) -> None:
-        self.handlers[topic](msg)
+        try:
+            self.handlers[topic](msg)
+        except ValueError as err:  # e.g. a zero quaternion: skip the message, as the nodes do
+            self.session.drop_input("bad_message", f"message on {topic} ignored: {err}")
 
     def _image(self, msg: Any, kind: str) -> np.ndarray | None:
         try:

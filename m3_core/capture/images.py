@@ -50,7 +50,8 @@ def array_from_image_fields(
     buf = np.frombuffer(data if isinstance(data, (bytes, bytearray)) else memoryview(data), np.uint8)
     if buf.size < step * h:
         raise ImageEncodingError(f"{encoding} {w}x{h}: {buf.size} bytes of data, expected {step * h}")
-    rows = np.ascontiguousarray(buf[: step * h].reshape(h, step)[:, :row_bytes])
+    # a copy: the frame may wait in a queue after the message buffer is gone or reused
+    rows = np.array(buf[: step * h].reshape(h, step)[:, :row_bytes], copy=True)
     arr = rows.view(dtype.newbyteorder(">" if is_bigendian else "<"))
     arr = arr.reshape(h, w, channels) if channels > 1 else arr.reshape(h, w)
     return arr.astype(dtype, copy=False)

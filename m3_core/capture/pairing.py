@@ -47,8 +47,9 @@ class StampPairer:
         return self._match()
 
     def _insert(self, queue: OrderedDict[int, Any], stamp_ns: int, item: Any) -> None:
+        newest = next(reversed(queue), None)
         queue[int(stamp_ns)] = item
-        if len(queue) > 1 and stamp_ns < next(reversed(queue)):  # out of order: keep the queue sorted
+        if newest is not None and stamp_ns < newest:  # out of order: keep the queue sorted
             items = sorted(queue.items())
             queue.clear()
             queue.update(items)

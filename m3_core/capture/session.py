@@ -310,7 +310,8 @@ class CaptureSession:
                 stamp_ns * 1e-9,
             )
             self.stats.clock_jumps += 1
-            self.stats.dropped["clock_jump"] += len(self._pending)
+            if self._pending:
+                self.stats.dropped["clock_jump"] += len(self._pending)
             self._pending.clear()
             self._pairer.clear()
             self.buffer.clear()

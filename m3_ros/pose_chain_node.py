@@ -1,0 +1,141 @@
+"""Pose-chain node: body odometry + arm end-effector pose -> /tf and world<-camera (paper eq. 3).
+
+For robots without a URDF and robot_state_publisher. Publishes
+- /tf: world->lidar from each nav_msgs/Odometry, arm_base->ee from each geometry_msgs/PoseStamped;
+- /tf_static (parameter publish_static): the YAML's mount and hand-eye extrinsics, latched; leave it
+  off when the robot or the bag already publishes them;
+- the camera_pose topic: world_from_camera composed with m3_core.capture.PoseChain at each ee stamp,
+  once odometry has reached that stamp.
+
+    ros2 run m3_grasp m3_pose_chain_node --ros-args -p publish_static:=true
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import rclpy
+from geometry_msgs.msg import PoseStamped
+from nav_msgs.msg import Odometry
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from tf2_msgs.msg import TFMessage
+
+from m3_core.capture.pose_chain import PoseChain, StampedTransform
+from m3_core.capture.robot import DEFAULT_ROBOT_YAML, load_robot_config
+from m3_core.errors import TransformError
+from m3_ros.conversions import (
+    matrix_from_odometry_msg,
+    matrix_from_pose_msg,
+    pose_msg_from_matrix,
+    stamp_ns_from_msg,
+    transform_msg_from_matrix,
+)
+
+_PARAMS: dict[str, tuple[object, str]] = {
+    "config": (str(DEFAULT_ROBOT_YAML), "robot YAML with topics, frames and extrinsics"),
+    "publish_static": (False, "publish the YAML's extrinsics on /tf_static (off if the robot/bag has them)"),
+    "odometry_topic": ("", "nav_msgs/Odometry world->lidar (empty: topics.odometry of the YAML)"),
+    "ee_pose_topic": ("", "geometry_msgs/PoseStamped ee in arm base (empty: topics.ee_pose)"),
+    "camera_pose_topic": ("", "output PoseStamped camera in world (empty: topics.camera_pose)"),
+    "reliable_inputs": (True, "subscribe odometry/ee pose as RELIABLE (false: best effort, matches any)"),
+}
+
+
+class PoseChainNode(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("m3_pose_chain", **kwargs)
+        for name, (default, description) in _PARAMS.items():
+            self.declare_parameter(
+                name, default, ParameterDescriptor(description=description, read_only=True)
+            )
+        p = {name: self.get_parameter(name).value for name in _PARAMS}
+        robot = load_robot_config(p["config"])
+        self.robot = robot
+        self.chain = PoseChain(robot)
+        odom_topic = p["odometry_topic"] or robot.topics.odometry
+        ee_topic = p["ee_pose_topic"] or robot.topics.ee_pose
+        camera_topic = p["camera_pose_topic"] or robot.topics.camera_pose
+
+        reliability = ReliabilityPolicy.RELIABLE if p["reliable_inputs"] else ReliabilityPolicy.BEST_EFFORT
+        in_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=reliability)
+        out_qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE
+        )
+        static_qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=1,
+            reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL,
+        )
+        self.tf_pub = self.create_publisher(TFMessage, "/tf", out_qos)
+        self.camera_pub = self.create_publisher(PoseStamped, camera_topic, out_qos)
+        if p["publish_static"]:
+            self.static_pub = self.create_publisher(TFMessage, "/tf_static", static_qos)
+            self.static_pub.publish(
+                TFMessage(
+                    transforms=[transform_msg_from_matrix(T, a, b) for a, b, T in robot.static_transforms()]
+                )
+            )
+        self.create_subscription(Odometry, odom_topic, self._on_odometry, in_qos)
+        self.create_subscription(PoseStamped, ee_topic, self._on_ee_pose, in_qos)
+        self.get_logger().info(
+            f"{odom_topic} + {ee_topic} -> /tf{' + /tf_static' if p['publish_static'] else ''} and {camera_topic}"
+        )
+
+    def _publish(self, tf: StampedTransform, poses: list) -> None:
+        self.tf_pub.publish(
+            TFMessage(
+                transforms=[transform_msg_from_matrix(tf.parent_from_child, tf.parent, tf.child, tf.stamp_ns)]
+            )
+        )
+        for stamp_ns, world_from_camera in poses:
+            self.camera_pub.publish(
+                pose_msg_from_matrix(world_from_camera, stamp_ns, self.robot.frames.world)
+            )
+
+    def _on_odometry(self, msg: Odometry) -> None:
+        world_from_lidar, parent, child, stamp_ns = matrix_from_odometry_msg(msg)
+        try:
+            tf = self.chain.odometry_transform(parent, child, world_from_lidar, stamp_ns)
+            self._publish(tf, self.chain.add_odometry(tf))
+        except (ValueError, TransformError) as err:
+            self.get_logger().warning(f"odometry ignored: {err}", throttle_duration_sec=5.0)
+
+    def _on_ee_pose(self, msg: PoseStamped) -> None:
+        try:
+            tf = self.chain.ee_transform(
+                msg.header.frame_id, matrix_from_pose_msg(msg), stamp_ns_from_msg(msg.header.stamp)
+            )
+            self._publish(tf, self.chain.add_ee(tf))
+        except (ValueError, TransformError) as err:
+            self.get_logger().warning(f"end-effector pose ignored: {err}", throttle_duration_sec=5.0)
+
+
+def main(args: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(name)s: %(message)s")
+    rclpy.init(args=args)
+    try:
+        node = PoseChainNode()
+    except (ValueError, FileNotFoundError) as err:
+        print(f"m3_pose_chain_node: {err}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

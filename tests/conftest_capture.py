@@ -1,0 +1,190 @@
+"""Capture test helpers: a small synthetic robot bag written with rosbags (independent of m3_core.sim).
+
+The bag has exactly the sim bag's contract: color rgb8, aligned depth 16UC1 mm, camera_info,
+/tf_static (mount + hand-eye), nav_msgs/Odometry odom->lidar_link, PoseStamped ee in arm_base_link,
+no /tf. The body drives along x while the arm sweeps; a few frames are blurred and one has no depth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_typestore
+
+from m3_core.capture.robot import RobotConfig, load_robot_config
+from m3_core.geometry.camera import PinholeCamera
+from m3_core.geometry.se3 import matrix_from_pose, pose_from_matrix
+
+TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
+_T = TYPESTORE.types
+_ZERO = QosTime(0, 0)
+
+
+@dataclass(frozen=True)
+class SyntheticBagSpec:
+    width: int = 160
+    height: int = 120
+    frames: int = 45
+    fps: float = 30.0
+    odom_hz: float = 20.0
+    ee_hz: float = 50.0
+    speed_mps: float = 0.3
+    start_ns: int = 1_700_000_000_000_000_000
+    blurred: tuple[int, ...] = (5, 6, 20)
+    no_depth: tuple[int, ...] = (12,)
+    camera: PinholeCamera = field(default_factory=lambda: PinholeCamera(120.0, 120.0, 79.5, 59.5, 160, 120))
+
+
+def world_from_lidar(t_s: float, spec: SyntheticBagSpec) -> np.ndarray:
+    yaw = 0.2 * np.sin(0.5 * t_s)
+    return matrix_from_pose(
+        np.array([spec.speed_mps * t_s, 0.05 * np.sin(t_s), 0.0]),
+        np.array([0, 0, np.sin(yaw / 2), np.cos(yaw / 2)]),
+    )
+
+
+def armbase_from_ee(t_s: float) -> np.ndarray:
+    a = 0.3 * np.sin(1.3 * t_s)  # sweep about the vertical, tilt down a little
+    half = np.array([0.0, 0.2, a]) / 2
+    quat = np.array([*np.sin(np.linalg.norm(half)) * half / max(np.linalg.norm(half), 1e-12), 0.0])
+    quat[3] = np.cos(np.linalg.norm(half))
+    return matrix_from_pose(np.array([0.35, 0.05 * np.sin(t_s), 0.3]), quat)
+
+
+def _qos(transient_local: bool = False) -> Qos:
+    durability = QosDurability.TRANSIENT_LOCAL if transient_local else QosDurability.VOLATILE
+    return Qos(
+        QosHistory.KEEP_LAST, 10, QosReliability.RELIABLE, durability, _ZERO, _ZERO,
+        QosLiveliness.AUTOMATIC, _ZERO, False,
+    )  # fmt: skip
+
+
+def _header(stamp_ns: int, frame_id: str):
+    sec, nsec = divmod(int(stamp_ns), 1_000_000_000)
+    return _T["std_msgs/msg/Header"](
+        stamp=_T["builtin_interfaces/msg/Time"](sec=sec, nanosec=nsec), frame_id=frame_id
+    )
+
+
+def _pose(T: np.ndarray):
+    p, q = pose_from_matrix(T)
+    return _T["geometry_msgs/msg/Pose"](
+        position=_T["geometry_msgs/msg/Point"](x=p[0], y=p[1], z=p[2]),
+        orientation=_T["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3]),
+    )
+
+
+def _transform(parent: str, child: str, T: np.ndarray, stamp_ns: int):
+    p, q = pose_from_matrix(T)
+    return _T["geometry_msgs/msg/TransformStamped"](
+        header=_header(stamp_ns, parent),
+        child_frame_id=child,
+        transform=_T["geometry_msgs/msg/Transform"](
+            translation=_T["geometry_msgs/msg/Vector3"](x=p[0], y=p[1], z=p[2]),
+            rotation=_T["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3]),
+        ),
+    )
+
+
+def _image(array: np.ndarray, encoding: str, stamp_ns: int, frame_id: str):
+    h, w = array.shape[:2]
+    data = np.ascontiguousarray(array).view(np.uint8).reshape(-1)
+    return _T["sensor_msgs/msg/Image"](
+        header=_header(stamp_ns, frame_id), height=h, width=w, encoding=encoding, is_bigendian=0,
+        step=data.size // h, data=data,
+    )  # fmt: skip
+
+
+def _camera_info(cam: PinholeCamera, stamp_ns: int, frame_id: str):
+    P = np.zeros((3, 4))
+    P[:3, :3] = cam.K
+    return _T["sensor_msgs/msg/CameraInfo"](
+        header=_header(stamp_ns, frame_id), height=cam.height, width=cam.width, distortion_model="plumb_bob",
+        d=np.zeros(5), k=cam.K.reshape(-1), r=np.eye(3).reshape(-1), p=P.reshape(-1), binning_x=0, binning_y=0,
+        roi=_T["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
+    )  # fmt: skip
+
+
+def textured_rgb(h: int, w: int, shift: int, blur_sigma: float = 0.0) -> np.ndarray:
+    """A fixed random texture seen through a window that slides with `shift` (pixels)."""
+    img = np.random.default_rng(1234).integers(0, 256, (h, w + 256, 3)).astype(np.uint8)
+    img = cv2.GaussianBlur(img, (0, 0), 1.0)[:, shift % 256 : shift % 256 + w]
+    if blur_sigma > 0:
+        img = cv2.GaussianBlur(img, (0, 0), blur_sigma)
+    return np.ascontiguousarray(img)
+
+
+def write_synthetic_bag(
+    path: Path, spec: SyntheticBagSpec | None = None, robot: RobotConfig | None = None
+) -> Path:
+    """Write the synthetic bag (mcap) at `path` (a new directory); returns path."""
+    spec = spec or SyntheticBagSpec()
+    robot = robot or load_robot_config()
+    t, f = robot.topics, robot.frames
+    events: list[tuple[int, str, object, str]] = []  # (log time, topic, message, type)
+    end_s = spec.frames / spec.fps + 0.3
+    static = [_transform(a, b, T, spec.start_ns) for a, b, T in robot.static_transforms()]
+    events.append(
+        (
+            spec.start_ns,
+            "/tf_static",
+            _T["tf2_msgs/msg/TFMessage"](transforms=static),
+            "tf2_msgs/msg/TFMessage",
+        )
+    )
+    for k in range(int(end_s * spec.odom_hz) + 1):
+        ts = k / spec.odom_hz
+        stamp = spec.start_ns + int(round(ts * 1e9))
+        msg = _T["nav_msgs/msg/Odometry"](
+            header=_header(stamp, f.world), child_frame_id=f.lidar,
+            pose=_T["geometry_msgs/msg/PoseWithCovariance"](pose=_pose(world_from_lidar(ts, spec)), covariance=np.zeros(36)),
+            twist=_T["geometry_msgs/msg/TwistWithCovariance"](
+                twist=_T["geometry_msgs/msg/Twist"](
+                    linear=_T["geometry_msgs/msg/Vector3"](x=0.0, y=0.0, z=0.0),
+                    angular=_T["geometry_msgs/msg/Vector3"](x=0.0, y=0.0, z=0.0),
+                ),
+                covariance=np.zeros(36),
+            ),
+        )  # fmt: skip
+        events.append((stamp + 2_000_000, t.odometry, msg, "nav_msgs/msg/Odometry"))
+    for k in range(int(end_s * spec.ee_hz) + 1):
+        ts = k / spec.ee_hz
+        stamp = spec.start_ns + int(round(ts * 1e9)) + 3_000_000
+        msg = _T["geometry_msgs/msg/PoseStamped"](
+            header=_header(stamp, f.arm_base), pose=_pose(armbase_from_ee(ts))
+        )
+        events.append((stamp + 1_000_000, t.ee_pose, msg, "geometry_msgs/msg/PoseStamped"))
+    for i in range(spec.frames):
+        stamp = spec.start_ns + 10_000_000 + int(round(i / spec.fps * 1e9))
+        rgb = textured_rgb(spec.height, spec.width, 3 * i, 4.0 if i in spec.blurred else 0.0)
+        rows = np.arange(spec.height, dtype=np.float64)[:, None]
+        depth = np.broadcast_to(800 + 3 * rows + i, (spec.height, spec.width)).astype(np.uint16)
+        if i in spec.no_depth:
+            depth = np.zeros_like(depth)
+        events.append(
+            (stamp + 5_000_000, t.color, _image(rgb, "rgb8", stamp, f.camera), "sensor_msgs/msg/Image")
+        )
+        events.append(
+            (stamp + 6_000_000, t.depth, _image(depth, "16UC1", stamp, f.camera), "sensor_msgs/msg/Image")
+        )
+        info = _camera_info(spec.camera, stamp, f.camera)
+        events.append((stamp + 5_000_000, t.camera_info, info, "sensor_msgs/msg/CameraInfo"))
+    events.sort(key=lambda e: e[0])
+    writer = Writer(path, version=8, storage_plugin=StoragePlugin.MCAP)
+    writer.open()
+    conns = {}
+    try:
+        for log_ns, topic, msg, msgtype in events:
+            if topic not in conns:
+                conns[topic] = writer.add_connection(
+                    topic, msgtype, typestore=TYPESTORE, offered_qos_profiles=[_qos(topic == "/tf_static")]
+                )
+            writer.write(conns[topic], log_ns, TYPESTORE.serialize_cdr(msg, msgtype))
+    finally:
+        writer.close()
+    return path

@@ -1,0 +1,305 @@
+"""Capture logic without ROS: keyframes, blur, pairing, image decoding, the session's bad-input paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from m3_core.capture import (
+    CaptureConfig,
+    CaptureSession,
+    ImageEncodingError,
+    KeyframeConfig,
+    KeyframeSelector,
+    PoseChain,
+    SceneWriter,
+    StampPairer,
+    array_from_image_fields,
+    depth_mm_from_array,
+    load_robot_config,
+    rgb_from_array,
+    sharpness,
+)
+from m3_core.geometry.se3 import matrix_from_pose
+from m3_core.scene import load_scene, read_depth_png, read_rgb
+from tests.conftest_capture import textured_rgb
+
+S = 1_000_000_000
+CAM = "camera_color_optical_frame"
+
+
+def pose(x: float = 0.0, yaw_deg: float = 0.0) -> np.ndarray:
+    h = np.radians(yaw_deg) / 2
+    return matrix_from_pose(np.array([x, 0.0, 0.0]), np.array([0.0, 0.0, np.sin(h), np.cos(h)]))
+
+
+# -- keyframes and blur ----------------------------------------------------------------------
+
+
+def test_keyframe_selector_thresholds():
+    sel = KeyframeSelector(
+        KeyframeConfig(min_translation_m=0.1, min_rotation_deg=10, max_interval_s=2, min_interval_s=0.2)
+    )
+    assert sel.check(pose(), 0) == (True, "first")
+    sel.accept(pose(), 0)
+    assert sel.check(pose(0.5), S // 10) == (False, "too_soon")
+    assert sel.check(pose(0.05), S) == (False, "no_motion")
+    assert sel.check(pose(0.1), S) == (True, "translation")
+    assert sel.check(pose(0.0, 9.0), S) == (False, "no_motion")
+    assert sel.check(pose(0.0, 11.0), S) == (True, "rotation")
+    assert sel.check(pose(), 2 * S) == (True, "interval")
+    # a candidate that is not accepted (e.g. blurred) leaves the reference where it was
+    assert sel.check(pose(0.15), S)[0] and sel.check(pose(0.15), S)[0]
+    sel.accept(pose(0.15), S)
+    assert sel.check(pose(0.2), S + S // 2) == (False, "no_motion")
+    sel.reset_time()  # clock jump: no time-based keyframe until motion
+    assert sel.check(pose(0.15), 0) == (False, "no_motion")
+    assert sel.check(pose(0.3), 0) == (True, "translation")
+
+
+def test_keyframe_config_rejects_negative():
+    with pytest.raises(ValueError, match="min_translation_m"):
+        KeyframeConfig(min_translation_m=-1)
+
+
+def test_blur_score_separates_sharp_and_blurred():
+    sharp = textured_rgb(120, 160, 0)
+    blurred = textured_rgb(120, 160, 0, blur_sigma=3.0)
+    assert sharpness(sharp) > 10 * sharpness(blurred)
+    assert sharpness(blurred) < KeyframeConfig().min_sharpness < sharpness(sharp)
+    assert sharpness(np.full((50, 50, 3), 128, np.uint8)) == 0.0
+
+
+# -- pairing ---------------------------------------------------------------------------------
+
+
+def test_pairer_exact_and_nearest():
+    p = StampPairer(slop_ns=10)
+    assert p.add_color(100, "c100") == []
+    assert [(x.stamp_ns, x.color, x.depth) for x in p.add_depth(100, "d100")] == [(100, "c100", "d100")]
+    # approximate: color 200 waits until depth has moved past it, then takes the nearest within slop
+    assert p.add_depth(195, "d195") == []
+    assert p.add_color(200, "c200") == []
+    pairs = p.add_depth(204, "d204")
+    assert [(x.stamp_ns, x.depth, x.depth_stamp_ns) for x in pairs] == [(200, "d204", 204)]
+    # d195 can no longer pair with anything once colors move on
+    p.add_color(300, "c300")
+    assert p.unpaired_depth == 1
+    # a color without any depth within slop is dropped once depth passes it
+    p.add_depth(330, "d330")
+    assert p.unpaired_color == 1
+
+
+def test_pairer_out_of_order_and_bounded():
+    p = StampPairer(slop_ns=0, max_queue=3)
+    p.add_color(20, "c20")
+    p.add_color(10, "c10")
+    assert [x.stamp_ns for x in p.add_depth(10, "d10")] == [10]
+    for s in range(100, 106):
+        p.add_color(s, s)
+    assert p.unpaired_color >= 3  # bounded queue: old colors are dropped and counted
+
+
+# -- image decoding --------------------------------------------------------------------------
+
+
+def test_image_fields_step_padding_and_channel_order():
+    rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    padded = np.zeros((2, 12), np.uint8)
+    padded[:, :9] = rgb.reshape(2, 9)
+    arr = array_from_image_fields(padded.tobytes(), "rgb8", 2, 3, 12)
+    np.testing.assert_array_equal(rgb_from_array(arr, "rgb8"), rgb)
+    bgr = array_from_image_fields(np.ascontiguousarray(rgb[..., ::-1]).tobytes(), "bgr8", 2, 3, 9)
+    np.testing.assert_array_equal(rgb_from_array(bgr, "bgr8"), rgb)
+    depth = np.array([[1000, 2000]], np.uint16)
+    big = array_from_image_fields(depth.astype(">u2").tobytes(), "16UC1", 1, 2, 4, is_bigendian=True)
+    np.testing.assert_array_equal(depth_mm_from_array(big, "16UC1"), depth)
+
+
+def test_depth_float_metres_and_invalid_values():
+    d = np.array([[1.0, np.nan, -1.0, np.inf, 0.0004]], np.float32)
+    arr = array_from_image_fields(d.tobytes(), "32FC1", 1, 5, 20)
+    np.testing.assert_array_equal(depth_mm_from_array(arr, "32FC1"), [[1000, 0, 0, 0, 0]])
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: array_from_image_fields(b"\0" * 12, "yuv422", 2, 3, 6), "unsupported image encoding"),
+        (lambda: array_from_image_fields(b"\0" * 5, "rgb8", 2, 3, 9), "bytes of data"),
+        (lambda: array_from_image_fields(b"\0" * 18, "rgb8", 2, 3, 6), "step"),
+        (lambda: rgb_from_array(np.zeros((2, 2), np.uint16), "16UC1"), "swapped"),
+        (lambda: depth_mm_from_array(np.zeros((2, 2, 3), np.uint8), "rgb8"), "swapped"),
+    ],
+)
+def test_bad_images_raise_clear_errors(call, match):
+    with pytest.raises(ImageEncodingError, match=match):
+        call()
+
+
+# -- the session -----------------------------------------------------------------------------
+
+
+def make_session(tmp_path: Path, **overrides) -> CaptureSession:
+    kf = KeyframeConfig(min_translation_m=0.05, min_rotation_deg=10, max_interval_s=0, min_interval_s=0)
+    # transforms are inserted seconds ahead of images here: a wide clock-jump window unless a test sets it
+    config = CaptureConfig(
+        keyframes=kf, **{"save_every": 2, "tf_wait_s": 0.1, "clock_jump_s": 60.0, **overrides}
+    )
+    writer = SceneWriter(tmp_path / "scene", save_every=config.save_every)
+    session = CaptureSession(config, writer, "odom", CAM)
+    session.set_camera(load_cam())
+    session.add_transform("lidar_link", CAM, np.eye(4), 0, static=True)
+    return session
+
+
+def load_cam():
+    from m3_core.geometry.camera import PinholeCamera
+
+    return PinholeCamera(120.0, 120.0, 79.5, 59.5, 160, 120)
+
+
+def feed_frame(session: CaptureSession, stamp_ns: int, i: int = 0, depth_value: int = 900) -> None:
+    session.add_color(stamp_ns, textured_rgb(120, 160, 7 * i), "rgb8")
+    session.add_depth(stamp_ns, np.full((120, 160), depth_value, np.uint16), "16UC1")
+
+
+def test_session_waits_for_transforms_then_interpolates(tmp_path):
+    session = make_session(tmp_path)
+    session.add_transform("odom", "lidar_link", pose(0.0), 0)
+    feed_frame(session, S)
+    assert session.poll() == 0 and session.pending == 1  # /tf has not reached stamp + wait yet
+    session.add_transform("odom", "lidar_link", pose(2.0), 2 * S)
+    assert session.poll() == 1 and session.pending == 0
+    np.testing.assert_allclose(session.writer.frames[0].world_from_camera[:3, 3], [1.0, 0, 0], atol=1e-12)
+
+
+def test_session_missing_transform_is_skipped_and_counted(tmp_path):
+    session = make_session(tmp_path)
+    feed_frame(session, S)  # no odom -> camera at all
+    assert session.poll(now_s=None) == 0 and session.pending == 1
+    assert session.poll(now_s=1e9) == 0  # wall-clock timeout (live) gives up
+    assert session.stats.dropped["no_transform"] == 1 and session.pending == 0
+    # a late transform after the stamp's window: extrapolation is refused too
+    session.add_transform("odom", "lidar_link", pose(0.0), 10 * S)
+    feed_frame(session, 5 * S)
+    session.poll(flush=True)
+    assert session.stats.dropped["no_transform"] == 2
+
+
+def test_session_bad_inputs_are_counted_and_it_keeps_going(tmp_path):
+    session = make_session(tmp_path)
+    session.add_transform("odom", "lidar_link", pose(0.0), 0)
+    session.add_transform("odom", "lidar_link", pose(1.0), 10 * S)
+    session.add_color(S, np.zeros((120, 160), np.uint16), "16UC1")  # depth on the color topic
+    session.add_depth(S, np.zeros((120, 160, 3), np.uint8), "rgb8")
+    session.add_color(2 * S, textured_rgb(120, 160, 0), "rgb8")  # size mismatch
+    session.add_depth(2 * S, np.full((60, 80), 900, np.uint16), "16UC1")
+    feed_frame(session, 3 * S, depth_value=0)  # no valid depth
+    session.add_color(4 * S, textured_rgb(120, 160, 0), "rgb8")  # NaN depth in metres
+    session.add_depth(4 * S, np.full((120, 160), np.nan, np.float32), "32FC1")
+    feed_frame(session, 5 * S, i=1)  # a good one
+    session.poll(flush=True)
+    d = session.stats.dropped
+    assert d["bad_encoding"] == 2 and d["size_mismatch"] == 1 and d["depth_invalid"] == 2
+    assert session.stats.kept == 1
+
+
+def test_session_clock_jump_clears_and_continues(tmp_path):
+    session = make_session(tmp_path, clock_jump_s=1.0)
+    for k in range(4):
+        session.add_transform("odom", "lidar_link", pose(0.1 * k), 100 * S + k * S // 10)
+    feed_frame(session, 100 * S + S // 10, 0)
+    session.poll(flush=True)
+    assert session.stats.kept == 1
+    # the bag loops: stamps go back 100 s; old dynamic transforms must not be used any more
+    session.add_transform("odom", "lidar_link", pose(5.0), 1 * S)
+    assert session.stats.clock_jumps == 1
+    assert "lidar_link" in session.buffer.frames  # statics stay
+    session.add_transform("odom", "lidar_link", pose(5.0), 3 * S)
+    feed_frame(session, 2 * S, 1)
+    session.poll()
+    assert session.stats.kept == 2
+    np.testing.assert_allclose(session.writer.frames[-1].world_from_camera[:3, 3], [5.0, 0, 0])
+
+
+def test_session_writes_incrementally_and_consistently(tmp_path):
+    session = make_session(tmp_path)
+    session.add_transform("odom", "lidar_link", pose(0.0), 0)
+    session.add_transform("odom", "lidar_link", pose(10.0), 10 * S)
+    for i in range(1, 4):
+        feed_frame(session, i * S, i)
+    session.poll()
+    # save_every=2: after 3 keyframes the scene on disk lists 2, complete with pixels and poses
+    scene = load_scene(tmp_path / "scene")
+    assert len(scene) == 2
+    np.testing.assert_array_equal(scene.read_rgb(1), textured_rgb(120, 160, 14))
+    np.testing.assert_allclose(scene.read_depth_m(1), 0.9, atol=1e-6)
+    np.testing.assert_allclose(scene.frames[1].world_from_camera, pose(2.0), atol=1e-9)
+    assert session.save() == 3 and len(load_scene(tmp_path / "scene")) == 3
+    assert read_rgb(scene.frames[0].image_path).shape == (120, 160, 3)
+    assert read_depth_png(scene.frames[0].depth_path).dtype == np.float32
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="running as root: directory permissions are not enforced")
+def test_unwritable_output_dir_counts_and_keeps_running(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        _check_unwritable(tmp_path, locked / "scene")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_output_dir_that_is_a_file_counts_and_keeps_running(tmp_path):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("x")
+    _check_unwritable(tmp_path, blocker / "scene")
+
+
+def _check_unwritable(tmp_path: Path, root: Path) -> None:
+    config = CaptureConfig(keyframes=KeyframeConfig(min_interval_s=0), save_every=1)
+    session = CaptureSession(config, SceneWriter(root, save_every=1), "odom", CAM)
+    session.set_camera(load_cam())
+    session.add_transform("odom", CAM, np.eye(4), 0, static=True)
+    feed_frame(session, S)
+    feed_frame(session, 2 * S, 1)
+    session.poll(flush=True)
+    assert session.stats.dropped["write_error"] == 2 and session.stats.kept == 0
+    assert not (root / "scene.json").exists()
+
+
+def test_existing_scene_is_not_overwritten_by_accident(tmp_path):
+    session = make_session(tmp_path)
+    session.add_transform("odom", "lidar_link", pose(0.0), 0)
+    feed_frame(session, 0)
+    session.poll(flush=True)
+    session.save()
+    with pytest.raises(ValueError, match="already holds a scene"):
+        SceneWriter(tmp_path / "scene")
+    SceneWriter(tmp_path / "scene", overwrite=True).add(
+        textured_rgb(120, 160, 0), None, load_cam(), np.eye(4), 0
+    )
+    assert not (tmp_path / "scene" / "scene.json").exists()  # old listing removed, new one not saved yet
+
+
+# -- the pose chain --------------------------------------------------------------------------
+
+
+def test_pose_chain_composes_eq3_after_odometry_reaches_the_stamp():
+    robot = load_robot_config()
+    chain = PoseChain(robot)
+    e = robot.extrinsics.chain()
+    odom0 = chain.odometry_transform("", "", pose(0.0, 0.0), 0)
+    assert (odom0.parent, odom0.child) == (robot.frames.world, robot.frames.lidar)
+    assert chain.add_odometry(odom0) == []
+    ee = matrix_from_pose(np.array([0.3, 0.1, 0.2]), np.array([0.0, 0.1, 0.0, 1.0]))
+    assert chain.add_ee(chain.ee_transform("", ee, S // 2)) == []  # odometry not at 0.5 s yet
+    out = chain.add_odometry(chain.odometry_transform("", "", pose(1.0, 20.0), S))
+    assert [s for s, _ in out] == [S // 2]
+    expected = pose(0.5, 10.0) @ e.lidar_from_armbase @ ee @ e.ee_from_camera
+    np.testing.assert_allclose(out[0][1], expected, atol=1e-12)
