@@ -44,8 +44,10 @@ class KeyframeConfig:
 def rotation_angle_deg(a_from_b: np.ndarray, a_from_c: np.ndarray) -> float:
     """Geodesic angle between the rotations of two poses, degrees."""
     R = a_from_b[:3, :3].T @ a_from_c[:3, :3]
-    cos = np.clip((np.trace(R) - 1.0) / 2.0, -1.0, 1.0)
-    return float(np.degrees(np.arccos(cos)))
+    # atan2 of sin and cos stays accurate near 0 where arccos(trace) loses half the digits
+    sin = 0.5 * np.linalg.norm([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
+    cos = 0.5 * (np.trace(R) - 1.0)
+    return float(np.degrees(np.arctan2(sin, cos)))
 
 
 class KeyframeSelector:
