@@ -1,0 +1,194 @@
+"""`m3 demo`: the README's main command, the whole chain on the built-in simulated robot scene.
+
+  1. m3 sim            simulated B1+Z1 scan -> ROS 2 bag (+ ground truth kept aside)
+  2. capture (ROS)     replay node -> pose-chain node -> capture node, three processes -> scene dir
+  3. masks             the simulator's instance masks + captions for the language-mask model
+  4. m3 train          M3 memory (language-mask features + RGB)
+  5. query (ROS)       query node + pose chain + looping replay (live TF); call /m3/query
+  6. report            grasp target in the arm-base frame, its error against ground truth, pictures
+
+Each stage prints the equivalent command a user would type; node output goes to OUT/logs/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/demo"), help="output folder (default %(default)s)"
+    )
+    parser.add_argument("--query", default="yellow bath duck", help="text to ask (default %(default)r)")
+    parser.add_argument("--object", default="duck", help="ground-truth object the query should find")
+    parser.add_argument("--frames", type=int, default=300, help="camera frames in the simulated scan")
+    parser.add_argument("--size", default="640x480", help="camera image size WxH")
+    parser.add_argument("--rate", type=float, default=2.0, help="replay speed factor for capture")
+    parser.add_argument("--iters", type=int, default=None, help="training iterations (default: trainer's)")
+    parser.add_argument("--models", default="language", help="feature models to train (comma list)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (training and query node)")
+    parser.add_argument("--max-error-m", type=float, default=0.03, help="fail if the target is further off")
+    parser.add_argument("--timeout", type=float, default=600.0, help="per-stage timeout, seconds")
+
+
+class Stage:
+    """Times a stage and prints it as a headline."""
+
+    def __init__(self, timings: dict[str, float], name: str, command: str | None = None) -> None:
+        self.timings, self.name, self.command = timings, name, command
+
+    def __enter__(self) -> Stage:
+        print(f"\n== {self.name}" + (f"\n   $ {self.command}" if self.command else ""), flush=True)
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.timings[self.name] = round(time.perf_counter() - self.t0, 1)
+        if exc[0] is None:
+            print(f"   done in {self.timings[self.name]:.1f} s", flush=True)
+
+
+def _m3(args: list[str], timeout: float) -> None:
+    """Run an `m3` subcommand as a child process (what a user would type), failing loudly."""
+    cmd = [sys.executable, "-m", "m3_ros.cli", *args]
+    result = subprocess.run(cmd, timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"`m3 {' '.join(args)}` failed with exit code {result.returncode}")
+
+
+def run(args: argparse.Namespace) -> int:
+    import rclpy
+
+    from m3_core.sim import gt_dir_for, read_objects, write_scene_masks
+    from m3_ros.demo_client import DemoClient
+    from m3_ros.graph import load_group
+    from m3_ros.ros_demo import NodeProcesses
+
+    out = args.out.absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    bag, scene_dir, memory_dir = out / "bag", out / "scene", out / "memory"
+    logs = out / "logs"
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+
+    with Stage(
+        timings,
+        "1/6 simulate the robot scan",
+        f"m3 sim --out {bag} --frames {args.frames} --size {args.size}",
+    ):
+        _m3(
+            ["sim", "--out", str(bag), "--frames", str(args.frames), "--size", args.size, "--force"],
+            args.timeout,
+        )
+    gt_dir = gt_dir_for(bag)
+
+    values = {"bag": str(bag), "rate": str(args.rate), "scene_dir": str(scene_dir), "memory": str(memory_dir),
+              "device": args.device}  # fmt: skip
+    exit_codes: dict[str, int] = {}
+    rclpy.init()
+    client = DemoClient()
+    try:
+        with Stage(timings, "2/6 capture through ROS (replay -> pose chain -> capture)",
+                   f"m3 ros-demo replay capture --bag {bag} --rate {args.rate} --scene-dir {scene_dir}"):  # fmt: skip
+            nodes = NodeProcesses(logs)
+            nodes.start(load_group("capture", values))
+            client.wait_for_capture(timeout=60.0)
+            nodes.start(load_group("replay", values))
+            code = nodes.wait("m3_replay", timeout=args.timeout)
+            if code != 0:
+                raise RuntimeError(f"replay exited with {code}; see {logs / 'm3_replay.log'}")
+            print(f"   capture: {client.save_scene(timeout=60.0)}")
+            exit_codes.update(nodes.stop())
+
+        with Stage(timings, "3/6 instance masks + captions for the language-mask model"):
+            n = write_scene_masks(scene_dir, gt_dir)
+            print(f"   {n} keyframes got masks from {gt_dir}")
+
+        with Stage(
+            timings,
+            "4/6 train the M3 memory",
+            f"m3 train {scene_dir} --models {args.models} --out {memory_dir}",
+        ):
+            train_args = [
+                "train",
+                str(scene_dir),
+                "--models",
+                args.models,
+                "--out",
+                str(memory_dir),
+                "--device",
+                args.device,
+            ]
+            if args.iters is not None:
+                train_args += ["--iters", str(args.iters)]
+            _m3(train_args, args.timeout)
+
+        with Stage(timings, "5/6 query through ROS (query node at the live camera pose)",
+                   f"ros2 service call /m3/query m3_grasp/srv/Query \"{{text: '{args.query}'}}\""):  # fmt: skip
+            values["rate"] = "1.0"
+            nodes = NodeProcesses(logs)
+            nodes.start(load_group("query", values))
+            nodes.start(load_group("replay_loop", values))
+            answer_arm = client.query(args.query, "arm_base_link", timeout=args.timeout)
+            answer_odom = client.query(args.query, "odom", timeout=60.0)
+            overlay = client.latest_overlay()
+            exit_codes.update(nodes.stop())
+    finally:
+        client.destroy_node()
+        rclpy.try_shutdown()
+
+    with Stage(timings, "6/6 report"):
+        objects = {o["name"]: o for o in read_objects(gt_dir)}
+        if args.object not in objects:
+            raise ValueError(f"--object {args.object!r} is not in the scene; objects: {sorted(objects)}")
+        truth = np.array(objects[args.object]["box_center_world"])
+        report = {
+            "query": args.query,
+            "success": bool(answer_odom.success and answer_arm.success),
+            "message": answer_arm.message,
+            "exit_codes": exit_codes,
+            "timings_s": timings,
+        }
+        if report["success"]:
+            p = answer_odom.target.pose.pose.position
+            target_world = np.array([p.x, p.y, p.z])
+            a = answer_arm.target.pose.pose.position
+            report.update(
+                target_arm_base=[a.x, a.y, a.z],
+                target_world=target_world.tolist(),
+                truth_world=truth.tolist(),
+                error_m=float(np.linalg.norm(target_world - truth)),
+                label=answer_arm.target.label,
+                score=answer_arm.target.score,
+                latency_ms=answer_arm.total_ms,
+            )
+        from m3_ros.demo_report import write_pictures
+
+        report["pictures"] = write_pictures(out, scene_dir, memory_dir, gt_dir, report, overlay)
+        report["timings_s"]["total"] = round(time.perf_counter() - t_start, 1)
+        (out / "summary.json").write_text(json.dumps(report, indent=1) + "\n")
+
+    print("\n== result")
+    if not report["success"]:
+        print(f"   query failed: {report['message']}")
+        return 1
+    ta = report["target_arm_base"]
+    print(
+        f"   '{args.query}' -> grasp target in arm_base_link: x={ta[0]:+.3f} y={ta[1]:+.3f} z={ta[2]:+.3f} m"
+    )
+    print(f"   error against ground truth ({args.object} box centre): {report['error_m'] * 100:.1f} cm")
+    print(f"   node exit codes: {exit_codes}")
+    print(f"   pictures: {', '.join(report['pictures'])}")
+    print(f"   total {report['timings_s']['total']:.0f} s; summary: {out / 'summary.json'}")
+    ok = report["error_m"] <= args.max_error_m and all(c == 0 for c in exit_codes.values())
+    return 0 if ok else 1

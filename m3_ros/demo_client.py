@@ -1,0 +1,81 @@
+"""The demo's own rclpy node: it asks the capture node to save and the query node for a target,
+like an operator with `ros2 service call` would."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from m3_grasp.srv import Query
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+from std_srvs.srv import Trigger
+
+from m3_ros.conversions import image_from_msg
+
+# Answers that mean "not ready yet" (memory still loading, no TF received yet): ask again.
+_RETRY_PREFIXES = ("no memory loaded", "no transform")
+
+
+class DemoClient(Node):
+    def __init__(self, capture_node: str = "m3_capture", query_service: str = "/m3/query") -> None:
+        super().__init__("m3_demo")
+        self.save_client = self.create_client(Trigger, f"/{capture_node}/save")
+        self.query_client = self.create_client(Query, query_service)
+        self._overlay: Image | None = None
+        latched = QoSProfile(
+            depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE
+        )
+        self.create_subscription(Image, "/m3/relevance_overlay", self._on_overlay, latched)
+
+    def _on_overlay(self, msg: Image) -> None:
+        self._overlay = msg
+
+    def _call(self, client, request, timeout: float):
+        import rclpy
+
+        future = client.call_async(request)
+        rclpy.spin_until_future_complete(self, future, timeout_sec=timeout)
+        if not future.done():
+            raise TimeoutError(f"{client.srv_name} did not answer within {timeout:.0f} s")
+        return future.result()
+
+    def wait_for_capture(self, timeout: float) -> None:
+        if not self.save_client.wait_for_service(timeout_sec=timeout):
+            raise TimeoutError(
+                f"capture node service {self.save_client.srv_name} did not appear in {timeout:.0f} s"
+            )
+
+    def save_scene(self, timeout: float) -> str:
+        answer = self._call(self.save_client, Trigger.Request(), timeout)
+        if not answer.success:
+            raise RuntimeError(f"capture save failed: {answer.message}")
+        return answer.message
+
+    def query(self, text: str, target_frame: str, timeout: float) -> Query.Response:
+        """Ask until the answer is final (success, or a failure that waiting cannot fix)."""
+        if not self.query_client.wait_for_service(timeout_sec=timeout):
+            raise TimeoutError(f"{self.query_client.srv_name} did not appear in {timeout:.0f} s")
+        deadline = time.monotonic() + timeout
+        while True:
+            answer = self._call(
+                self.query_client, Query.Request(text=text, target_frame=target_frame), timeout
+            )
+            if (
+                answer.success
+                or not answer.message.startswith(_RETRY_PREFIXES)
+                or time.monotonic() > deadline
+            ):
+                return answer
+            self.get_logger().info(f"query not ready yet ({answer.message}); asking again")
+            time.sleep(0.5)
+
+    def latest_overlay(self, wait_s: float = 2.0) -> np.ndarray | None:
+        """The query node's latest relevance overlay (RGB), if it published one."""
+        import rclpy
+
+        deadline = time.monotonic() + wait_s
+        while self._overlay is None and time.monotonic() < deadline:
+            rclpy.spin_once(self, timeout_sec=0.1)
+        return None if self._overlay is None else image_from_msg(self._overlay)
