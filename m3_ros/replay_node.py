@@ -1,0 +1,305 @@
+"""`m3 replay BAG` / `m3_replay_node`: publish a ROS 2 bag on live topics with its timing.
+
+A real rclpy node: the bag is read with `rosbags` (no rosbag2_py here), publishers are created
+from the bag's type names, and each message's raw CDR bytes are published as they are
+(`Publisher.publish(bytes)`; deserialised first on an rclpy without raw publishing). Timing
+follows the bag's log times scaled by --rate; --start-offset skips the bag's first seconds;
+--loop plays it again. /tf_static is latched (TRANSIENT_LOCAL, depth 1) and sent once. Before
+playing, the node waits for at least one subscriber on each camera topic (--wait-for, with
+--wait-timeout), so a capture node that starts a moment later misses nothing. Header stamps are
+the bag's (no restamping); consumers should use message stamps, not arrival times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import rclpy
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+log = logging.getLogger(__name__)
+
+ROBOT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "robot_b1z1.yaml"
+STATIC_TOPICS = ("/tf_static",)
+
+
+def default_wait_topics() -> list[str]:
+    """The camera topics of config/robot_b1z1.yaml (color, depth, camera_info)."""
+    import yaml
+
+    try:
+        topics = yaml.safe_load(ROBOT_CONFIG.read_text())["topics"]
+        return [topics["color"], topics["depth"], topics["camera_info"]]
+    except (OSError, KeyError, TypeError):
+        return []
+
+
+def message_class(msgtype: str):
+    """rclpy message class from a bag type name like 'sensor_msgs/msg/Image'."""
+    parts = msgtype.split("/")
+    if len(parts) != 3:
+        raise ValueError(f"type name {msgtype!r} is not package/msg/Name")
+    pkg, kind, name = parts
+    try:
+        return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(
+            f"message type {msgtype} is not installed for rclpy (pip install ros-{pkg.replace('_', '-')}); "
+            "or leave its topic out with --topics"
+        ) from err
+
+
+@dataclass
+class ReplaySummary:
+    """What the node sent."""
+
+    bag: str
+    rate: float
+    loops: int = 0
+    sent: dict[str, int] = field(default_factory=dict)
+    types: dict[str, str] = field(default_factory=dict)
+    wall_s: float = 0.0
+    bag_span_s: float = 0.0
+    waited_s: float = 0.0
+    missing_subscribers: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+    def text(self) -> str:
+        lines = [
+            f"replayed {self.bag}: {sum(self.sent.values())} messages, {self.loops} pass(es), "
+            f"{self.wall_s:.1f} s wall for {self.bag_span_s:.1f} s of bag at rate {self.rate}"
+            + (" (interrupted)" if self.interrupted else "")
+        ]
+        for topic, n in self.sent.items():
+            lines.append(f"  {topic:55s} {self.types.get(topic, ''):32s} {n}")
+        if self.missing_subscribers:
+            lines.append(f"  no subscriber appeared on: {', '.join(self.missing_subscribers)}")
+        return "\n".join(lines)
+
+
+class ReplayNode(Node):
+    """Publishers for a bag's topics; `play()` sends the messages with the bag's timing."""
+
+    def __init__(
+        self,
+        bag: Path,
+        *,
+        rate: float = 1.0,
+        loop: bool = False,
+        start_offset_s: float = 0.0,
+        topics: list[str] | None = None,
+        wait_for: list[str] | None = None,
+        wait_timeout_s: float = 10.0,
+        node_name: str = "m3_replay",
+    ) -> None:
+        super().__init__(node_name)
+        from rosbags.rosbag2 import Reader
+
+        if not rate > 0:
+            raise ValueError(f"--rate must be > 0, got {rate}")
+        if start_offset_s < 0:
+            raise ValueError(f"--start-offset must be >= 0, got {start_offset_s}")
+        self.bag = Path(bag)
+        if not (self.bag / "metadata.yaml").exists():
+            raise ValueError(
+                f"{self.bag} is not a ROS 2 bag folder (no metadata.yaml); pass the bag directory"
+            )
+        self.rate, self.loop, self.start_offset_s = float(rate), bool(loop), float(start_offset_s)
+        self.wait_timeout_s = float(wait_timeout_s)
+        self._reader_cls = Reader
+        with Reader(self.bag) as reader:
+            conns = list(reader.connections)
+            self.start_ns, self.end_ns = reader.start_time, reader.end_time
+        if topics:
+            unknown = sorted(set(topics) - {c.topic for c in conns})
+            if unknown:
+                raise ValueError(
+                    f"topics {unknown} are not in {self.bag}; it has {sorted({c.topic for c in conns})}"
+                )
+            conns = [c for c in conns if c.topic in topics]
+        self.types = {c.topic: c.msgtype for c in conns}
+        self.publishers_by_topic = {}
+        self._raw_ok = {}
+        for topic, msgtype in self.types.items():
+            cls = message_class(msgtype)
+            static = topic in STATIC_TOPICS
+            qos = QoSProfile(
+                history=HistoryPolicy.KEEP_LAST,
+                depth=1 if static else 10,
+                reliability=ReliabilityPolicy.RELIABLE,
+                durability=DurabilityPolicy.TRANSIENT_LOCAL if static else DurabilityPolicy.VOLATILE,
+            )
+            self.publishers_by_topic[topic] = self.create_publisher(cls, topic, qos)
+        self.wait_for = [
+            t for t in (wait_for if wait_for is not None else default_wait_topics()) if t in self.types
+        ]
+        self.summary = ReplaySummary(bag=str(self.bag), rate=self.rate, types=dict(self.types))
+        self.summary.sent = {t: 0 for t in self.types}
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    def _publish(self, topic: str, raw: bytes) -> None:
+        pub = self.publishers_by_topic[topic]
+        for attempt in range(50):
+            try:
+                if self._raw_ok.get(topic, True):
+                    try:
+                        pub.publish(bytes(raw))
+                    except TypeError:  # an rclpy without raw publishing
+                        self._raw_ok[topic] = False
+                        continue
+                else:
+                    from rclpy.serialization import deserialize_message
+
+                    pub.publish(deserialize_message(bytes(raw), pub.msg_type))
+                self.summary.sent[topic] += 1
+                return
+            except rclpy.exceptions.RCLError as err:  # reliable writer queue full: back off
+                if attempt == 49:
+                    raise
+                log.debug("publish on %s failed (%s), retrying", topic, err)
+                time.sleep(0.002)
+
+    def wait_for_subscribers(self) -> float:
+        """Block until each wait topic has a subscriber or the timeout passes; returns seconds waited."""
+        t0 = time.monotonic()
+        pending = list(self.wait_for)
+        while pending and time.monotonic() - t0 < self.wait_timeout_s and rclpy.ok():
+            pending = [t for t in pending if self.publishers_by_topic[t].get_subscription_count() < 1]
+            if pending:
+                time.sleep(0.02)
+        if pending:
+            self.get_logger().warning(
+                f"no subscriber on {pending} after {self.wait_timeout_s:.1f} s; playing anyway"
+            )
+        self.summary.missing_subscribers = pending
+        return time.monotonic() - t0
+
+    def play(self) -> ReplaySummary:
+        """Publish the bag (again and again with loop) until done or rclpy shuts down."""
+        first_ns = self.start_ns + int(self.start_offset_s * 1e9)
+        if first_ns > self.end_ns:
+            raise ValueError(
+                f"--start-offset {self.start_offset_s} s is past the bag's end "
+                f"({(self.end_ns - self.start_ns) / 1e9:.1f} s)"
+            )
+        self.summary.bag_span_s = (self.end_ns - first_ns) / 1e9
+        wall0 = time.monotonic()
+        static_sent = False
+        # latched topics first, so they are there before anyone needs them
+        with self._reader_cls(self.bag) as reader:
+            static_conns = [
+                c for c in reader.connections if c.topic in STATIC_TOPICS and c.topic in self.types
+            ]
+            if static_conns:
+                for conn, _, raw in reader.messages(connections=static_conns):
+                    self._publish(conn.topic, raw)
+                static_sent = True
+        self.summary.waited_s = self.wait_for_subscribers()
+        try:
+            while rclpy.ok():
+                self._play_once(first_ns, skip_static=static_sent)
+                self.summary.loops += 1
+                if not self.loop:
+                    break
+        finally:
+            self.summary.wall_s = time.monotonic() - wall0
+        return self.summary
+
+    def _play_once(self, first_ns: int, skip_static: bool) -> None:
+        with self._reader_cls(self.bag) as reader:
+            conns = [
+                c
+                for c in reader.connections
+                if c.topic in self.types and not (skip_static and c.topic in STATIC_TOPICS)
+            ]
+            start_wall = time.monotonic()
+            for conn, t_ns, raw in reader.messages(connections=conns, start=first_ns):
+                due = start_wall + (t_ns - first_ns) / 1e9 / self.rate
+                while rclpy.ok():
+                    delay = due - time.monotonic()
+                    if delay <= 0:
+                        break
+                    time.sleep(min(delay, 0.05))
+                if not rclpy.ok():
+                    return
+                self._publish(conn.topic, raw)
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bag", type=Path, help="ROS 2 bag folder (e.g. from `m3 sim`)")
+    parser.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default 1.0)")
+    parser.add_argument("--loop", action="store_true", help="play the bag again and again")
+    parser.add_argument("--start-offset", type=float, default=0.0, help="skip the bag's first seconds")
+    parser.add_argument("--topics", nargs="+", default=None, help="only these topics (default: all)")
+    parser.add_argument(
+        "--wait-for",
+        nargs="*",
+        default=None,
+        help="topics that need a subscriber before playing (default: the camera topics of "
+        "config/robot_b1z1.yaml; give none to start at once)",
+    )
+    parser.add_argument("--wait-timeout", type=float, default=10.0, help="seconds to wait for subscribers")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def run(args: argparse.Namespace, ros_args: list[str] | None = None) -> int:
+    from rclpy.executors import ExternalShutdownException
+
+    rclpy.init(args=ros_args)
+    node = None
+    summary = None
+    try:
+        node = ReplayNode(
+            args.bag,
+            rate=args.rate,
+            loop=args.loop,
+            start_offset_s=args.start_offset,
+            topics=args.topics,
+            wait_for=args.wait_for,
+            wait_timeout_s=args.wait_timeout,
+        )
+        summary = node.play()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        if node is not None:
+            summary = node.summary
+            summary.interrupted = True
+    except ValueError as err:
+        print(f"m3 replay: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    if summary is not None:
+        print(json.dumps(summary.to_json(), indent=1) if args.json else summary.text(), flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console script `m3_replay_node BAG [options] [--ros-args ...]`."""
+    from rclpy.utilities import remove_ros_args
+
+    argv = list(sys.argv if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="m3_replay_node", description="publish a ROS 2 bag with its timing")
+    add_arguments(parser)
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(name)s: %(message)s")
+    return run(parser.parse_args(remove_ros_args(argv)[1:]), ros_args=argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
