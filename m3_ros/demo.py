@@ -67,6 +67,16 @@ def _m3(args: list[str], timeout: float) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from m3_core.errors import M3Error
+
+    try:
+        return _run(args)
+    except (RuntimeError, TimeoutError, M3Error, ValueError, subprocess.TimeoutExpired) as err:
+        print(f"\nm3 demo failed: {err}\n   node logs: {args.out.absolute() / 'logs'}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     import rclpy
 
     from m3_core.sim import gt_dir_for, read_objects, write_scene_masks
