@@ -1,0 +1,170 @@
+"""SigLIP through transformers, with dense patch features in the image-text space.
+
+Default `hf_id="google/siglip-base-patch16-224"` (768-d, patch 16; a 30x40 grid for 640x480 at
+native resolution). Weights: `weights_path` (a directory with config.json, model.safetensors and
+the tokenizer files) or the Hugging Face cache; absent -> WeightsMissingError naming them.
+
+Dense features, MaskCLIP-style for SigLIP's pooling: SigLIP has no class token; its image embedding
+is a multihead-attention pooling head (one learned probe attends to all patch tokens, then a
+residual MLP). Run per patch token with the attention replaced by the token's own value path
+(value projection -> out_proj, what the head computes when it attends to that token alone), then
+the head's residual MLP. The vision tower interpolates its positional embedding to the grid.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812 (the PyTorch idiom)
+
+from m3_core.features._hf import load_hf_model
+from m3_core.features.base import (
+    FEATURES_ALGORITHM_VERSION,
+    FeatureError,
+    check_rgb,
+    check_texts,
+    image_tensor_for_patches,
+    l2_normalize,
+    patch_grid_size,
+    resolve_device,
+    state_dict_hash,
+)
+
+DEFAULT_HF_ID = "google/siglip-base-patch16-224"
+NEEDED_FILES = "config.json, model.safetensors and the tokenizer files (spiece.model, tokenizer_config.json)"
+
+
+class SiglipFeatures:
+    """SigLIP: dense patch features (pooling head per token) + text features, L2-normalised."""
+
+    name = "siglip"
+
+    def __init__(
+        self,
+        *,
+        device: str | torch.device = "cpu",
+        allow_random_weights: bool = False,
+        hf_id: str = DEFAULT_HF_ID,
+        weights_path: str | Path | None = None,
+        short_side: int | None = None,
+        config_overrides: dict[str, Any] | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        from transformers import SiglipConfig, SiglipModel
+
+        if short_side is not None and short_side < 1:
+            raise ValueError(f"short_side must be a positive number of pixels or None, got {short_side}")
+        self.device = resolve_device(device)
+        self.short_side = short_side
+        # Random init builds the real architecture; SiglipConfig's defaults are siglip-base-patch16-224.
+        config = SiglipConfig(**(config_overrides or {}))
+        model, source = load_hf_model(
+            SiglipModel,
+            config,
+            hf_id=hf_id,
+            weights_path=weights_path,
+            allow_random_weights=allow_random_weights,
+            needed_files=NEEDED_FILES,
+            cache_dir=cache_dir,
+        )
+        if source is not None and config_overrides:
+            raise ValueError(
+                "config_overrides only applies to random weights; real weights bring their config"
+            )
+        self.random_weights = source is None
+        self.model_id = f"transformers:{hf_id}" + ("/random-init" if self.random_weights else "")
+        self.model = model.to(self.device)
+        vcfg = model.config.vision_config
+        self.patch = int(vcfg.patch_size)
+        self.dim = int(vcfg.hidden_size)
+        self.mean, self.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # SigLIP's image normalisation
+        self.text_length = int(model.config.text_config.max_position_embeddings)
+        self.vocab_size = int(model.config.text_config.vocab_size)
+        self.tokenizer = self._load_tokenizer(source)
+        self._weights_hash: str | None = None
+
+    def _load_tokenizer(self, source: str | None) -> Any:
+        if source is None:
+            return None  # random weights: see _tokenize
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(source, local_files_only=True)
+        except (OSError, ValueError, ImportError) as err:
+            raise FeatureError(
+                f"cannot load the SigLIP tokenizer from {source} ({err}); the directory needs "
+                f"{NEEDED_FILES}, and a sentencepiece tokenizer needs `pip install sentencepiece`"
+            ) from err
+
+    def _tokenize(self, texts: list[str]) -> torch.Tensor:
+        if self.tokenizer is not None:
+            batch = self.tokenizer(
+                texts, padding="max_length", max_length=self.text_length, truncation=True, return_tensors="pt"
+            )
+            return batch["input_ids"]
+        # Random weights come without tokenizer files. open_clip's bundled BPE gives real token
+        # sequences (ids folded into SigLIP's vocabulary) so shapes and code paths are exercised;
+        # the outputs are meaningless either way (random_weights=True says so).
+        import open_clip
+
+        ids = open_clip.tokenize(texts, context_length=self.text_length)
+        return ids % self.vocab_size
+
+    @property
+    def weights_hash(self) -> str:
+        if self._weights_hash is None:
+            self._weights_hash = state_dict_hash(self.model)
+        return self._weights_hash
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        return {
+            "algorithm": f"siglip-head-value-path/v{FEATURES_ALGORITHM_VERSION}",
+            "patch": self.patch,
+            "short_side": self.short_side,
+            "resize": "whole-image bicubic antialias, sides rounded to patch multiples",
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "normalize": "l2",
+        }
+
+    def grid_size(self, H: int, W: int) -> tuple[int, int]:
+        return patch_grid_size(H, W, self.patch, self.short_side)
+
+    def dense_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[1,3,h*p,w*p] -> [h, w, dim] per-token pooling-head features (not normalised)."""
+        h, w = pixels.shape[-2] // self.patch, pixels.shape[-1] // self.patch
+        vision = self.model.vision_model
+        tokens = vision(pixel_values=pixels, interpolate_pos_encoding=True).last_hidden_state  # post-LN
+        head = getattr(vision, "head", None)
+        if head is not None:
+            tokens = self.head_per_token(head, tokens)
+        return tokens.reshape(h, w, -1)
+
+    @staticmethod
+    def head_per_token(head: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        """The attention-pooling head applied to every token as if it were the only one."""
+        attn: torch.nn.MultiheadAttention = head.attention
+        d = attn.embed_dim
+        bias = attn.in_proj_bias[2 * d :] if attn.in_proj_bias is not None else None
+        x = attn.out_proj(F.linear(tokens, attn.in_proj_weight[2 * d :], bias))
+        return x + head.mlp(head.layernorm(x))
+
+    @torch.inference_mode()
+    def encode_image_dense(self, rgb: np.ndarray) -> torch.Tensor:
+        """[H,W,3] uint8 RGB -> [h,w,dim] float32 CPU, L2-normalised; grid as base.grid_pixel_centers."""
+        rgb = check_rgb(rgb)
+        grid = self.grid_size(*rgb.shape[:2])
+        pixels = image_tensor_for_patches(rgb, grid, self.patch, self.mean, self.std, self.device)
+        return l2_normalize(self.dense_tokens(pixels).float()).cpu()
+
+    @torch.inference_mode()
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """n strings -> [n, dim] float32 CPU, L2-normalised."""
+        texts = check_texts(texts)
+        ids = self._tokenize(texts).to(self.device)
+        features = self.model.text_model(input_ids=ids).pooler_output
+        return l2_normalize(features.float()).cpu()
