@@ -35,6 +35,8 @@ from m3_core.capture.session import CaptureConfig, CaptureSession
 from m3_core.capture.writer import SceneWriteError, SceneWriter
 from m3_ros.conversions import camera_from_info_msg, matrix_from_transform_msg, stamp_ns_from_msg
 
+log = logging.getLogger(__name__)
+
 # name: (default, description, read_only). Empty strings mean "take it from the robot YAML".
 _PARAMS: dict[str, tuple[object, str, bool]] = {
     "config": (str(DEFAULT_ROBOT_YAML), "robot YAML with topics, frames and extrinsics", True),
@@ -218,7 +220,10 @@ class CaptureNode(Node):
             self.get_logger().error(str(err))
             return response
         response.success = True
-        response.message = f"saved {n} keyframes to {self.session.writer.root}"
+        # pending frames wait for transforms (tf_wait_s / tf_timeout_s); a caller may save again later
+        response.message = (
+            f"saved {n} keyframes to {self.session.writer.root} ({self.session.pending} pending)"
+        )
         self.get_logger().info(response.message)
         return response
 
@@ -241,15 +246,16 @@ class CaptureNode(Node):
         return SetParametersResult(successful=True)
 
     def finalize(self) -> None:
-        """Decide what is still pending and save (on shutdown)."""
+        """Decide what is still pending and save (on shutdown; rclpy's context may be gone, so the
+        messages go through Python logging rather than the node's logger and /rosout)."""
         self.session.poll(flush=True)
         try:
             n = self.session.save()
-            self.get_logger().info(
-                f"final scene: {n} keyframes in {self.session.writer.root}; {self.session.stats.line()}"
+            log.info(
+                "final scene: %d keyframes in %s; %s", n, self.session.writer.root, self.session.stats.line()
             )
         except SceneWriteError as err:
-            self.get_logger().error(f"final save failed: {err}")
+            log.error("final save failed: %s", err)
 
 
 def main(args: list[str] | None = None) -> int:

@@ -188,3 +188,113 @@ def write_synthetic_bag(
     finally:
         writer.close()
     return path
+
+
+# -- live pipeline: replay -> pose chain -> capture, as separate processes ----------------------
+
+
+def run_live_capture(
+    bag: Path, out: Path, rate: float, env: dict[str, str], log_dir: Path, timeout_s: float = 180.0
+) -> dict:
+    """Replay `bag` at `rate` through m3_pose_chain_node and m3_capture_node (three processes) into
+    the scene `out`; waits on graph discovery and on the capture's pending queue, never on sleeps.
+    Returns {"save": last ~/save message, "logs": {name: text}}."""
+    import re
+    import subprocess
+    import sys
+    import time
+
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from std_srvs.srv import Trigger
+
+    robot = load_robot_config()
+    t = robot.topics
+    py = sys.executable
+    repo = Path(__file__).resolve().parents[1]
+    cmds = {
+        "pose_chain": [py, "-m", "m3_ros.pose_chain_node"],
+        "capture": [
+            py, "-m", "m3_ros.capture_node", "--ros-args", "-p", f"output_dir:={out}",
+            "-p", "diagnostics_period_s:=1.0", "-p", "qos_depth:=30",
+        ],
+    }  # fmt: skip
+    procs: dict[str, subprocess.Popen] = {}
+    logs: dict[str, Path] = {}
+
+    def start(name: str, cmd: list[str]) -> None:
+        logs[name] = log_dir / f"{name}.log"
+        procs[name] = subprocess.Popen(
+            cmd, env=env, cwd=repo, stdout=logs[name].open("w"), stderr=subprocess.STDOUT
+        )
+
+    def check_alive() -> None:
+        for name, p in procs.items():
+            if name != "replay" and p.poll() is not None:
+                raise AssertionError(f"{name} exited with {p.returncode}:\n{logs[name].read_text()}")
+
+    context = rclpy.context.Context()
+    rclpy.init(context=context, domain_id=int(env["ROS_DOMAIN_ID"]))
+    node = rclpy.create_node("capture_test_driver", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    client = node.create_client(Trigger, "/m3_capture/save")
+    save_message = ""
+    try:
+        for name, cmd in cmds.items():
+            start(name, cmd)
+        deadline = time.monotonic() + 60
+        # discovery: capture subscribes the camera and /tf; pose chain publishes /tf and subscribes odometry
+        while not (
+            node.count_subscribers(t.color) >= 1
+            and node.count_publishers("/tf") >= 1
+            and node.count_subscribers("/tf") >= 1
+            and node.count_subscribers(t.odometry) >= 1
+            and node.count_subscribers(t.ee_pose) >= 1
+            and client.service_is_ready()
+        ):
+            check_alive()
+            if time.monotonic() > deadline:
+                raise AssertionError("capture/pose-chain nodes not discovered within 60 s")
+            executor.spin_once(timeout_sec=0.05)
+        wait_for = [t.color, t.depth, t.camera_info, t.odometry, t.ee_pose]
+        start(
+            "replay",
+            [py, "-m", "m3_ros.cli", "replay", str(bag), "--rate", str(rate), "--wait-for", *wait_for],
+        )
+        procs["replay"].wait(timeout=timeout_s)
+        if procs["replay"].returncode != 0:
+            raise AssertionError(f"replay failed:\n{logs['replay'].read_text()}")
+        # the capture decides the last frames once their transform wait times out; ask until none pend
+        deadline = time.monotonic() + 30
+        while True:
+            check_alive()
+            future = client.call_async(Trigger.Request())
+            executor.spin_until_future_complete(future, timeout_sec=10)
+            response = future.result()
+            assert response is not None and response.success, f"~/save failed: {response}"
+            save_message = response.message
+            pending = int(re.search(r"\((\d+) pending\)", save_message).group(1))
+            if pending == 0:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"capture still has pending frames: {save_message}")
+            executor.spin_once(timeout_sec=0.2)
+    finally:
+        for name in ("replay", "capture", "pose_chain"):
+            p = procs.get(name)
+            if p is not None and p.poll() is None:
+                p.send_signal(2)  # SIGINT, like Ctrl-C: the capture node saves on the way out
+                try:
+                    p.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+    return {
+        "save": save_message,
+        "logs": {n: p.read_text() for n, p in logs.items()},
+        "returncodes": {n: p.returncode for n, p in procs.items()},
+    }

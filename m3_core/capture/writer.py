@@ -121,6 +121,7 @@ class SceneWriter:
     def save(self) -> int:
         """Rewrite sparse/0 and scene.json for all frames so far; returns the frame count."""
         if not self.scene.frames:
+            self._prepare()  # nothing to list yet, but say now if the directory cannot be written
             return 0
         try:
             save_scene(self.scene)

@@ -1,0 +1,230 @@
+"""Capture through ROS: real nodes in separate processes (replay -> pose chain -> capture).
+
+The scene made live must be the one `m3 bag2scene` makes offline: same keyframes, poses to 1e-6.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from m3_core.capture import load_robot_config
+from m3_core.capture.bag2scene import bag_to_scene
+from m3_core.scene import load_scene
+from tests.conftest import wait_until
+from tests.conftest_capture import run_live_capture, write_synthetic_bag
+
+pytestmark = pytest.mark.ros
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def synthetic_bag(tmp_path_factory) -> Path:
+    return write_synthetic_bag(tmp_path_factory.mktemp("capture_ros") / "bag")
+
+
+@pytest.fixture(scope="module")
+def small_sim_bag(tmp_path_factory) -> Path:
+    try:
+        import pybullet  # noqa: F401
+
+        import m3_core.sim  # noqa: F401
+    except ImportError as err:
+        pytest.skip(f"m3_core.sim / pybullet not importable ({err}); no sim bag")
+    out = tmp_path_factory.mktemp("capture_ros_sim") / "sim_bag"
+    cmd = [
+        sys.executable,
+        "-m",
+        "m3_ros.cli",
+        "sim",
+        "--out",
+        str(out),
+        "--frames",
+        "30",
+        "--size",
+        "160x120",
+    ]
+    proc = subprocess.run(cmd + ["--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out
+
+
+def assert_same_scene(live: Path, offline: Path) -> None:
+    a, b = load_scene(offline), load_scene(live)
+    assert [f.stamp_ns for f in b.frames] == [f.stamp_ns for f in a.frames], "keyframe sets differ"
+    for fa, fb in zip(a.frames, b.frames):
+        np.testing.assert_allclose(fb.world_from_camera, fa.world_from_camera, atol=1e-6)
+        np.testing.assert_array_equal(b.read_rgb(a.frames.index(fa)), a.read_rgb(a.frames.index(fa)))
+    assert b.source == "live" and a.source == "bag"
+
+
+@pytest.mark.parametrize(
+    ("bag_name", "rate"), [("synthetic_bag", 1.0), ("small_sim_bag", 1.0), ("small_sim_bag", 3.0)]
+)
+def test_live_capture_matches_bag2scene(bag_name, rate, request, ros_env, tmp_path):
+    bag = request.getfixturevalue(bag_name)
+    offline = tmp_path / "offline"
+    session = bag_to_scene(bag, offline)
+    assert session.stats.kept >= 5
+    result = run_live_capture(bag, tmp_path / "live", rate, ros_env, tmp_path)
+    assert result["returncodes"]["capture"] == 0, result["logs"]["capture"]
+    assert "final scene" in result["logs"]["capture"]
+    assert_same_scene(tmp_path / "live", offline)
+
+
+def test_pose_chain_node_publishes_tf_and_eq3_camera_pose(rclpy_node, start_process, ros_env):
+    from geometry_msgs.msg import PoseStamped
+    from nav_msgs.msg import Odometry
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from tf2_msgs.msg import TFMessage
+
+    from m3_core.geometry.se3 import matrix_from_pose
+    from m3_ros.conversions import (
+        matrix_from_pose_msg,
+        matrix_from_transform_msg,
+        odometry_msg_from_matrix,
+        pose_msg_from_matrix,
+        stamp_ns_from_msg,
+    )
+
+    robot = load_robot_config()
+    node = rclpy_node
+    executor = SingleThreadedExecutor(context=node.context)
+    executor.add_node(node)
+    got: dict[str, list] = {"tf": [], "static": [], "camera": []}
+    latched = QoSProfile(
+        depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+    )
+    node.create_subscription(TFMessage, "/tf", lambda m: got["tf"].extend(m.transforms), 100)
+    node.create_subscription(TFMessage, "/tf_static", lambda m: got["static"].extend(m.transforms), latched)
+    node.create_subscription(PoseStamped, robot.topics.camera_pose, got["camera"].append, 100)
+    odom_pub = node.create_publisher(Odometry, robot.topics.odometry, 100)
+    ee_pub = node.create_publisher(PoseStamped, robot.topics.ee_pose, 100)
+    proc = start_process(
+        [sys.executable, "-m", "m3_ros.pose_chain_node", "--ros-args", "-p", "publish_static:=true"],
+        name="pose_chain",
+    )
+    spin = lambda: executor.spin_once(timeout_sec=0.05)  # noqa: E731
+    wait_until(
+        lambda: odom_pub.get_subscription_count() > 0 and ee_pub.get_subscription_count() > 0,
+        30,
+        spin,
+        "pose-chain node subscriptions",
+    )
+    wait_until(lambda: len(got["static"]) == 2, 10, spin, "latched /tf_static from the YAML")
+    e = robot.extrinsics.chain()
+    statics = {(t.header.frame_id, t.child_frame_id): matrix_from_transform_msg(t) for t in got["static"]}
+    np.testing.assert_allclose(
+        statics[(robot.frames.lidar, robot.frames.arm_base)], e.lidar_from_armbase, atol=1e-12
+    )
+    np.testing.assert_allclose(statics[(robot.frames.ee, robot.frames.camera)], e.ee_from_camera, atol=1e-12)
+
+    t0 = 1_700_000_000_000_000_000
+    ee = matrix_from_pose(np.array([0.3, 0.05, 0.25]), np.array([0.0, 0.2, 0.1, 1.0]))
+    odom0 = matrix_from_pose(np.array([1.0, 2.0, 0.0]), np.array([0.0, 0.0, 0.0, 1.0]))
+    odom1 = matrix_from_pose(np.array([1.2, 2.0, 0.0]), np.array([0.0, 0.0, 0.0, 1.0]))
+    odom_pub.publish(odometry_msg_from_matrix(odom0, robot.frames.world, robot.frames.lidar, t0))
+    ee_pub.publish(pose_msg_from_matrix(ee, t0 + 50_000_000, robot.frames.arm_base))
+    odom_pub.publish(
+        odometry_msg_from_matrix(odom1, robot.frames.world, robot.frames.lidar, t0 + 100_000_000)
+    )
+    wait_until(lambda: len(got["camera"]) >= 1 and len(got["tf"]) >= 3, 10, spin, "camera pose and /tf")
+    cam = got["camera"][0]
+    assert (
+        stamp_ns_from_msg(cam.header.stamp) == t0 + 50_000_000 and cam.header.frame_id == robot.frames.world
+    )
+    odom_mid = matrix_from_pose(np.array([1.1, 2.0, 0.0]), np.array([0.0, 0.0, 0.0, 1.0]))
+    expected = odom_mid @ e.lidar_from_armbase @ ee @ e.ee_from_camera
+    np.testing.assert_allclose(matrix_from_pose_msg(cam), expected, atol=1e-9)
+    children = {t.child_frame_id for t in got["tf"]}
+    assert children == {robot.frames.lidar, robot.frames.ee}
+    assert proc.popen.poll() is None, proc.output()
+
+
+def test_capture_node_survives_bad_input_and_unwritable_dir(rclpy_node, start_process, tmp_path):
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, Image
+    from std_srvs.srv import Trigger
+    from tf2_msgs.msg import TFMessage
+
+    from m3_core.geometry.camera import PinholeCamera
+    from m3_ros.conversions import info_msg_from_camera, msg_from_image, transform_msg_from_matrix
+    from tests.conftest_capture import textured_rgb
+
+    robot = load_robot_config()
+    node = rclpy_node
+    executor = SingleThreadedExecutor(context=node.context)
+    executor.add_node(node)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    proc = start_process(
+        [
+            sys.executable, "-m", "m3_ros.capture_node", "--ros-args", "-p", f"output_dir:={blocker / 'scene'}",
+            "-p", "tf_timeout_s:=0.2", "-p", "min_interval_s:=0.0",
+        ],
+        name="capture",
+    )  # fmt: skip
+    color_pub = node.create_publisher(Image, robot.topics.color, 10)
+    depth_pub = node.create_publisher(Image, robot.topics.depth, 10)
+    info_pub = node.create_publisher(CameraInfo, robot.topics.camera_info, 10)
+    latched = QoSProfile(
+        depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+    )
+    static_pub = node.create_publisher(TFMessage, "/tf_static", latched)
+    client = node.create_client(Trigger, "/m3_capture/save")
+    spin = lambda: executor.spin_once(timeout_sec=0.05)  # noqa: E731
+    wait_until(
+        lambda: (
+            color_pub.get_subscription_count() > 0
+            and depth_pub.get_subscription_count() > 0
+            and client.service_is_ready()
+        ),
+        30,
+        spin,
+        "capture node endpoints",
+    )
+    # the whole chain as one static transform: every frame has a pose
+    static_pub.publish(
+        TFMessage(transforms=[transform_msg_from_matrix(np.eye(4), robot.frames.world, robot.frames.camera)])
+    )
+    cam = PinholeCamera(100.0, 100.0, 79.5, 59.5, 160, 120)
+    frame = robot.frames.camera
+
+    def save():
+        future = client.call_async(Trigger.Request())
+        executor.spin_until_future_complete(future, timeout_sec=10)
+        return future.result()
+
+    # publish until the node has seen both failures: the first messages after discovery may still be
+    # lost while the subscriber side matches our publishers
+    deadline = time.monotonic() + 30
+    i = 0
+    while not ("bad_encoding" in proc.output() and "write_error" in proc.output()):
+        assert time.monotonic() < deadline, proc.output()
+        stamp = 1_000_000_000 * (i + 1)
+        info_pub.publish(info_msg_from_camera(cam, stamp, frame))
+        color_pub.publish(msg_from_image(textured_rgb(120, 160, 5 * i), "rgb8", stamp, frame))
+        # depth as an 8-bit image (wrong encoding), then a good frame half a second later
+        depth_pub.publish(msg_from_image(np.zeros((120, 160), np.uint8), "mono8", stamp, frame))
+        color_pub.publish(
+            msg_from_image(textured_rgb(120, 160, 5 * i + 2), "rgb8", stamp + 500_000_000, frame)
+        )
+        depth_pub.publish(
+            msg_from_image(np.full((120, 160), 900, np.uint16), "16UC1", stamp + 500_000_000, frame)
+        )
+        i += 1
+        for _ in range(4):
+            spin()
+    response = save()
+    assert response is not None and not response.success and "cannot" in response.message
+    out = proc.output()
+    assert "bad_encoding" in out and "write_error" in out and "depth image must be one of" in out
+    assert proc.popen.poll() is None, "the node must keep running"
+    assert not (blocker / "scene").exists()
