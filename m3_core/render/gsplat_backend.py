@@ -1,0 +1,91 @@
+"""gsplat CUDA backend: one `gsplat.rasterization` pass renders RGB, queries and expected depth.
+
+gsplat is imported lazily, only when a CUDA tensor is rendered: on a machine without a GPU its first
+import tries to JIT-build the CUDA code and fails (GPU_FACTS.md). Set M3_GSPLAT_CSRC to a prebuilt
+`gsplat_cuda.so` (same torch, Python and GPU arch) to skip the ~1 min JIT build on a fresh machine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from m3_core.render.projection import EPS2D
+
+log = logging.getLogger(__name__)
+
+# gsplat renders 1,2,3,4,5,8,9,16,17,32,33,64,65,... channels natively and zero-pads the others;
+# channel_chunk must cover all channels or the pass is split (GPU_FACTS.md: ~30% slower).
+_MIN_CHANNEL_CHUNK = 32
+
+
+def import_gsplat() -> ModuleType:
+    """Import gsplat, registering a prebuilt extension from $M3_GSPLAT_CSRC first if given."""
+    if "gsplat" in sys.modules:
+        return sys.modules["gsplat"]
+    prebuilt = os.environ.get("M3_GSPLAT_CSRC")
+    if prebuilt and "gsplat.csrc" not in sys.modules:
+        if not os.path.isfile(prebuilt):
+            raise ValueError(f"M3_GSPLAT_CSRC={prebuilt!r} is not a file; unset it to JIT-build gsplat")
+        spec = importlib.util.spec_from_file_location("gsplat_cuda", prebuilt)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules["gsplat.csrc"] = module
+        log.info("using prebuilt gsplat extension %s", prebuilt)
+    try:
+        import gsplat
+    except ImportError as err:
+        raise ImportError(
+            "the gsplat backend needs the gsplat package (pip install gsplat==1.5.3) and a CUDA toolkit "
+            "to build it; on CPU use backend='torch'"
+        ) from err
+    return gsplat
+
+
+def rasterize_gsplat(
+    means: Tensor,  # [N,3]
+    quats: Tensor,  # [N,4] wxyz
+    scales: Tensor,  # [N,3] activated
+    opacities: Tensor,  # [N] activated
+    features: Tensor,  # [N,C]
+    camera_from_world: Tensor,  # [4,4]
+    fx: float,
+    fy: float,
+    cx: float,  # gsplat convention (image edge at 0)
+    cy: float,
+    width: int,
+    height: int,
+    near: float = 0.01,
+    far: float = 100.0,
+) -> tuple[Tensor, Tensor, Tensor, dict[str, Any]]:
+    """Full image: (features [H,W,C], expected depth [H,W], alpha [H,W], gsplat's meta dict)."""
+    gsplat = import_gsplat()
+    K = torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], device=means.device, dtype=means.dtype)
+    n_channels = features.shape[1] + 1  # + expected depth
+    colors, alphas, meta = gsplat.rasterization(
+        means,
+        quats,
+        scales,
+        opacities,
+        features,
+        viewmats=camera_from_world[None],
+        Ks=K[None],
+        width=width,
+        height=height,
+        near_plane=near,
+        far_plane=far,
+        eps2d=EPS2D,
+        packed=False,
+        render_mode="RGB+ED",
+        rasterize_mode="classic",
+        channel_chunk=max(_MIN_CHANNEL_CHUNK, n_channels),
+    )
+    return colors[0, ..., :-1], colors[0, ..., -1], alphas[0, ..., 0], meta

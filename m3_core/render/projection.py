@@ -1,0 +1,113 @@
+"""EWA projection of 3D Gaussians to the image plane, the same math as gsplat 1.5 (pinhole, classic).
+
+Everything here is plain differentiable PyTorch. Coordinates are gsplat's pixel coordinates: the
+left/top edge of the image is 0, so pixel (row, col) has its centre at (col + 0.5, row + 0.5). The
+callers turn m3's OpenCV intrinsics (pixel centres at integers) into these by adding 0.5 to cx, cy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+ALPHA_THRESHOLD = 1.0 / 255.0  # gsplat: contributions below this alpha are skipped
+EPS2D = 0.3  # gsplat's screen-space low-pass filter (pixels^2 added to the 2D covariance diagonal)
+
+
+@dataclass
+class Projected:
+    """Per-Gaussian screen-space quantities for one camera; culled Gaussians have radii == 0."""
+
+    means2d: Tensor  # [N,2] gsplat pixel coordinates (x right, y down)
+    conics: Tensor  # [N,3] inverse 2D covariance (a, b, c) = [[a, b], [b, c]]
+    depths: Tensor  # [N] camera z, metres
+    radii: Tensor  # [N,2] int32 half-extent of the opacity-aware bounding box in x and y (0 = culled)
+
+
+def rotmat_from_quat_wxyz(quats: Tensor) -> Tensor:
+    """[N,4] (w, x, y, z), any norm -> [N,3,3] rotation matrices (normalised as gsplat does)."""
+    q = quats / quats.norm(dim=-1, keepdim=True)
+    w, x, y, z = q.unbind(-1)
+    return torch.stack(
+        [
+            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+        ],
+        dim=-1,
+    ).reshape(q.shape[:-1] + (3, 3))  # fmt: skip
+
+
+def covars_from_quats_scales(quats: Tensor, scales: Tensor) -> Tensor:
+    """World covariance R S S^T R^T: [N,4] wxyz quats, [N,3] scales (metres) -> [N,3,3]."""
+    M = rotmat_from_quat_wxyz(quats) * scales[..., None, :]
+    return M @ M.transpose(-1, -2)
+
+
+def project_gaussians(
+    means: Tensor,  # [N,3] world
+    quats: Tensor,  # [N,4] wxyz
+    scales: Tensor,  # [N,3] metres (activated)
+    opacities: Tensor,  # [N] in (0,1) (activated), used for the opacity-aware bounding box as gsplat
+    camera_from_world: Tensor,  # [4,4] OpenCV camera axes
+    fx: float,
+    fy: float,
+    cx: float,  # gsplat convention: principal point with the image's left edge at 0
+    cy: float,
+    width: int,
+    height: int,
+    near: float = 0.01,
+    far: float = 100.0,
+    eps2d: float = EPS2D,
+) -> Projected:
+    """Project Gaussians like gsplat's fully_fused_projection (packed=False, classic mode)."""
+    R = camera_from_world[:3, :3]
+    t = camera_from_world[:3, 3]
+    means_c = means @ R.T + t
+    covars_c = R @ covars_from_quats_scales(quats, scales) @ R.T
+    x, y, z = means_c.unbind(-1)
+    # Gaussians at z ~ 0 are culled below; a safe z keeps their (zero) gradients finite.
+    z = torch.where(z.abs() > 1e-8, z, torch.full_like(z, 1e-8))
+
+    # Jacobian of the pinhole projection at a clamped point (gsplat clamps the view direction to
+    # 1.3x the field of view so off-screen Gaussians do not explode); the clamp also cuts gradients.
+    tan_fovx = 0.5 * width / fx
+    tan_fovy = 0.5 * height / fy
+    lim_x_pos = (width - cx) / fx + 0.3 * tan_fovx
+    lim_x_neg = cx / fx + 0.3 * tan_fovx
+    lim_y_pos = (height - cy) / fy + 0.3 * tan_fovy
+    lim_y_neg = cy / fy + 0.3 * tan_fovy
+    rz = 1.0 / z
+    tx = z * torch.clamp(x * rz, min=-lim_x_neg, max=lim_x_pos)
+    ty = z * torch.clamp(y * rz, min=-lim_y_neg, max=lim_y_pos)
+    zeros = torch.zeros_like(z)
+    J = torch.stack([fx * rz, zeros, -fx * tx * rz * rz, zeros, fy * rz, -fy * ty * rz * rz], dim=-1).reshape(
+        -1, 2, 3
+    )
+    cov2d = J @ covars_c @ J.transpose(-1, -2)
+    means2d = torch.stack([fx * x * rz + cx, fy * y * rz + cy], dim=-1)
+
+    a = cov2d[:, 0, 0] + eps2d
+    b = cov2d[:, 0, 1]
+    c = cov2d[:, 1, 1] + eps2d
+    det = a * c - b * b
+    det_safe = torch.where(det > 0, det, torch.ones_like(det))  # culled below; keeps grads finite
+    conics = torch.stack([c / det_safe, -b / det_safe, a / det_safe], dim=-1)
+
+    with torch.no_grad():
+        op = opacities.detach()
+        # opacity-aware bounding box (gsplat 1.5, arXiv 2402.00525 B.2): alpha < 1/255 outside it
+        extend = torch.clamp(
+            torch.sqrt(2.0 * torch.log(op.clamp(min=ALPHA_THRESHOLD) / ALPHA_THRESHOLD)), max=3.33
+        )
+        radius_x = torch.ceil(extend * torch.sqrt(a.detach().clamp(min=0)))
+        radius_y = torch.ceil(extend * torch.sqrt(c.detach().clamp(min=0)))
+        m2 = means2d.detach()
+        valid = (z.detach() >= near) & (z.detach() <= far) & (det.detach() > 0) & (op >= ALPHA_THRESHOLD)
+        valid &= (radius_x > 0) | (radius_y > 0)
+        valid &= (m2[:, 0] + radius_x > 0) & (m2[:, 0] - radius_x < width)
+        valid &= (m2[:, 1] + radius_y > 0) & (m2[:, 1] - radius_y < height)
+        radii = torch.stack([radius_x, radius_y], dim=-1).to(torch.int32) * valid[:, None]
+    return Projected(means2d=means2d, conics=conics, depths=z, radii=radii)
