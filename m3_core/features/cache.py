@@ -166,7 +166,8 @@ def _check_scene_has_masks(scene: Scene) -> None:
             f"the language model needs per-frame masks and captions, but {masks_dir} has none "
             "(expected masks/<frame name>.png with 16-bit instance ids, 0 = none, and "
             'masks/captions.json {"<frame name>": {"<id>": "caption"}}). For the built-in scene '
-            "m3_core.sim.write_scene_masks writes them; for a real scan run any segmenter + captioner "
+            "m3_core.sim.write_scene_masks(scene_dir, gt_dir) writes them from the `<bag>_gt/` folder "
+            "that `m3 sim` makes; for a real scan run any segmenter + captioner "
             "that writes this format (see m3_core.features.language)."
         )
 

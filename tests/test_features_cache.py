@@ -1,0 +1,226 @@
+"""Scene feature cache: reuse, invalidation, corruption, language masks, the `m3 features` CLI.
+
+Scenes are small directories built here with m3_core.scene; image models are real architectures
+with tiny configs and random weights, the language model has its real weights."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from m3_core.features import FeatureError, get_model, load_scene_features
+from m3_core.features.cache import cache_path
+from m3_core.geometry.camera import PinholeCamera
+from m3_core.scene import (
+    Frame,
+    Scene,
+    atomic_write_json,
+    atomic_write_png,
+    depth_png_from_m,
+    load_scene,
+    save_scene,
+)
+
+H, W = 48, 64
+TINY_DINOV2 = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+CAPTIONS = {1: "a yellow rubber duck", 2: "a red coffee mug"}
+
+
+def make_scene(root: Path, n_frames: int = 3, masks_for: tuple[int, ...] = (0, 1, 2)) -> Scene:
+    """A scene dir with n_frames random images, flat depth, a pose each, masks for `masks_for`."""
+    rng = np.random.default_rng(0)
+    camera = PinholeCamera(50.0, 50.0, (W - 1) / 2, (H - 1) / 2, W, H)
+    frames, captions = [], {}
+    for i in range(n_frames):
+        name = f"frame_{i:06d}"
+        atomic_write_png(root / "images" / f"{name}.png", rng.integers(0, 256, (H, W, 3), dtype=np.uint8))
+        atomic_write_png(root / "depth" / f"{name}.png", depth_png_from_m(np.full((H, W), 0.5)))
+        pose = np.eye(4)
+        pose[0, 3] = 0.1 * i
+        frames.append(
+            Frame(
+                name, 1000 * i, camera, pose, root / "images" / f"{name}.png", root / "depth" / f"{name}.png"
+            )
+        )
+        if i in masks_for:
+            ids = np.zeros((H, W), np.uint16)
+            ids[: H // 2, : W // 2] = 1
+            ids[H // 2 :, W // 2 :] = 2
+            atomic_write_png(root / "masks" / f"{name}.png", ids)
+            captions[name] = {str(k): v for k, v in CAPTIONS.items()}
+    if captions:
+        atomic_write_json(root / "masks" / "captions.json", captions)
+    save_scene(Scene(root=root, frames=frames, source="test"))
+    return load_scene(root)
+
+
+@pytest.fixture(scope="module")
+def dinov2_tiny():
+    return get_model("dinov2", allow_random_weights=True, config_overrides=TINY_DINOV2)
+
+
+@pytest.fixture(scope="module")
+def language():
+    return get_model("language")
+
+
+@pytest.fixture
+def scene(tmp_path):
+    return make_scene(tmp_path / "scene")
+
+
+def test_extract_then_reuse(scene, dinov2_tiny):
+    first = load_scene_features(scene, dinov2_tiny, progress=False)
+    assert first.grids.shape == (3, 3, 5, 32) and first.grids.dtype == torch.float32
+    assert first.names == [f.name for f in scene.frames] and first.num_extracted == 3
+    assert first.model == "dinov2" and first.random_weights and first.dim == 32
+    path = cache_path(scene, "dinov2")
+    stamp = path.stat().st_mtime_ns
+    second = load_scene_features(scene, dinov2_tiny, progress=False)
+    assert second.num_extracted == 0 and path.stat().st_mtime_ns == stamp  # not even rewritten
+    torch.testing.assert_close(second.grids, first.grids, rtol=0, atol=0)
+    # equal to a fresh extraction (rounded through the float16 storage)
+    fresh = dinov2_tiny.encode_image_dense(scene.read_rgb(1)).half().float()
+    torch.testing.assert_close(second.grids[1], fresh, rtol=0, atol=0)
+    assert not list(path.parent.glob(".*tmp"))  # atomic writes leave no temp files
+
+
+def test_cache_metadata_records_model_and_frames(scene, dinov2_tiny):
+    from safetensors import safe_open
+
+    load_scene_features(scene, dinov2_tiny, progress=False)
+    with safe_open(str(cache_path(scene, "dinov2")), framework="pt") as fh:
+        meta = json.loads(fh.metadata()["m3"])
+    assert meta["model_id"] == dinov2_tiny.model_id and meta["weights_hash"] == dinov2_tiny.weights_hash
+    assert meta["random_weights"] is True and meta["preprocessing"]["patch"] == 14
+    assert sorted(meta["frames"]) == [f.name for f in scene.frames]
+
+
+def test_changed_image_is_re_extracted_alone(scene, dinov2_tiny):
+    first = load_scene_features(scene, dinov2_tiny, progress=False)
+    atomic_write_png(scene.frames[1].image_path, np.full((H, W, 3), 200, np.uint8))
+    second = load_scene_features(scene, dinov2_tiny, progress=False)
+    assert second.num_extracted == 1
+    torch.testing.assert_close(second.grids[[0, 2]], first.grids[[0, 2]], rtol=0, atol=0)
+    assert not torch.equal(second.grids[1], first.grids[1])
+
+
+def test_other_weights_invalidate_the_cache(scene, dinov2_tiny):
+    load_scene_features(scene, dinov2_tiny, progress=False)
+    other = get_model(
+        "dinov2", allow_random_weights=True, config_overrides={**TINY_DINOV2, "num_hidden_layers": 1}
+    )
+    assert other.weights_hash != dinov2_tiny.weights_hash
+    assert load_scene_features(scene, other, progress=False).num_extracted == 3
+    coarser = get_model("dinov2", allow_random_weights=True, config_overrides=TINY_DINOV2, short_side=28)
+    again = load_scene_features(scene, coarser, progress=False)  # same weights, other preprocessing
+    assert again.num_extracted == 3 and again.grids.shape == (3, 2, 3, 32)
+
+
+def test_corrupt_file_is_re_extracted_with_warning(scene, dinov2_tiny, caplog):
+    first = load_scene_features(scene, dinov2_tiny, progress=False)
+    path = cache_path(scene, "dinov2")
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    with caplog.at_level(logging.WARNING):
+        second = load_scene_features(scene, dinov2_tiny, progress=False)
+    assert "corrupt" in caplog.text and second.num_extracted == 3
+    torch.testing.assert_close(second.grids, first.grids, rtol=0, atol=0)
+    path.write_bytes(b"not a safetensors file at all")
+    assert load_scene_features(scene, dinov2_tiny, progress=False).num_extracted == 3
+
+
+def test_corrupt_entry_is_never_used(scene, dinov2_tiny, caplog):
+    first = load_scene_features(scene, dinov2_tiny, progress=False)
+    path = cache_path(scene, "dinov2")
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF  # flip bits inside the last tensor's data: the header still parses
+    path.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING):
+        second = load_scene_features(scene, dinov2_tiny, progress=False)
+    assert second.num_extracted == 1 and "is corrupt; re-extracting it" in caplog.text
+    torch.testing.assert_close(second.grids, first.grids, rtol=0, atol=0)
+
+
+def test_removed_frames_leave_the_cache(tmp_path, dinov2_tiny):
+    from safetensors import safe_open
+
+    scene = make_scene(tmp_path / "s", n_frames=3)
+    load_scene_features(scene, dinov2_tiny, progress=False)
+    smaller = Scene(root=scene.root, frames=scene.frames[:2], source="test")
+    save_scene(smaller)
+    feats = load_scene_features(load_scene(scene.root), dinov2_tiny, progress=False)
+    assert feats.num_extracted == 0 and feats.grids.shape[0] == 2
+    with safe_open(str(cache_path(scene, "dinov2")), framework="pt") as fh:
+        assert len(list(fh.keys())) == 2
+
+
+def test_frames_of_different_sizes_are_refused(tmp_path, dinov2_tiny):
+    scene = make_scene(tmp_path / "s", n_frames=2)
+    atomic_write_png(scene.frames[1].image_path, np.zeros((H * 2, W * 2, 3), np.uint8))
+    with pytest.raises(FeatureError, match="different shapes"):
+        load_scene_features(scene, dinov2_tiny, progress=False)
+
+
+def test_model_by_name_and_options(scene):
+    feats = load_scene_features(
+        scene, "dinov2", allow_random_weights=True, options={"config_overrides": TINY_DINOV2}, progress=False
+    )
+    assert feats.model_id == "transformers:facebook/dinov2-small/random-init" and feats.grids.shape[-1] == 32
+    with pytest.raises(ValueError, match="unknown feature model"):
+        load_scene_features(scene, "clipp", progress=False)
+
+
+# -- language ---------------------------------------------------------------------------------
+
+
+def test_language_scene_features(tmp_path, language, caplog):
+    scene = make_scene(tmp_path / "s", n_frames=3, masks_for=(0, 2))
+    with caplog.at_level(logging.WARNING):
+        feats = load_scene_features(scene, language, progress=False)
+    assert feats.grids.shape == (3, 6, 8, 384) and not feats.random_weights
+    assert "frame_000001 has no mask" in caplog.text
+    assert feats.grids[1].abs().max() == 0
+    duck, mug = language.encode_text(list(CAPTIONS.values())).half().float()
+    torch.testing.assert_close(feats.grids[0, 0, 0], duck, rtol=0, atol=0)
+    torch.testing.assert_close(feats.grids[2, -1, -1], mug, rtol=0, atol=0)
+    assert feats.grids[0, 0, -1].abs().max() == 0  # top-right quadrant has no mask
+    # a changed caption re-extracts only that frame
+    captions = json.loads((scene.root / "masks" / "captions.json").read_text())
+    captions["frame_000002"]["2"] = "a blue lego brick"
+    atomic_write_json(scene.root / "masks" / "captions.json", captions)
+    again = load_scene_features(scene, language, progress=False)
+    assert again.num_extracted == 1
+    lego = language.encode_text(["a blue lego brick"])[0].half().float()
+    torch.testing.assert_close(again.grids[2, -1, -1], lego, rtol=0, atol=0)
+
+
+def test_language_without_masks_says_how_to_make_them(tmp_path, language):
+    scene = make_scene(tmp_path / "s", n_frames=2, masks_for=())
+    with pytest.raises(FeatureError, match=r"masks.*write_scene_masks.*segmenter"):
+        load_scene_features(scene, language, progress=False)
+    assert not cache_path(scene, "language").exists()
+
+
+# -- CLI --------------------------------------------------------------------------------------
+
+
+def test_cli_extracts_then_reuses(tmp_path, capsys):
+    from m3_ros.cli import main
+
+    scene = make_scene(tmp_path / "s", n_frames=2)
+    args = ["features", str(scene.root), "--models", "language", "--device", "cpu", "--no-progress"]
+    assert main(args) == 0
+    assert "language" in capsys.readouterr().out
+    assert cache_path(scene, "language").exists()
+    assert main(args) == 0
+    assert "0 extracted, 2 cached" in capsys.readouterr().out
+    assert main(["features", str(scene.root), "--models", "clip,nope"]) == 2
+    assert main(["features", str(tmp_path / "missing"), "--models", "language"]) == 1
+    # without weights and without the flag: a clear error naming the files, exit 1
+    assert main(["features", str(scene.root), "--models", "dinov2", "--device", "cpu", "--no-progress"]) == 1
+    assert "model.safetensors" in capsys.readouterr().out
