@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--odometry-drift", action="store_true", default=None, help="random-walk odometry drift"
     )
     parser.add_argument("--stamp-jitter", action="store_true", default=None, help="camera timestamp jitter")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="rendering processes (default: 2, 1 for tiny scenes)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

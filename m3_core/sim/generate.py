@@ -24,8 +24,9 @@ from m3_core.geometry.se3 import matrix_from_pose
 from m3_core.scene import atomic_write_json, depth_png_from_m
 from m3_core.sim import bag as bagmsg
 from m3_core.sim import gt as gtio
-from m3_core.sim.plan import check_reach, check_views, place_objects, scan_poses
+from m3_core.sim.plan import ScanPoses, check_reach, check_views, place_objects, scan_poses
 from m3_core.sim.realism import drift_transforms, jittered_stamps_ns, noisy_depth
+from m3_core.sim.render_pool import default_workers, render_frames
 from m3_core.sim.spec import SimSpec, check_spec
 from m3_core.sim.world import TabletopWorld
 
@@ -140,11 +141,44 @@ def _grid(rate_hz: float, duration_s: float) -> np.ndarray:
     return np.arange(n) / rate_hz
 
 
+@dataclass(frozen=True)
+class _Timeline:
+    """Everything decided before rendering: stamps and true/reported poses of every message."""
+
+    spec: SimSpec
+    robot: RobotSetup
+    camera: PinholeCamera
+    t0_ns: int
+    cam_poses: ScanPoses
+    cam_true_ns: np.ndarray  # capture times
+    cam_stamp_ns: np.ndarray  # header stamps (jittered when asked)
+    odom_poses: ScanPoses
+    odom_ahead: ScanPoses  # 1 ms later, for the twist
+    drift: np.ndarray  # [N,4,4] reported_from_true odom (identity without drift)
+    ee_poses: ScanPoses
+
+    def events(self) -> list[tuple[int, int, str, int]]:
+        """(log time, order at equal times, kind, index) sorted; poses before images so a live chain
+        can resolve an image as soon as it arrives."""
+        ev = [(self.t0_ns + int(round(t * 1e9)), 0, "odom", i) for i, t in enumerate(self.odom_poses.t_s)]
+        ev += [(self.t0_ns + int(round(t * 1e9)), 1, "ee", i) for i, t in enumerate(self.ee_poses.t_s)]
+        ev += [(int(ns), 2, "cam", i) for i, ns in enumerate(self.cam_true_ns)]
+        return sorted(ev)
+
+
 def generate(
-    spec: SimSpec, spec_dir: Path, bag_dir: Path | str, *, force: bool = False, progress: bool = False
+    spec: SimSpec,
+    spec_dir: Path,
+    bag_dir: Path | str,
+    *,
+    force: bool = False,
+    progress: bool = False,
+    workers: int | None = None,
 ) -> SimResult:
     """Build, check and render the scene; write the bag and its ground truth atomically.
 
+    workers: rendering processes (default: 2 on this 2-core box, 1 for tiny scenes); the output
+    does not depend on it.
     Raises ValueError (SpecError) for a spec that cannot be realised, FileExistsError when the
     output exists and force is False; in both cases nothing is written.
     """
@@ -159,55 +193,27 @@ def generate(
     if not robot_path.is_absolute():
         robot_path = spec_dir / robot_path if (spec_dir / robot_path).exists() else config_dir() / robot_path
     robot = load_robot(robot_path)
-    rng = np.random.default_rng(spec.seed)
-    cam_spec = spec.camera
-    camera = PinholeCamera(
-        cam_spec.fx, cam_spec.fy, cam_spec.cx, cam_spec.cy, cam_spec.width, cam_spec.height
-    )
-    traj = spec.trajectory
-    t_cam = _grid(cam_spec.rate_hz, traj.duration_s)
-    t_odom = _grid(spec.odometry_rate_hz, traj.duration_s)
-    t_ee = _grid(spec.ee_pose_rate_hz, traj.duration_s)
-
     with TabletopWorld(spec) as world:
-        place_objects(spec, world, rng)
-        cam_poses = scan_poses(traj, world.world_from_table, robot.extrinsics, t_cam)
-        odom_poses = scan_poses(traj, world.world_from_table, robot.extrinsics, t_odom)
-        odom_ahead = scan_poses(traj, world.world_from_table, robot.extrinsics, t_odom + 1e-3)
-        ee_poses = scan_poses(traj, world.world_from_table, robot.extrinsics, t_ee)
-        for poses in (cam_poses, odom_poses, ee_poses):
-            check_reach(traj, poses)
-        check_views(world, cam_poses, camera)
-        # realism draws come from their own streams so switching one on leaves the rest unchanged
-        real = spec.realism
-        t0_ns = int(round(spec.start_time_s * 1e9))
-        cam_true_ns = t0_ns + np.round(t_cam * 1e9).astype(np.int64)
-        cam_stamp_ns = (
-            jittered_stamps_ns(cam_true_ns, real, np.random.default_rng([spec.seed, 1]))
-            if real.stamp_jitter
-            else cam_true_ns
-        )
-        drift = (
-            drift_transforms(t_odom, real, np.random.default_rng([spec.seed, 2]))
-            if real.odometry_drift
-            else np.tile(np.eye(4), (len(t_odom), 1, 1))
-        )
-        noise_rng = np.random.default_rng([spec.seed, 3])
-
+        place_objects(spec, world, np.random.default_rng(spec.seed))
+        timeline = _plan(spec, robot, world)
+        workers = workers if workers is not None else default_workers(len(timeline.cam_true_ns))
         bag_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = bag_dir.parent / f".{bag_dir.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
-            topics = _write(
-                tmp, spec, robot, world, camera, t0_ns,
-                cam_poses, cam_true_ns, cam_stamp_ns, odom_poses, odom_ahead, drift, ee_poses,
-                noise_rng, progress,
-            )  # fmt: skip
+            topics = _write(tmp, timeline, world, progress, workers)
             objects = gtio.objects_record(world)
             atomic_write_json(tmp / "gt" / gtio.OBJECTS_JSON, objects)
             gtio.write_meshes(tmp / "gt" / gtio.MESHES_NPZ, world)
-            gtio.write_cameras(tmp / "gt", camera, cam_stamp_ns, cam_true_ns, cam_poses, robot)
+            gtio.write_cameras(
+                tmp / "gt",
+                timeline.camera,
+                timeline.cam_stamp_ns,
+                timeline.cam_true_ns,
+                timeline.cam_poses,
+                robot,
+            )
             atomic_write_json(tmp / "gt" / "spec.json", to_dict(spec))
             if force:
                 shutil.rmtree(bag_dir, ignore_errors=True)
@@ -217,82 +223,119 @@ def generate(
             (tmp / "bag").rename(bag_dir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    real = spec.realism
     return SimResult(
         bag_dir=bag_dir,
         gt_dir=gt_dir,
         topics=topics,
-        frames=len(t_cam),
-        size=(camera.width, camera.height),
+        frames=len(timeline.cam_true_ns),
+        size=(timeline.camera.width, timeline.camera.height),
         objects=[{k: o[k] for k in ("id", "name", "caption")} for o in objects["objects"]],
         seconds=time.perf_counter() - started,
         realism={k: getattr(real, k) for k in ("depth_noise", "odometry_drift", "stamp_jitter")},
     )
 
 
-def _write(
-    tmp, spec, robot, world, camera, t0_ns,
-    cam_poses, cam_true_ns, cam_stamp_ns, odom_poses, odom_ahead, drift, ee_poses, noise_rng, progress,
-) -> dict[str, dict]:  # fmt: skip
-    """Stream all messages in time order into tmp/bag; masks into tmp/gt/masks."""
-    topics, frames = robot.topics, robot.frames
+def _plan(spec: SimSpec, robot: RobotSetup, world: TabletopWorld) -> _Timeline:
+    """All poses and stamps, checked (reach, views) before anything is written."""
+    c = spec.camera
+    camera = PinholeCamera(c.fx, c.fy, c.cx, c.cy, c.width, c.height)
+    traj = spec.trajectory
+    t_cam = _grid(c.rate_hz, traj.duration_s)
+    t_odom = _grid(spec.odometry_rate_hz, traj.duration_s)
+    t_ee = _grid(spec.ee_pose_rate_hz, traj.duration_s)
+    cam_poses = scan_poses(traj, world.world_from_table, robot.extrinsics, t_cam)
+    odom_poses = scan_poses(traj, world.world_from_table, robot.extrinsics, t_odom)
+    ee_poses = scan_poses(traj, world.world_from_table, robot.extrinsics, t_ee)
+    for poses in (cam_poses, odom_poses, ee_poses):
+        check_reach(traj, poses)
+    check_views(world, cam_poses, camera)
+    # realism draws come from their own streams so switching one on leaves the others unchanged
+    real = spec.realism
+    t0_ns = int(round(spec.start_time_s * 1e9))
+    cam_true_ns = t0_ns + np.round(t_cam * 1e9).astype(np.int64)
+    cam_stamp_ns = cam_true_ns
+    if real.stamp_jitter:
+        cam_stamp_ns = jittered_stamps_ns(cam_true_ns, real, np.random.default_rng([spec.seed, 1]))
+    drift = np.tile(np.eye(4), (len(t_odom), 1, 1))
+    if real.odometry_drift:
+        drift = drift_transforms(t_odom, real, np.random.default_rng([spec.seed, 2]))
+    return _Timeline(
+        spec=spec,
+        robot=robot,
+        camera=camera,
+        t0_ns=t0_ns,
+        cam_poses=cam_poses,
+        cam_true_ns=cam_true_ns,
+        cam_stamp_ns=cam_stamp_ns,
+        odom_poses=odom_poses,
+        odom_ahead=scan_poses(traj, world.world_from_table, robot.extrinsics, t_odom + 1e-3),
+        drift=drift,
+        ee_poses=ee_poses,
+    )
+
+
+def _write(tmp: Path, tl: _Timeline, world: TabletopWorld, progress: bool, workers: int) -> dict[str, dict]:
+    """Stream all messages in time order into tmp/bag, instance masks into tmp/gt/masks."""
     (tmp / "gt" / gtio.MASKS_DIR).mkdir(parents=True)
-    # events: (log time, order at equal times, kind, index); poses before images so a live chain
-    # can resolve an image as soon as it arrives
-    events = [(t0_ns + int(round(t * 1e9)), 0, "odom", i) for i, t in enumerate(odom_poses.t_s)]
-    events += [(t0_ns + int(round(t * 1e9)), 1, "ee", i) for i, t in enumerate(ee_poses.t_s)]
-    events += [(int(ns), 2, "cam", i) for i, ns in enumerate(cam_true_ns)]
-    events.sort()
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(cam_true_ns), desc="m3 sim", unit="frame")
-    with bagmsg.BagWriter(tmp / "bag") as writer:
-        writer.add_topic("/tf_static", bagmsg.TF_MESSAGE, depth=1, transient_local=True)
-        writer.add_topic(topics["odometry"], bagmsg.ODOMETRY, depth=50)
-        writer.add_topic(topics["ee_pose"], bagmsg.POSE_STAMPED, depth=50)
-        writer.add_topic(topics["camera_info"], bagmsg.CAMERA_INFO)
-        writer.add_topic(topics["color"], bagmsg.IMAGE)
-        writer.add_topic(topics["depth"], bagmsg.IMAGE)
-        static = [
-            (frames["lidar"], frames["arm_base"], robot.extrinsics.lidar_from_armbase),
-            (frames["ee"], frames["camera"], robot.extrinsics.ee_from_camera),
-        ]
-        writer.write("/tf_static", bagmsg.tf_message(static, t0_ns), t0_ns)
-        for log_ns, _, kind, i in events:
-            if kind == "odom":
-                true_T = odom_poses.world_from_lidar[i]
-                ahead_T = odom_ahead.world_from_lidar[i]
-                R = true_T[:3, :3]
-                lin = R.T @ ((ahead_T[:3, 3] - true_T[:3, 3]) / 1e-3)
-                dyaw = np.arctan2(ahead_T[1, 0], ahead_T[0, 0]) - np.arctan2(true_T[1, 0], true_T[0, 0])
-                ang = np.array([0.0, 0.0, np.angle(np.exp(1j * dyaw)) / 1e-3])
-                msg = bagmsg.odometry_msg(
-                    drift[i] @ true_T, lin, ang, log_ns, frames["world"], frames["lidar"]
-                )
-                writer.write(topics["odometry"], msg, log_ns)
-            elif kind == "ee":
-                msg = bagmsg.pose_stamped_msg(ee_poses.armbase_from_ee[i], log_ns, frames["arm_base"])
-                writer.write(topics["ee_pose"], msg, log_ns)
-            else:
-                rgb, depth_m, ids = world.render(cam_poses.world_from_camera[i], camera)
-                if spec.realism.depth_noise:
-                    depth_m = noisy_depth(depth_m, spec.realism, noise_rng)
-                stamp = int(cam_stamp_ns[i])
-                writer.write(
-                    topics["camera_info"], bagmsg.camera_info_msg(camera, stamp, frames["camera"]), log_ns
-                )
-                writer.write(topics["color"], bagmsg.image_msg(rgb, "rgb8", stamp, frames["camera"]), log_ns)
-                depth_mm = depth_png_from_m(depth_m, 0.001)
-                writer.write(
-                    topics["depth"], bagmsg.image_msg(depth_mm, "16UC1", stamp, frames["camera"]), log_ns
-                )
-                ok, buf = cv2.imencode(".png", ids)
-                if not ok:
-                    raise RuntimeError("PNG encoding of an instance mask failed")
-                (tmp / "gt" / gtio.MASKS_DIR / f"{stamp}.png").write_bytes(buf.tobytes())
-                if bar is not None:
-                    bar.update(1)
-    if bar is not None:
-        bar.close()
-    return {t: {"type": writer.types[t], "count": writer.counts[t]} for t in writer.types}
+        bar = tqdm(total=len(tl.cam_true_ns), desc="m3 sim", unit="frame")
+    rendered = render_frames(world, tl.camera, tl.cam_poses.world_from_camera, workers)
+    noise_rng = np.random.default_rng([tl.spec.seed, 3])
+    topics, frames = tl.robot.topics, tl.robot.frames
+    try:
+        with bagmsg.BagWriter(tmp / "bag") as writer:
+            writer.add_topic("/tf_static", bagmsg.TF_MESSAGE, depth=1, transient_local=True)
+            writer.add_topic(topics["odometry"], bagmsg.ODOMETRY, depth=50)
+            writer.add_topic(topics["ee_pose"], bagmsg.POSE_STAMPED, depth=50)
+            writer.add_topic(topics["camera_info"], bagmsg.CAMERA_INFO)
+            writer.add_topic(topics["color"], bagmsg.IMAGE)
+            writer.add_topic(topics["depth"], bagmsg.IMAGE)
+            static = [
+                (frames["lidar"], frames["arm_base"], tl.robot.extrinsics.lidar_from_armbase),
+                (frames["ee"], frames["camera"], tl.robot.extrinsics.ee_from_camera),
+            ]
+            writer.write("/tf_static", bagmsg.tf_message(static, tl.t0_ns), tl.t0_ns)
+            for log_ns, _, kind, i in tl.events():
+                if kind == "odom":
+                    writer.write(topics["odometry"], _odometry(tl, i, log_ns), log_ns)
+                elif kind == "ee":
+                    msg = bagmsg.pose_stamped_msg(tl.ee_poses.armbase_from_ee[i], log_ns, frames["arm_base"])
+                    writer.write(topics["ee_pose"], msg, log_ns)
+                else:
+                    rgb, depth_m, ids = next(rendered)  # frames come in order: this is frame i
+                    if tl.spec.realism.depth_noise:
+                        depth_m = noisy_depth(depth_m, tl.spec.realism, noise_rng)
+                    stamp, cam_frame = int(tl.cam_stamp_ns[i]), frames["camera"]
+                    writer.write(
+                        topics["camera_info"], bagmsg.camera_info_msg(tl.camera, stamp, cam_frame), log_ns
+                    )
+                    writer.write(topics["color"], bagmsg.image_msg(rgb, "rgb8", stamp, cam_frame), log_ns)
+                    depth_mm = depth_png_from_m(depth_m, 0.001)
+                    writer.write(
+                        topics["depth"], bagmsg.image_msg(depth_mm, "16UC1", stamp, cam_frame), log_ns
+                    )
+                    ok, buf = cv2.imencode(".png", ids)
+                    if not ok:
+                        raise RuntimeError("PNG encoding of an instance mask failed")
+                    (tmp / "gt" / gtio.MASKS_DIR / f"{stamp}.png").write_bytes(buf.tobytes())
+                    if bar is not None:
+                        bar.update(1)
+        return {t: {"type": writer.types[t], "count": writer.counts[t]} for t in writer.types}
+    finally:
+        rendered.close()  # stops a worker pool, also on errors
+        if bar is not None:
+            bar.close()
+
+
+def _odometry(tl: _Timeline, i: int, stamp_ns: int):
+    """Odometry message i: reported (drifted) pose, twist from the true motion in the body frame."""
+    true_T, ahead_T = tl.odom_poses.world_from_lidar[i], tl.odom_ahead.world_from_lidar[i]
+    lin = true_T[:3, :3].T @ ((ahead_T[:3, 3] - true_T[:3, 3]) / 1e-3)
+    dyaw = np.arctan2(ahead_T[1, 0], ahead_T[0, 0]) - np.arctan2(true_T[1, 0], true_T[0, 0])
+    ang = np.array([0.0, 0.0, np.angle(np.exp(1j * dyaw)) / 1e-3])
+    frames = tl.robot.frames
+    return bagmsg.odometry_msg(tl.drift[i] @ true_T, lin, ang, stamp_ns, frames["world"], frames["lidar"])

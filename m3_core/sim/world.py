@@ -102,6 +102,8 @@ class TabletopWorld:
         self.spec = spec
         self.client = p.connect(p.DIRECT)
         self.bodies: list[Body] = []
+        self.placements: list[tuple[ObjectSpec, np.ndarray, float]] = []
+        """(object, xy in the table frame, yaw) as added, to rebuild the same world elsewhere."""
         p.setAdditionalSearchPath(str(data_path()), physicsClientId=self.client)
         self.plane_id = p.loadURDF("plane.urdf", physicsClientId=self.client)
         t = spec.table
@@ -199,6 +201,7 @@ class TabletopWorld:
             f,
         )
         self.bodies.append(body)
+        self.placements.append((obj, np.asarray(xy_table, np.float64).copy(), float(yaw_rad)))
         return body
 
     def footprint(self, obj: ObjectSpec, yaw_rad: float) -> np.ndarray:
