@@ -190,6 +190,11 @@ class QueryNode(Node):
     def _query_config(self) -> QueryConfig:
         values = {k: self.get_parameter(k).value for k in self.config_params}
         values["negatives"] = tuple(values["negatives"] or ())
+        # ROS parameters cannot be None: negative sentinels mean "the model's calibrated default".
+        if values["relevance_threshold"] < 0:
+            values["relevance_threshold"] = None
+        if values["min_similarity"] < -1:
+            values["min_similarity"] = None
         return replace(QueryConfig(), **{k: v for k, v in values.items() if k in _QUERY_FIELDS})
 
     def _model_name(self, memory: Any, requested: str) -> str:

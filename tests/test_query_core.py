@@ -271,7 +271,7 @@ def test_match_gaussians_finds_the_object_and_rejects_absent(embeddings):
     feats = feats + 0.05 * torch.randn(feats.shape, generator=g)
     opacities = torch.full((2200,), 0.9)
     opacities[:20] = 0.01  # transparent ones do not count
-    cfg = QueryConfig(min_similarity=0.5)
+    cfg = QueryConfig(relevance_threshold=0.6, min_similarity=0.5)
     match = match_gaussians(means, opacities, feats, embeddings["query"], embeddings["negatives"], cfg)
     assert match is not None
     assert np.linalg.norm(match.estimate.centre - [0.8, -0.3, 0.75]) < 3e-3
@@ -304,3 +304,10 @@ def test_config_rejects_bad_values():
         QueryConfig(relevance_threshold=1.5)
     with pytest.raises(ValueError):
         QueryConfig(negatives=("object", ""))
+
+
+def test_thresholds_default_per_model():
+    assert QueryConfig().for_model("language").relevance_threshold == 0.8
+    assert QueryConfig().for_model("language").min_similarity == 0.5
+    assert QueryConfig(relevance_threshold=0.3).for_model("language").relevance_threshold == 0.3
+    assert QueryConfig().for_model("some_new_model").relevance_threshold == 0.6

@@ -1,15 +1,34 @@
 """Configuration of a text query: relevance, mask, 3D target, grasp pose, 3D (Gaussian) query.
 
 One frozen dataclass; the node maps its ROS parameters onto it, the CLI its flags, YAML goes
-through m3_core.config.from_dict. Defaults are calibrated on the built-in scene (BENCHMARKS.md,
-"Query") with the language-mask model; CLIP-like models use the same relevance scale.
+through m3_core.config.from_dict. The two thresholds default per model (MODEL_THRESHOLDS): cosine
+similarities of a sentence model (caption embeddings) and of CLIP live on different scales.
+
+Calibration of "language" (all-MiniLM-L6-v2 caption embeddings, built-in scene captions, 4
+canonical negatives, temperature 0.1; numbers from the captions themselves, see BENCHMARKS.md):
+every object's name and synonyms reach relevance >= 0.86 and cosine >= 0.52 on the right caption
+(except "building block" 0.54 and "box lid"/"bin", which MiniLM does not tie to "a shallow tray");
+the strongest wrong-object relevance is 0.66 ("toy brick" -> teddy bear) and absent objects stay
+below relevance 0.80 and cosine 0.46 ("a yellow banana" 0.79 / 0.46, "banana" 0.36 / 0.31).
+Hence relevance >= 0.80 and cosine >= 0.50.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 CANONICAL_NEGATIVES: tuple[str, ...] = ("object", "things", "stuff", "texture")
+
+# model -> (relevance_threshold, min_similarity) used when the config leaves them None.
+# "language" is calibrated (module docstring); the CLIP/SigLIP values follow LERF-style practice
+# (relevance 0.6 ~ "clearly closer to the query than to every negative") and are not calibrated
+# on this machine (no pretrained CLIP/SigLIP weights here).
+MODEL_THRESHOLDS: dict[str, tuple[float, float]] = {
+    "language": (0.80, 0.50),
+    "clip": (0.60, 0.20),
+    "siglip": (0.60, 0.05),
+}
+DEFAULT_THRESHOLDS: tuple[float, float] = (0.60, 0.20)
 
 
 @dataclass(frozen=True)
@@ -20,10 +39,12 @@ class QueryConfig:
     """Canonical phrases the query competes against (LERF pairwise softmax); () = plain cosine."""
     temperature: float = 0.1
     """Softmax temperature on cosine similarities (LERF uses 0.1, i.e. a factor of 10)."""
-    relevance_threshold: float = 0.6
-    """Pixels (or Gaussians) with relevance at or above this are candidates; the floor under Otsu."""
-    min_similarity: float = 0.4
-    """The best cosine similarity in the target region must reach this, else "not found"."""
+    relevance_threshold: float | None = None
+    """Pixels (or Gaussians) with relevance at or above this are candidates; the floor under Otsu.
+    None = the model's value in MODEL_THRESHOLDS."""
+    min_similarity: float | None = None
+    """The best cosine similarity in the target region must reach this, else "not found".
+    None = the model's value in MODEL_THRESHOLDS."""
     threshold_mode: str = "fixed"
     """"fixed" (relevance_threshold) or "otsu" (Otsu on the relevance map, never below the floor)."""
     min_alpha: float = 0.5
@@ -42,6 +63,9 @@ class QueryConfig:
     """The view sees the front surface: move the centre along the viewing ray by this factor times
     the object's half width across the ray (a sphere's median visible pixel is 0.707 r in front of
     its centre, and its (2, 98) percentile half width is 0.895 r: 0.79); 0 = off."""
+    max_centre_shift_m: float = 0.04
+    """Cap on that shift: graspable objects are a few cm deep, and a large flat region (a table
+    seen at a slant) is not a sphere."""
     max_points: int = 20000
     """Back-project at most about this many depth pixels (strided)."""
     grasp_mode: str = "top_down"
@@ -68,9 +92,9 @@ class QueryConfig:
             raise ValueError(f"grasp_mode must be 'top_down' or 'view_ray', got {self.grasp_mode!r}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not 0.0 <= self.relevance_threshold <= 1.0:
+        if self.relevance_threshold is not None and not 0.0 <= self.relevance_threshold <= 1.0:
             raise ValueError(f"relevance_threshold must be in [0, 1], got {self.relevance_threshold}")
-        if not -1.0 <= self.min_similarity <= 1.0:
+        if self.min_similarity is not None and not -1.0 <= self.min_similarity <= 1.0:
             raise ValueError(f"min_similarity is a cosine in [-1, 1], got {self.min_similarity}")
         if self.render_width < 0 or self.render_height < 0:
             raise ValueError(f"render size must be >= 0, got {self.render_width}x{self.render_height}")
@@ -80,5 +104,18 @@ class QueryConfig:
             raise ValueError(f"world_up must be 3 numbers, got {self.world_up!r}")
         if not 0.0 <= self.extent_percentile < 50.0:
             raise ValueError(f"extent_percentile must be in [0, 50), got {self.extent_percentile}")
+        if self.max_centre_shift_m < 0 or self.surface_to_centre < 0:
+            raise ValueError("surface_to_centre and max_centre_shift_m must be >= 0")
         if self.max_text_chars < 1 or self.max_points < 1:
             raise ValueError("max_text_chars and max_points must be >= 1")
+
+    def for_model(self, model: str) -> QueryConfig:
+        """This config with the thresholds left None filled in from MODEL_THRESHOLDS[model]."""
+        relevance_threshold, min_similarity = MODEL_THRESHOLDS.get(model, DEFAULT_THRESHOLDS)
+        return replace(
+            self,
+            relevance_threshold=relevance_threshold
+            if self.relevance_threshold is None
+            else self.relevance_threshold,
+            min_similarity=min_similarity if self.min_similarity is None else self.min_similarity,
+        )

@@ -61,7 +61,12 @@ def match_gaussians(
     negatives_emb: torch.Tensor | None,  # [k, d]
     config: QueryConfig,
 ) -> GaussianMatch | None:
-    """The most relevant cluster of Gaussians, or None when no cluster qualifies."""
+    """The most relevant cluster of Gaussians, or None when no cluster qualifies.
+
+    config: thresholds must be set (QueryConfig.for_model fills them).
+    """
+    if config.relevance_threshold is None:
+        raise ValueError("config.relevance_threshold is None; use config.for_model(model) first")
     if means.ndim != 2 or means.shape[1] != 3:
         raise ValueError(f"means must be [N,3], got {tuple(means.shape)}")
     n = means.shape[0]

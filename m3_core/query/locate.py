@@ -176,9 +176,8 @@ def locate(
     memory's rendered depth.
     """
     t_start = time.perf_counter()
-    config = config or QueryConfig()
+    config = (config or QueryConfig()).for_model(check_model(memory, model))
     text = validate_text(text, config.max_text_chars)
-    check_model(memory, model)
     world_from_camera = np.asarray(world_from_camera, dtype=np.float64)
     if world_from_camera.shape != (4, 4) or not np.all(np.isfinite(world_from_camera)):
         raise ValueError(
@@ -261,6 +260,7 @@ def locate(
         outlier_mad=config.outlier_mad,
         extent_percentile=config.extent_percentile,
         surface_to_centre=config.surface_to_centre,
+        max_centre_shift_m=config.max_centre_shift_m,
     )
     world_from_grasp = grasp_pose(
         estimate.centre,
@@ -311,9 +311,8 @@ def locate_3d(
     (world) is given.
     """
     t_start = time.perf_counter()
-    config = config or QueryConfig()
+    config = (config or QueryConfig()).for_model(check_model(memory, model))
     text = validate_text(text, config.max_text_chars)
-    check_model(memory, model)
     embeddings = embeddings or TextEmbeddings(memory)
     t0 = time.perf_counter()
     text_emb = embeddings.encode(model, [text])[0]
@@ -417,7 +416,12 @@ def find_target(
             raise
         try:
             result = locate_3d(
-                memory, text, model=model, config=config, camera_position=camera_position, embeddings=embeddings
+                memory,
+                text,
+                model=model,
+                config=config,
+                camera_position=camera_position,
+                embeddings=embeddings,
             )
         except NotFoundError as err3d:
             raise NotFoundError(

@@ -60,12 +60,13 @@ def estimate_object(
     outlier_mad: float = 3.0,
     extent_percentile: float = 2.0,
     surface_to_centre: float = 0.0,
+    max_centre_shift_m: float = float("inf"),
 ) -> ObjectEstimate:
     """Robust centre and extent of an object's points (any frame; metres).
 
     camera_position (with surface_to_centre > 0): the points are a visible surface seen from
     there; the centre is pushed away from the camera by surface_to_centre * half the object's
-    narrower width across the viewing ray.
+    narrower width across the viewing ray, at most max_centre_shift_m.
     """
     points = np.asarray(points, dtype=np.float64)
     if points.ndim != 2 or points.shape[1] != 3:
@@ -81,7 +82,7 @@ def estimate_object(
         if norm > 1e-9:
             ray /= norm
             half_width = 0.5 * _narrow_width_across(inliers - centre, ray, extent_percentile)
-            centre = centre + surface_to_centre * half_width * ray
+            centre = centre + min(surface_to_centre * half_width, max_centre_shift_m) * ray
     return ObjectEstimate(centre, robust_extent(inliers, extent_percentile), inliers)
 
 

