@@ -1,0 +1,35 @@
+"""End to end, as the README's main command does it, at reduced size: simulated bag -> replay,
+pose-chain and capture nodes (separate processes) -> masks -> training -> query node + live TF ->
+/m3/query -> grasp target checked against ground truth; every node must exit cleanly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, ros_available
+
+pytestmark = [
+    pytest.mark.ros,
+    pytest.mark.slow,
+    pytest.mark.skipif(not ros_available(), reason="rclpy is not installed (run scripts/setup_env.sh)"),
+]
+
+
+def test_demo_finds_the_duck_through_real_nodes(tmp_path, ros_env):
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "m3_ros.cli", "demo", "--out", str(out), "--frames", "90", "--size", "320x240",
+           "--rate", "3", "--iters", "400", "--max-error-m", "0.03"]  # fmt: skip
+    result = subprocess.run(cmd, env=ros_env, cwd=REPO, capture_output=True, text=True, timeout=1500)
+    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted((out / "logs").glob("*.log")))
+    assert result.returncode == 0, f"{result.stdout[-6000:]}\n{result.stderr[-6000:]}\n{logs}"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["success"], summary
+    assert summary["error_m"] <= 0.03, summary
+    assert summary["exit_codes"] and all(code == 0 for code in summary["exit_codes"].values()), summary
+    assert len(summary["target_arm_base"]) == 3
+    for picture in summary["pictures"]:
+        assert (out / picture).stat().st_size > 1000
