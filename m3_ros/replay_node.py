@@ -215,6 +215,8 @@ class ReplayNode(Node):
                     break
         finally:
             self.summary.wall_s = time.monotonic() - wall0
+        if not rclpy.ok():  # Ctrl-C: rclpy's signal handler shut the context down
+            self.summary.interrupted = True
         return self.summary
 
     def _play_once(self, first_ns: int, skip_static: bool) -> None:

@@ -145,3 +145,37 @@ def test_bad_bag_path_is_a_clear_error(tmp_path, ros_env):
     proc = _replay(tmp_path / "nope", ros_env)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "not a ROS 2 bag folder" in err
+
+
+def test_loop_until_ctrl_c_reports_what_it_sent(bag, ros_env, monkeypatch):
+    import signal
+
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import Image
+
+    for key in ("ROS_DOMAIN_ID", "ROS_LOCALHOST_ONLY"):
+        monkeypatch.setenv(key, ros_env[key])
+    color = "/camera/camera/color/image_raw"
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    node = rclpy.create_node("sim_replay_loop_sink", context=ctx)
+    got = []
+    node.create_subscription(Image, color, lambda m: got.append(m.header.stamp.nanosec), 100)
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(node)
+    proc = _replay(bag, ros_env, "--loop", "--rate", "4", "--wait-for", color, "--wait-timeout", "60")
+    try:
+        deadline = time.monotonic() + 90
+        while len(got) < 20 and time.monotonic() < deadline and proc.poll() is None:
+            executor.spin_once(timeout_sec=0.1)
+        proc.send_signal(signal.SIGINT)
+        summary = _summary(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+    assert len(got) >= 20  # more than two passes of the 8-frame bag
+    assert summary["interrupted"] and summary["loops"] >= 2
+    assert summary["sent"][color] >= len(got) and summary["sent"]["/tf_static"] == 1
