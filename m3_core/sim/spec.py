@@ -75,6 +75,8 @@ class TableSpec:
     """Random placement keeps footprints this far apart."""
     random_region_m: tuple[float, ...] = (-0.25, 0.25, -0.2, 0.2)
     """Random placement region on the table top (xmin, xmax, ymin, ymax in the table frame)."""
+    floor_rgba: tuple[float, ...] = (0.55, 0.56, 0.6, 1.0)
+    """Colour of the 6 m x 6 m floor around the table (r, g, b, a)."""
 
 
 @dataclass(frozen=True)
