@@ -112,9 +112,11 @@ class QueryNode(Node):
         self.publish_overlay = p("publish_overlay", True, "publish the relevance heatmap image")
         self.config_params = {
             "relevance_threshold": p(
-                "relevance_threshold", defaults.relevance_threshold, "relevance floor [0,1]"
+                "relevance_threshold", -1.0, "relevance floor in [0, 1]; < 0 = the model's calibrated default"
             ),
-            "min_similarity": p("min_similarity", defaults.min_similarity, "cosine the match must reach"),
+            "min_similarity": p(
+                "min_similarity", -2.0, "cosine the match must reach; < -1 = the model's calibrated default"
+            ),
             "threshold_mode": p("threshold_mode", defaults.threshold_mode, "fixed or otsu"),
             "temperature": p("temperature", defaults.temperature, "pairwise softmax temperature"),
             "negatives": p("negatives", list(defaults.negatives), "canonical negative phrases"),

