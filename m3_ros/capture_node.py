@@ -76,7 +76,8 @@ _PARAMS: dict[str, tuple[object, str, bool]] = {
     "clock_jump_s": (CaptureConfig.clock_jump_s, "backwards stamp jump (s) that resets the buffer", True),
     "save_every": (CaptureConfig.save_every, "rewrite scene.json + sparse/0 every N keyframes", True),
     "depth_scale_m": (CaptureConfig.depth_scale_m, "metres per 16UC1 depth unit", True),
-    "qos_depth": (10, "history depth of the best-effort camera subscriptions", True),
+    "qos_depth": (10, "history depth of the camera subscriptions", True),
+    "camera_reliable": (False, "subscribe the camera RELIABLE (default: sensor-data best effort)", True),
     "diagnostics_period_s": (5.0, "period of the diagnostics log line, s (0: off)", True),
     "poll_period_s": (0.02, "how often pending frames are checked, s", True),
 }
@@ -125,10 +126,13 @@ class CaptureNode(Node):
         camera_group = MutuallyExclusiveCallbackGroup()
         tf_group = MutuallyExclusiveCallbackGroup()
         heavy_group = MutuallyExclusiveCallbackGroup()
+        # sensor-data QoS (best effort) matches any camera driver; reliable resends lost fragments of
+        # large images when the publisher is reliable too (a bag replay, realsense2_camera's default)
+        camera_reliability = (
+            ReliabilityPolicy.RELIABLE if p["camera_reliable"] else ReliabilityPolicy.BEST_EFFORT
+        )
         sensor_qos = QoSProfile(
-            history=HistoryPolicy.KEEP_LAST,
-            depth=int(p["qos_depth"]),
-            reliability=ReliabilityPolicy.BEST_EFFORT,
+            history=HistoryPolicy.KEEP_LAST, depth=int(p["qos_depth"]), reliability=camera_reliability
         )
         tf_qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE

@@ -194,7 +194,13 @@ def write_synthetic_bag(
 
 
 def run_live_capture(
-    bag: Path, out: Path, rate: float, env: dict[str, str], log_dir: Path, timeout_s: float = 180.0
+    bag: Path,
+    out: Path,
+    rate: float,
+    env: dict[str, str],
+    log_dir: Path,
+    timeout_s: float = 180.0,
+    capture_params: tuple[str, ...] = (),
 ) -> dict:
     """Replay `bag` at `rate` through m3_pose_chain_node and m3_capture_node (three processes) into
     the scene `out`; waits on graph discovery and on the capture's pending queue, never on sleeps.
@@ -217,6 +223,7 @@ def run_live_capture(
         "capture": [
             py, "-m", "m3_ros.capture_node", "--ros-args", "-p", f"output_dir:={out}",
             "-p", "diagnostics_period_s:=1.0", "-p", "qos_depth:=30",
+            *[a for kv in capture_params for a in ("-p", kv)],
         ],
     }  # fmt: skip
     procs: dict[str, subprocess.Popen] = {}

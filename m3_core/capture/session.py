@@ -133,7 +133,8 @@ class CaptureSession:
         self._camera: PinholeCamera | None = None
         self._parents: dict[str, str] = {}  # child -> parent of every edge seen
         self._newest_edge_ns: dict[str, int] = {}  # child -> newest stamp of a dynamic edge
-        self._newest_ns: int | None = None
+        self._stream_newest_ns: dict[str, int] = {}  # per input stream, for clock-jump detection
+        self._jumped = False
         self._lock = threading.Lock()  # inputs vs. poll; poll itself runs in one thread at a time
         self._decide_lock = threading.Lock()
         self._logged: set[str] = set()
@@ -146,8 +147,8 @@ class CaptureSession:
         self, parent: str, child: str, parent_from_child: np.ndarray, stamp_ns: int, static: bool = False
     ) -> None:
         with self._lock:
-            if not static:
-                self._check_clock(stamp_ns)
+            if not static and not self._check_clock(f"tf:{child}", stamp_ns):
+                return
             try:
                 self.buffer.set_transform(parent, child, parent_from_child, stamp_ns, static)
             except ValueError as err:
@@ -162,7 +163,9 @@ class CaptureSession:
     def add_color(self, stamp_ns: int, array: np.ndarray, encoding: str) -> None:
         with self._lock:
             self.stats.received_color += 1
-            self._check_clock(stamp_ns)
+            if not self._check_clock("color", stamp_ns):
+                self.stats.dropped["clock_jump"] += 1
+                return
             try:
                 rgb = rgb_from_array(array, encoding)
             except ImageEncodingError as err:
@@ -173,7 +176,9 @@ class CaptureSession:
     def add_depth(self, stamp_ns: int, array: np.ndarray, encoding: str) -> None:
         with self._lock:
             self.stats.received_depth += 1
-            self._check_clock(stamp_ns)
+            if not self._check_clock("depth", stamp_ns):
+                self.stats.dropped["clock_jump"] += 1
+                return
             try:
                 depth_mm = depth_mm_from_array(array, encoding, self.config.depth_scale_m)
             except ImageEncodingError as err:
@@ -246,7 +251,12 @@ class CaptureSession:
         ready = (
             flush
             or len(self._pending) > self.config.max_pending
-            or (horizon is not None and horizon >= head.stamp_ns + int(self.config.tf_wait_s * 1e9))
+            # camera_info is waited for like /tf: it may come later than the first images
+            or (
+                self._camera is not None
+                and horizon is not None
+                and horizon >= head.stamp_ns + int(self.config.tf_wait_s * 1e9)
+            )
             or (now_s is not None and now_s - head.arrival_s >= self.config.tf_timeout_s)
         )
         return self._pending.pop(0) if ready else None
@@ -299,27 +309,41 @@ class CaptureSession:
                 log.error("%s (will retry at the next save)", err)
         return 1
 
-    def _check_clock(self, stamp_ns: int) -> None:
-        """On a backwards jump forget dynamic transforms and queued frames (caller holds the lock)."""
+    def _check_clock(self, stream: str, stamp_ns: int) -> bool:
+        """Detect a backwards jump of one input stream (a looping bag) and reset; caller holds the lock.
+
+        Per stream, because streams lag each other under load (images queue up behind /tf) and that
+        is no jump. Returns False for a message from before a jump that arrives after it.
+        """
         jump_ns = int(self.config.clock_jump_s * 1e9)
-        if self._newest_ns is not None and stamp_ns < self._newest_ns - jump_ns:
-            log.warning(
-                "clock jumped back %.3fs (from %.3fs to %.3fs; looping bag?): clearing transforms and queues",
-                (self._newest_ns - stamp_ns) * 1e-9,
-                self._newest_ns * 1e-9,
-                stamp_ns * 1e-9,
-            )
-            self.stats.clock_jumps += 1
-            if self._pending:
-                self.stats.dropped["clock_jump"] += len(self._pending)
-            self._pending.clear()
-            self._pairer.clear()
-            self.buffer.clear()
-            self._newest_edge_ns.clear()
-            self.selector.reset_time()
-            self._newest_ns = stamp_ns
-            return
-        self._newest_ns = stamp_ns if self._newest_ns is None else max(self._newest_ns, stamp_ns)
+        newest = self._stream_newest_ns.get(stream)
+        if newest is None:
+            others = max(self._stream_newest_ns.values(), default=None)
+            if self._jumped and others is not None and stamp_ns > others + jump_ns:
+                return False  # still in flight from the previous pass of the bag
+            self._stream_newest_ns[stream] = stamp_ns
+            return True
+        if stamp_ns >= newest - jump_ns:
+            self._stream_newest_ns[stream] = max(newest, stamp_ns)
+            return True
+        log.warning(
+            "clock jumped back %.3fs on %s (from %.3fs to %.3fs; looping bag?): clearing transforms and queues",
+            (newest - stamp_ns) * 1e-9,
+            stream,
+            newest * 1e-9,
+            stamp_ns * 1e-9,
+        )
+        self.stats.clock_jumps += 1
+        if self._pending:
+            self.stats.dropped["clock_jump"] += len(self._pending)
+        self._pending.clear()
+        self._pairer.clear()
+        self.buffer.clear()
+        self._newest_edge_ns.clear()
+        self.selector.reset_time()
+        self._stream_newest_ns = {stream: stamp_ns}
+        self._jumped = True
+        return True
 
     def _drop(self, reason: str, message: str, level: int = logging.WARNING) -> None:
         self.stats.dropped[reason] += 1
