@@ -13,6 +13,7 @@ from nav_msgs.msg import Odometry
 from sensor_msgs.msg import CameraInfo, Image
 from tf2_msgs.msg import TFMessage
 
+from m3_core.capture.images import COLOR_ENCODINGS, DEPTH_ENCODINGS, array_from_image_fields, rgb_from_array
 from m3_core.geometry.camera import PinholeCamera
 from m3_core.geometry.se3 import matrix_from_pose as core_matrix_from_pose
 from m3_core.geometry.se3 import pose_from_matrix
@@ -47,51 +48,24 @@ def time_msg_from_ns(stamp_ns: int) -> Time:
 
 
 def image_from_msg(msg: Image, want: str | None = None) -> np.ndarray:
-    """Pixels of a sensor_msgs/Image as numpy.
+    """Pixels of a sensor_msgs/Image as numpy (one decoder with bag2scene: m3_core.capture.images).
 
     Color encodings come back as RGB uint8 [H,W,3]; mono8 [H,W] uint8; 16UC1 [H,W] uint16;
     32FC1 [H,W] float32. `want` ("color" or "depth") checks the kind and explains a mix-up.
     """
     enc = msg.encoding
-    if enc not in ENCODINGS:
-        raise ValueError(
-            f"unsupported image encoding {enc!r}; supported: {sorted(ENCODINGS)} "
-            "(compressed or bayer images need a decoder/debayer node first)"
-        )
-    is_color = enc in ("rgb8", "bgr8", "rgba8", "bgra8")
-    if want == "depth" and enc not in ("16UC1", "mono16", "32FC1"):
+    if want == "depth" and enc not in DEPTH_ENCODINGS:
         raise ValueError(
             f"depth must be 16UC1 or 32FC1, got {enc}; is the depth topic remapped to the color stream?"
         )
-    if want == "color" and not is_color and enc not in ("mono8", "8UC1"):
+    if want == "color" and enc not in COLOR_ENCODINGS:
         raise ValueError(
             f"color image must be rgb8/bgr8/mono8, got {enc}; is the color topic remapped to depth?"
         )
-    dtype, channels = ENCODINGS[enc]
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    row_bytes = w * channels * dtype.itemsize
-    if h == 0 or w == 0:
-        raise ValueError(f"empty image ({w}x{h})")
-    if step < row_bytes:
-        raise ValueError(
-            f"image step {step} is smaller than width*channels*bytes = {row_bytes} ({enc} {w}x{h})"
-        )
-    data = np.frombuffer(bytes(msg.data) if not isinstance(msg.data, bytes) else msg.data, dtype=np.uint8)
-    if data.size < step * h:
-        raise ValueError(
-            f"image data has {data.size} bytes, expected step*height = {step * h} ({enc} {w}x{h})"
-        )
-    rows = data[: step * h].reshape(h, step)[:, :row_bytes]
-    order = ">" if msg.is_bigendian else "<"
-    arr = np.ascontiguousarray(rows).view(dtype.newbyteorder(order) if dtype.itemsize > 1 else dtype)
-    arr = arr.reshape(h, w, channels) if channels > 1 else arr.reshape(h, w)
-    if dtype.itemsize > 1:
-        arr = arr.astype(dtype.newbyteorder("="), copy=False)
-    if enc in ("bgr8", "bgra8"):
-        arr = arr[..., 2::-1]
-    elif enc == "rgba8":
-        arr = arr[..., :3]
-    return np.ascontiguousarray(arr)
+    arr = array_from_image_fields(msg.data, enc, msg.height, msg.width, msg.step, bool(msg.is_bigendian))
+    if enc in ("bgr8", "bgra8", "rgba8"):
+        return rgb_from_array(arr, enc)
+    return arr
 
 
 def msg_from_image(array: np.ndarray, encoding: str, stamp_ns: int = 0, frame_id: str = "") -> Image:

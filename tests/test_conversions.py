@@ -85,7 +85,7 @@ def test_bad_images_are_explained():
         image_from_msg(msg_from_image(IMAGES["rgb8"], "rgb8"), want="depth")
     short = msg_from_image(IMAGES["rgb8"], "rgb8")
     short.data = bytes(short.data)[:-1]
-    with pytest.raises(ValueError, match="expected step\\*height"):
+    with pytest.raises(ValueError, match="bytes of data, expected"):
         image_from_msg(short)
     with pytest.raises(ValueError, match="needs dtype uint16"):
         msg_from_image(IMAGES["rgb8"][..., 0], "16UC1")
