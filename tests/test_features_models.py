@@ -156,6 +156,28 @@ def test_clip_loads_local_weights_file(clip_small, tmp_path):
     torch.testing.assert_close(loaded.encode_image_dense(rgb), clip_small.encode_image_dense(rgb))
 
 
+def test_clip_loads_openai_torchscript_archive(clip_small, tmp_path):
+    # OpenAI's ViT-*.pt downloads are TorchScript archives; build one holding the same state dict.
+    root = torch.nn.Module()
+    state = {**clip_small.model.state_dict(), "input_resolution": torch.tensor(224)}
+    for key, value in state.items():
+        *parents, leaf = key.split(".")
+        module = root
+        for part in parents:
+            if not hasattr(module, part):
+                module.add_module(part, torch.nn.Module())
+            module = getattr(module, part)
+        module.register_buffer(leaf, value.detach().clone())
+    path = tmp_path / "ViT-S-32.pt"
+    torch.jit.script(root).save(str(path))
+    loaded = get_model("clip", arch="ViT-S-32", pretrained="openai", weights_path=path)
+    assert loaded.weights_hash == clip_small.weights_hash
+    garbage = tmp_path / "garbage.bin"
+    garbage.write_bytes(b"\0" * 64)
+    with pytest.raises(M3Error, match="not a usable open_clip checkpoint"):
+        get_model("clip", arch="ViT-S-32", weights_path=garbage)
+
+
 def test_clip_missing_weights_error_names_the_files(tmp_path):
     with pytest.raises(WeightsMissingError) as info:
         get_model("clip", cache_dir=str(tmp_path))

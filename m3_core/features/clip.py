@@ -14,12 +14,15 @@ tokens then live in the joint image-text space, so cosine with `encode_text` is 
 Weights, in this order: `weights_path` (an open_clip checkpoint: .safetensors, .bin or the OpenAI
 .pt), the Hugging Face cache (`~/.cache/huggingface/hub`, where open_clip itself downloads), the
 open_clip URL cache (`~/.cache/clip`). None present -> WeightsMissingError naming the files.
+`quick_gelu` (default: True for the "openai" tag, whose models were trained with QuickGELU) must
+match the checkpoint; model_id then reads e.g. "open_clip:ViT-B-16-quickgelu/openai".
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ import torch.nn.functional as F  # noqa: N812 (the PyTorch idiom)
 from m3_core.features import _torchvision_fix  # noqa: F401  (before open_clip imports torchvision)
 from m3_core.features.base import (
     FEATURES_ALGORITHM_VERSION,
+    FeatureError,
     WeightsMissingError,
     check_rgb,
     check_texts,
@@ -108,6 +112,32 @@ def find_clip_weights(
     )
 
 
+def is_torchscript_archive(path: Path) -> bool:
+    """OpenAI's released CLIP .pt files are TorchScript archives (zip with a code/ folder)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist())
+
+
+def load_clip_weights(model: torch.nn.Module, path: Path, what: str) -> None:
+    """Load an open_clip checkpoint (.safetensors/.bin) or an OpenAI TorchScript .pt into `model`."""
+    import open_clip
+
+    try:
+        if is_torchscript_archive(path):
+            # torch.load(weights_only=True) refuses TorchScript archives; their state dict uses the
+            # key names of open_clip's CLIP, plus three scalars that are configuration, not weights.
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+            for key in ("input_resolution", "context_length", "vocab_size"):
+                state.pop(key, None)
+            model.load_state_dict(state)
+        else:
+            open_clip.load_checkpoint(model, str(path))
+    except Exception as err:  # noqa: BLE001 (torch.load/unpickling fail in many ways on bad files)
+        raise FeatureError(f"{path} is not a usable open_clip checkpoint for {what}: {err}") from err
+
+
 class ClipFeatures:
     """open_clip CLIP: dense MaskCLIP patch features + text features, both L2-normalised."""
 
@@ -148,7 +178,7 @@ class ClipFeatures:
             model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=quick_gelu)
         if path is not None:
             log.info("loading CLIP %s/%s weights from %s", arch, pretrained, path)
-            open_clip.load_checkpoint(model, str(path))
+            load_clip_weights(model, path, f"{arch}/{pretrained}")
             self.model_id = f"open_clip:{arch_id}/{pretrained}"
             self.random_weights = False
         else:
