@@ -15,15 +15,26 @@ from m3_core.render import rasterize
 CAM = PinholeCamera(fx=20.0, fy=22.0, cx=11.3, cy=8.7, width=24, height=18)
 
 
-def _random_model(n: int, seed: int, dtype=torch.float64, query_dims=None) -> GaussianModel:
+def _random_model(
+    n: int, seed: int, dtype=torch.float64, query_dims=None, opaque: bool = False
+) -> GaussianModel:
+    """opaque: a tight stack of near-opaque Gaussians, so that alphas clamp at 0.999 and pixels
+    stop early (T <= 1e-4)."""
     g = torch.Generator().manual_seed(seed)
-    means = torch.rand(n, 3, generator=g, dtype=dtype) * torch.tensor([1.2, 1.0, 1.0], dtype=dtype)
-    means += torch.tensor([-0.6, -0.5, 1.5], dtype=dtype)
+    spread = torch.tensor([0.2, 0.2, 1.0] if opaque else [1.2, 1.0, 1.0], dtype=dtype)
+    means = (torch.rand(n, 3, generator=g, dtype=dtype) - 0.5) * spread + torch.tensor(
+        [0.0, 0.0, 2.0], dtype=dtype
+    )
+    logits = (
+        4.0 + 4.0 * torch.rand(n, generator=g, dtype=dtype)
+        if opaque
+        else torch.randn(n, generator=g, dtype=dtype) * 2
+    )
     model = GaussianModel(
         means=means,
         quats=torch.randn(n, 4, generator=g, dtype=dtype),
         log_scales=torch.log(0.03 + 0.1 * torch.rand(n, 3, generator=g, dtype=dtype)),
-        opacity_logits=torch.randn(n, generator=g, dtype=dtype) * 2.0,
+        opacity_logits=logits,
         colors=torch.rand(n, 3, generator=g, dtype=dtype),
         queries=torch.randn(n, 5, generator=g, dtype=dtype),
         query_dims=query_dims or {"clip": 3, "dino": 2},
@@ -75,6 +86,7 @@ def _reference(
     splats.sort(key=lambda s: float(s[0].detach()))
     out = torch.zeros(cam.height, cam.width, feats.shape[1] + 1, dtype=feats.dtype)
     alpha_img = torch.zeros(cam.height, cam.width, dtype=feats.dtype)
+    _reference.stopped = 0  # pixels that hit the T <= 1e-4 stop (for the tests' own check)
     for row in range(cam.height):
         for col in range(cam.width):
             px = torch.tensor([col + 0.5, row + 0.5], dtype=feats.dtype)
@@ -87,6 +99,7 @@ def _reference(
                 if sigma < 0 or alpha < 1.0 / 255.0:
                     continue
                 if T * (1 - alpha) <= 1e-4:
+                    _reference.stopped += 1
                     break
                 acc = acc + alpha * T * f
                 T = T * (1 - alpha)
@@ -103,14 +116,16 @@ def _pose(seed: int) -> np.ndarray:
     return matrix_from_pose(rng.normal(size=3) * 0.05, quat / np.linalg.norm(quat))
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_matches_brute_force_reference_images_and_gradients(seed: int) -> None:
-    model = _random_model(7, seed)
+@pytest.mark.parametrize(("seed", "opaque"), [(0, False), (1, False), (2, True)])
+def test_matches_brute_force_reference_images_and_gradients(seed: int, opaque: bool) -> None:
+    model = _random_model(16 if opaque else 7, seed, opaque=opaque)
     pose = _pose(seed)
     out = rasterize(model, pose, CAM, backend="torch")
     camera_from_world = torch.linalg.inv(torch.as_tensor(pose))
     rgb, depth, queries, alpha = _reference(model, camera_from_world, CAM)
-    assert float(alpha.max()) > 0.5, "test scene should cover part of the image"
+    assert float(alpha.detach().max()) > 0.3, "test scene should cover part of the image"
+    if opaque:  # the case exercises the 0.999 clamp and the early stop
+        assert _reference.stopped > 0 and bool((model.opacities > 0.999).any())
     for got, want in [(out.rgb, rgb), (out.depth, depth), (out.queries, queries), (out.alpha, alpha)]:
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
 
