@@ -38,7 +38,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from m3_core.capture.robot import load_robot_config
 from m3_core.errors import M3Error, TransformError
 from m3_core.geometry import PinholeCamera, TransformBuffer, transform_points
-from m3_core.query import QueryConfig, TextEmbeddings, find_target, robust_extent
+from m3_core.query import QueryCache, QueryConfig, find_target, robust_extent
 from m3_core.query.overlay import draw_target, overlay_relevance
 from m3_core.query.result import NotFoundError
 from m3_ros.conversions import (
@@ -135,7 +135,7 @@ class QueryNode(Node):
         self._camera: PinholeCamera | None = None
         self._depth: tuple[int, np.ndarray] | None = None  # (stamp_ns, depth_m)
         self._memory: Any = None
-        self._embeddings: TextEmbeddings | None = None
+        self._cache: QueryCache | None = None
         self._load_error = "still loading" if self.memory_path else "parameter memory_path is empty"
 
         sensors = ReentrantCallbackGroup()
@@ -175,11 +175,11 @@ class QueryNode(Node):
             t0 = time.perf_counter()
             memory = M3Memory.load(self.memory_path, device=self.device)
             memory.eval()
-            embeddings = TextEmbeddings(memory)
+            cache = QueryCache(memory)
             model = self._model_name(memory, "")
-            embeddings.negatives(model, tuple(self._query_config().negatives))  # loads the encoder
+            cache.negatives(model, tuple(self._query_config().negatives))  # loads the encoder
             with self._lock:
-                self._memory, self._embeddings, self._load_error = memory, embeddings, ""
+                self._memory, self._cache, self._load_error = memory, cache, ""
             self.get_logger().info(
                 f"memory {self.memory_path} loaded in {time.perf_counter() - t0:.1f}s: "
                 f"models {memory.models}, {int(memory.gaussians.means.shape[0])} Gaussians"
@@ -261,7 +261,7 @@ class QueryNode(Node):
 
     def _answer(self, request: Query.Request, response: Query.Response) -> None:
         with self._lock:
-            memory, embeddings, load_error = self._memory, self._embeddings, self._load_error
+            memory, cache, load_error = self._memory, self._cache, self._load_error
             camera, depth, newest_tf = self._camera, self._depth, self._newest_tf_ns
         if memory is None:
             raise M3Error(f"no memory loaded: {load_error} (memory_path={self.memory_path!r})")
@@ -291,7 +291,7 @@ class QueryNode(Node):
             depth_m=depth_m,
             depth_stamp_ok=depth_ok,
             config=config,
-            embeddings=embeddings,
+            cache=cache,
             search_3d=self.get_parameter("search_3d").value,
         )
         target_from_grasp = target_from_world @ result.world_from_grasp

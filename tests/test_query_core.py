@@ -12,6 +12,7 @@ from m3_core.query import (
     closing_direction,
     cluster_points,
     estimate_object,
+    gaussians_near_points,
     grasp_pose,
     mask_from_relevance,
     match_gaussians,
@@ -281,6 +282,22 @@ def test_match_gaussians_finds_the_object_and_rejects_absent(embeddings):
     assert none is None
     with pytest.raises(ValueError):
         match_gaussians(means[:10], opacities, feats, embeddings["query"], None, cfg)
+
+
+def test_gaussians_near_points_takes_whole_touching_clusters():
+    rng = np.random.default_rng(7)
+    a = rng.normal([0, 0, 0], 0.01, (100, 3))  # the object seen (front) and its back side
+    b = rng.normal([0.3, 0, 0], 0.01, (100, 3))  # an equally relevant object elsewhere
+    means = np.vstack([a, b])
+    relevance = np.full(200, 0.9)
+    relevance[:5] = 0.1  # below threshold: never selected
+    visible = a[a[:, 1] < -0.01]  # only the front part of `a` is visible
+    cfg = QueryConfig(relevance_threshold=0.8, cluster_radius_m=0.02, fuse_radius_m=0.01)
+    near = gaussians_near_points(visible, means, relevance, cfg)
+    assert (
+        set(near.tolist()) <= set(range(5, 100)) and len(near) >= 90
+    )  # a stray point may be its own cluster
+    assert len(gaussians_near_points(visible + [0, 0, 1.0], means, relevance, cfg)) == 0  # moved away
 
 
 # -- input checks ------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ import pytest
 
 from m3_core.query import (
     NotFoundError,
+    QueryCache,
     QueryConfig,
-    TextEmbeddings,
     find_target,
     locate,
     locate_3d,
@@ -39,11 +39,11 @@ def memory(memory_dir):
 
 
 @pytest.fixture(scope="module")
-def embeddings(memory):
-    return TextEmbeddings(memory)
+def cache(memory):
+    return QueryCache(memory)
 
 
-def _locate(memory, embeddings, text, **kwargs):
+def _locate(memory, cache, text, **kwargs):
     kwargs.setdefault("config", CONFIG)
     return locate(
         memory,
@@ -51,19 +51,26 @@ def _locate(memory, embeddings, text, **kwargs):
         model="language",
         world_from_camera=WORLD_FROM_CAMERA,
         camera=CAMERA,
-        embeddings=embeddings,
+        cache=cache,
         **kwargs,
     )
 
 
-# Tolerances: the view sees the front of a 7 cm sphere / a 8x10 cm cylinder from 35 degrees up;
-# the surface-to-centre correction leaves ~1 cm / ~2 cm (the mug's top face pulls the median up).
+# "fused": visible points + the memory's Gaussians of the object (the whole sphere / cylinder) give
+# the box centre: a few mm. "surface": the view sees only the front of a 7 cm sphere / an 8x10 cm
+# cylinder from 35 degrees up; the surface-to-centre shift leaves ~1 cm / ~2 cm.
 @pytest.mark.parametrize(
-    "text, name, tol_m",
-    [("yellow bath duck", "duck", 0.015), ("rubber ducky", "duck", 0.015), ("cup", "mug", 0.025)],
+    "text, name, mode, tol_m",
+    [
+        ("yellow bath duck", "duck", "fused", 0.008),
+        ("rubber ducky", "duck", "surface", 0.015),
+        ("cup", "mug", "fused", 0.01),
+        ("cup", "mug", "surface", 0.025),
+    ],
 )
-def test_finds_objects_in_view(memory, embeddings, text, name, tol_m):
-    result = _locate(memory, embeddings, text)
+def test_finds_objects_in_view(memory, cache, text, name, mode, tol_m):
+    result = _locate(memory, cache, text, config=replace(CONFIG, centre_mode=mode))
+    assert result.centre_source == mode
     centre = OBJECTS[name][1]
     assert np.linalg.norm(result.position - centre) < tol_m, (result.position, centre)
     other = [n for n in ("duck", "mug") if n != name][0]
@@ -81,28 +88,28 @@ def test_finds_objects_in_view(memory, embeddings, text, name, tol_m):
     }
 
 
-def test_absent_object_is_not_found(memory, embeddings):
+def test_absent_object_is_not_found(memory, cache):
     with pytest.raises(NotFoundError, match="banana") as info:
-        _locate(memory, embeddings, "banana")
+        _locate(memory, cache, "banana")
     assert info.value.relevance is not None and info.value.relevance.max() < 0.8
     with pytest.raises(NotFoundError):
-        locate_3d(memory, "banana", model="language", config=CONFIG, embeddings=embeddings)
+        locate_3d(memory, "banana", model="language", config=CONFIG, cache=cache)
 
 
-def test_live_depth_is_used_and_checked(memory, embeddings):
+def test_live_depth_is_used_and_checked(memory, cache):
     rgb, depth, _, alpha = memory.render(WORLD_FROM_CAMERA, CAMERA, models=["language"])
     live = np.where(alpha.numpy() > 0.5, depth.numpy(), 0.0).astype(np.float32)
-    result = _locate(memory, embeddings, "duck", depth_m=live)
+    result = _locate(memory, cache, "duck", depth_m=live)
     assert result.depth_source == "live"
     assert np.linalg.norm(result.position - OBJECTS["duck"][1]) < 0.02
-    stale = _locate(memory, embeddings, "duck", depth_m=live, depth_stamp_ok=False)
+    stale = _locate(memory, cache, "duck", depth_m=live, depth_stamp_ok=False)
     assert stale.depth_source == "memory"
     with pytest.raises(ValueError, match="depth image is 80x60 but the camera is 160x120"):
-        _locate(memory, embeddings, "duck", depth_m=live[::2, ::2])
+        _locate(memory, cache, "duck", depth_m=live[::2, ::2])
 
 
-def test_object_outside_the_view_comes_from_the_gaussians(memory, embeddings):
-    common = dict(model="language", world_from_camera=WORLD_FROM_CAMERA, camera=CAMERA, embeddings=embeddings)
+def test_object_outside_the_view_comes_from_the_gaussians(memory, cache):
+    common = dict(model="language", world_from_camera=WORLD_FROM_CAMERA, camera=CAMERA, cache=cache)
     with pytest.raises(NotFoundError):
         find_target(memory, "toy bear", config=CONFIG, search_3d="never", **common)
     result = find_target(memory, "toy bear", config=CONFIG, search_3d="fallback", **common)
@@ -123,7 +130,7 @@ def test_object_outside_the_view_comes_from_the_gaussians(memory, embeddings):
         ("duck", "", ValueError, "no model"),
     ],
 )
-def test_bad_requests(memory, embeddings, text, model, error, match):
+def test_bad_requests(memory, cache, text, model, error, match):
     with pytest.raises(error, match=match):
         locate(
             memory,
@@ -131,11 +138,11 @@ def test_bad_requests(memory, embeddings, text, model, error, match):
             model=model,
             world_from_camera=WORLD_FROM_CAMERA,
             camera=CAMERA,
-            embeddings=embeddings,
+            cache=cache,
         )
 
 
-def test_bad_pose(memory, embeddings):
+def test_bad_pose(memory, cache):
     with pytest.raises(ValueError, match="4x4"):
         locate(
             memory,
@@ -143,7 +150,7 @@ def test_bad_pose(memory, embeddings):
             model="language",
             world_from_camera=np.eye(3),
             camera=CAMERA,
-            embeddings=embeddings,
+            cache=cache,
         )
 
 
@@ -161,7 +168,7 @@ def test_cli_writes_overlays_and_json(memory_dir, tmp_path, capsys):
     code = main([*argv, "--json", "--out", str(out)])
     summary = json.loads(capsys.readouterr().out)
     assert code == 0 and summary["found"] and summary["model"] == "language"
-    assert np.linalg.norm(np.array(summary["position"]) - OBJECTS["mug"][1]) < 0.025
+    assert np.linalg.norm(np.array(summary["position"]) - OBJECTS["mug"][1]) < 0.01
     for name in ("overlay.png", "relevance.png", "mask.png", "render.png", "result.json"):
         assert (out / name).stat().st_size > 0
     import cv2

@@ -10,11 +10,17 @@ bad input (empty or overlong text, unknown model, wrong depth size) raises Value
 """
 
 from m3_core.query.config import CANONICAL_NEGATIVES, QueryConfig
-from m3_core.query.gaussian3d import GaussianMatch, cluster_points, match_gaussians
+from m3_core.query.gaussian3d import (
+    GaussianMatch,
+    cluster_points,
+    gaussian_relevance,
+    gaussians_near_points,
+    match_gaussians,
+)
 from m3_core.query.grasp import approach_direction, closing_direction, grasp_pose
 from m3_core.query.locate import (
     SEARCH_3D_MODES,
-    TextEmbeddings,
+    QueryCache,
     check_model,
     find_target,
     locate,
@@ -37,7 +43,7 @@ __all__ = [
     "QueryError",
     "QueryResult",
     "SEARCH_3D_MODES",
-    "TextEmbeddings",
+    "QueryCache",
     "approach_direction",
     "check_model",
     "closing_direction",
@@ -45,6 +51,8 @@ __all__ = [
     "erode",
     "estimate_object",
     "find_target",
+    "gaussian_relevance",
+    "gaussians_near_points",
     "grasp_pose",
     "locate",
     "locate_3d",

@@ -26,7 +26,7 @@ from m3_core.config import from_dict
 from m3_core.errors import M3Error
 from m3_core.geometry import PinholeCamera, matrix_from_pose
 from m3_core.query.config import QueryConfig
-from m3_core.query.locate import SEARCH_3D_MODES, TextEmbeddings, find_target
+from m3_core.query.locate import SEARCH_3D_MODES, QueryCache, find_target
 from m3_core.query.overlay import draw_target, heatmap, mask_image, overlay_relevance
 from m3_core.query.result import NotFoundError, QueryResult
 
@@ -167,12 +167,12 @@ def run(args: argparse.Namespace) -> int:
         memory = M3Memory.load(args.memory, device=args.device)
         memory.eval()
         model = args.model or ("language" if "language" in memory.models else memory.models[0])
-        embeddings = TextEmbeddings(memory)
+        cache = QueryCache(memory)
         if args.only_3d:
             from m3_core.query.locate import locate_3d
 
             where = "3D (Gaussians)"
-            call = lambda: locate_3d(memory, args.text, model=model, config=config, embeddings=embeddings)  # noqa: E731
+            call = lambda: locate_3d(memory, args.text, model=model, config=config, cache=cache)  # noqa: E731
         else:
             world_from_camera, camera, depth, where = resolve_view(args, memory.manifest)
             call = lambda: find_target(  # noqa: E731
@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
                 camera=camera,
                 depth_m=depth,
                 config=config,
-                embeddings=embeddings,
+                cache=cache,
                 search_3d=args.search_3d,
             )
     except (ValueError, TypeError, M3Error) as err:

@@ -66,6 +66,15 @@ class QueryConfig:
     max_centre_shift_m: float = 0.04
     """Cap on that shift: graspable objects are a few cm deep, and a large flat region (a table
     seen at a slant) is not a sphere."""
+    centre_mode: str = "fused"
+    """"fused": the visible points plus the memory's relevant Gaussians that touch them (the whole
+    object, back side included) give the box centre; falls back to "surface" when no Gaussian
+    qualifies (e.g. the object moved since the memory was made). "surface": visible points only."""
+    fuse_radius_m: float = 0.02
+    """"fused": a relevant Gaussian cluster belongs to the object when it comes this close to the
+    visible points."""
+    box_percentile: float = 1.0
+    """Box centre = middle of the (p, 100 - p) percentile box of the points covering the object."""
     max_points: int = 20000
     """Back-project at most about this many depth pixels (strided)."""
     grasp_mode: str = "top_down"
@@ -88,6 +97,8 @@ class QueryConfig:
     def __post_init__(self) -> None:
         if self.threshold_mode not in ("fixed", "otsu"):
             raise ValueError(f"threshold_mode must be 'fixed' or 'otsu', got {self.threshold_mode!r}")
+        if self.centre_mode not in ("fused", "surface"):
+            raise ValueError(f"centre_mode must be 'fused' or 'surface', got {self.centre_mode!r}")
         if self.grasp_mode not in ("top_down", "view_ray"):
             raise ValueError(f"grasp_mode must be 'top_down' or 'view_ray', got {self.grasp_mode!r}")
         if not self.temperature > 0:

@@ -53,6 +53,57 @@ def cluster_points(points: np.ndarray, radius_m: float) -> np.ndarray:
     return labels.astype(np.int64)
 
 
+def gaussian_relevance(
+    features: torch.Tensor,  # [N, d]
+    opacities: torch.Tensor,  # [N] in [0, 1]
+    text_emb: torch.Tensor,  # [d]
+    negatives_emb: torch.Tensor | None,  # [k, d]
+    config: QueryConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(relevance [N], cosine similarity [N]) per Gaussian; 0 relevance for too transparent ones."""
+    if features.ndim != 2 or features.shape[0] != opacities.reshape(-1).shape[0]:
+        raise ValueError(
+            f"features must be [N,d] with N = {opacities.numel()} opacities, got {tuple(features.shape)}"
+        )
+    rel, sim = relevance_fn(features, text_emb, negatives_emb, config.temperature)
+    rel = rel.detach().float().cpu().numpy()
+    opac = opacities.detach().reshape(-1).float().cpu().numpy()
+    return np.where(opac >= config.min_opacity, rel, 0.0), sim.detach().float().cpu().numpy()
+
+
+def _candidate_clusters(
+    means: np.ndarray, relevance: np.ndarray, config: QueryConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(candidate indices [M], their cluster labels [M], summed relevance per cluster [C] with
+    too-small clusters at -1)."""
+    if config.relevance_threshold is None:
+        raise ValueError("config.relevance_threshold is None; use config.for_model(model) first")
+    candidates = np.nonzero(relevance >= config.relevance_threshold)[0]
+    if len(candidates) == 0:
+        return candidates, np.zeros(0, np.int64), np.zeros(0)
+    labels = cluster_points(means[candidates], config.cluster_radius_m)
+    mass = np.bincount(labels, weights=relevance[candidates])
+    mass[np.bincount(labels) < config.min_cluster_gaussians] = -1.0
+    return candidates, labels, mass
+
+
+def gaussians_near_points(
+    points: np.ndarray,  # [P, 3] visible object points, world
+    means: np.ndarray,  # [N, 3]
+    relevance: np.ndarray,  # [N]
+    config: QueryConfig,
+) -> np.ndarray:
+    """Indices of the relevant Gaussian clusters that touch the visible points (within
+    config.fuse_radius_m): the whole object as the memory holds it, back side included."""
+    candidates, labels, mass = _candidate_clusters(means, relevance, config)
+    if len(candidates) == 0 or len(points) == 0:
+        return np.zeros(0, np.int64)
+    dist, _ = cKDTree(points).query(means[candidates], distance_upper_bound=config.fuse_radius_m)
+    touching = np.unique(labels[np.isfinite(dist)])
+    touching = touching[mass[touching] >= 0]
+    return candidates[np.isin(labels, touching)]
+
+
 def match_gaussians(
     means: torch.Tensor,  # [N, 3] world
     opacities: torch.Tensor,  # [N] in [0, 1]
@@ -65,8 +116,6 @@ def match_gaussians(
 
     config: thresholds must be set (QueryConfig.for_model fills them).
     """
-    if config.relevance_threshold is None:
-        raise ValueError("config.relevance_threshold is None; use config.for_model(model) first")
     if means.ndim != 2 or means.shape[1] != 3:
         raise ValueError(f"means must be [N,3], got {tuple(means.shape)}")
     n = means.shape[0]
@@ -74,25 +123,17 @@ def match_gaussians(
         raise ValueError(
             f"means ({n}), opacities ({opacities.numel()}) and features ({features.shape[0]}) disagree in N"
         )
-    rel, sim = relevance_fn(features, text_emb, negatives_emb, config.temperature)
-    rel = rel.detach().float().cpu().numpy()
-    sim = sim.detach().float().cpu().numpy()
-    opac = opacities.detach().reshape(-1).float().cpu().numpy()
-    rel = np.where(opac >= config.min_opacity, rel, 0.0)
-    candidates = np.nonzero(rel >= config.relevance_threshold)[0]
-    if len(candidates) < config.min_cluster_gaussians:
+    rel, sim = gaussian_relevance(features, opacities, text_emb, negatives_emb, config)
+    points = means.detach().double().cpu().numpy()
+    candidates, labels, mass = _candidate_clusters(points, rel, config)
+    if len(candidates) == 0 or mass.max() < 0:
         return None
-    points = means.detach().double().cpu().numpy()[candidates]
-    labels = cluster_points(points, config.cluster_radius_m)
-    sizes = np.bincount(labels)
-    mass = np.bincount(labels, weights=rel[candidates])
-    mass[sizes < config.min_cluster_gaussians] = -1.0
-    best = int(np.argmax(mass))
-    if mass[best] < 0:
-        return None
-    members = candidates[labels == best]
+    members = candidates[labels == int(np.argmax(mass))]
     estimate = estimate_object(
-        points[labels == best], outlier_mad=config.outlier_mad, extent_percentile=config.extent_percentile
+        points[members],
+        outlier_mad=config.outlier_mad,
+        extent_percentile=config.extent_percentile,
+        box_percentile=config.box_percentile,
     )
     return GaussianMatch(
         estimate=estimate,

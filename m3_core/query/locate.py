@@ -18,12 +18,12 @@ import torch
 
 from m3_core.geometry.camera import PinholeCamera, points_from_depth
 from m3_core.query.config import QueryConfig
-from m3_core.query.gaussian3d import match_gaussians
+from m3_core.query.gaussian3d import gaussian_relevance, gaussians_near_points, match_gaussians
 from m3_core.query.grasp import grasp_pose
 from m3_core.query.mask import erode, mask_from_relevance
 from m3_core.query.relevance import relevance as relevance_fn
 from m3_core.query.result import NoDepthError, NotFoundError, QueryResult
-from m3_core.query.target import estimate_object
+from m3_core.query.target import ObjectEstimate, estimate_object
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,11 @@ def check_model(memory: Any, model: str) -> str:
     return model
 
 
-class TextEmbeddings:
-    """Text encoders of a memory, loaded once per model, with the (fixed) negatives' embeddings cached.
+class QueryCache:
+    """What stays the same between queries to one memory: text encoders (loaded once per model),
+    the negatives' embeddings, and each model's per-Gaussian features with means and opacities.
 
-    The query itself is encoded on every call (that is part of the measured latency).
+    The query text itself is encoded on every call (that is part of the measured latency).
     """
 
     def __init__(self, memory: Any, device: str | torch.device | None = None) -> None:
@@ -64,6 +65,15 @@ class TextEmbeddings:
         self.device = device if device is not None else getattr(memory, "device", "cpu")
         self._encoders: dict[str, Any] = {}
         self._negatives: dict[tuple[str, tuple[str, ...]], torch.Tensor] = {}
+        self._gaussians: dict[str, tuple[torch.Tensor, np.ndarray, torch.Tensor]] = {}
+
+    def gaussians(self, model: str) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
+        """(features [N,d] on the memory's device, means [N,3] float64 numpy, opacities [N])."""
+        if model not in self._gaussians:
+            features = self.memory.gaussian_features(model)
+            means, opacities = gaussian_means_opacities(self.memory)
+            self._gaussians[model] = (features, means.detach().double().cpu().numpy(), opacities.detach())
+        return self._gaussians[model]
 
     def encoder(self, model: str) -> Any:
         if model not in self._encoders:
@@ -86,6 +96,31 @@ class TextEmbeddings:
         if key not in self._negatives:
             self._negatives[key] = self.encode(model, list(negatives))
         return self._negatives[key]
+
+
+def _fuse_with_gaussians(
+    visible: np.ndarray,
+    cache: QueryCache,
+    model: str,
+    text_emb: torch.Tensor,
+    negatives_emb: torch.Tensor | None,
+    config: QueryConfig,
+) -> ObjectEstimate | None:
+    """Box centre of the visible points and the relevant Gaussian clusters touching them."""
+    features, means, opacities = cache.gaussians(model)
+    relevance, _ = gaussian_relevance(features, opacities, text_emb, negatives_emb, config)
+    near = gaussians_near_points(visible, means, relevance, config)
+    if len(near) < config.min_cluster_gaussians:
+        return None
+    # As many visible points as Gaussians, so that the (few) Gaussians of the unseen back side are
+    # not cut off as the top percentile of a crowd of front-surface points.
+    step = max(1, len(visible) // len(near))
+    return estimate_object(
+        np.vstack([visible[::step], means[near]]),
+        outlier_mad=config.outlier_mad,
+        extent_percentile=config.extent_percentile,
+        box_percentile=config.box_percentile,
+    )
 
 
 def _sync(t: torch.Tensor | None) -> None:
@@ -166,7 +201,7 @@ def locate(
     depth_m: np.ndarray | None = None,
     depth_stamp_ok: bool = True,
     config: QueryConfig | None = None,
-    embeddings: TextEmbeddings | None = None,
+    cache: QueryCache | None = None,
 ) -> QueryResult:
     """Locate `text` in the memory seen from world_from_camera (OpenCV optical frame, world of the memory).
 
@@ -188,11 +223,11 @@ def locate(
     use_live = depth_m is not None and depth_stamp_ok
     if use_live:
         depth_m = _check_depth(depth_m, camera)
-    embeddings = embeddings or TextEmbeddings(memory)
+    cache = cache or QueryCache(memory)
 
     t0 = time.perf_counter()
-    text_emb = embeddings.encode(model, [text])[0]
-    negatives_emb = embeddings.negatives(model, tuple(config.negatives))
+    text_emb = cache.encode(model, [text])[0]
+    negatives_emb = cache.negatives(model, tuple(config.negatives))
     t1 = time.perf_counter()
 
     render_camera = render_camera_for(camera, config)
@@ -262,6 +297,13 @@ def locate(
         surface_to_centre=config.surface_to_centre,
         max_centre_shift_m=config.max_centre_shift_m,
     )
+    centre_source = "surface"
+    if config.centre_mode == "fused":
+        fused = _fuse_with_gaussians(estimate.points, cache, model, text_emb, negatives_emb, config)
+        if fused is not None:
+            estimate, centre_source = fused, "fused"
+        else:
+            log.info("no relevant Gaussians touch the visible %r: centre from the visible surface", text)
     world_from_grasp = grasp_pose(
         estimate.centre,
         mode=config.grasp_mode,
@@ -282,6 +324,7 @@ def locate(
         points=estimate.points,
         source="view",
         depth_source=depth_source,
+        centre_source=centre_source,
         world_from_camera=world_from_camera,
         render_camera=render_camera,
         relevance=rel_np,
@@ -303,7 +346,7 @@ def locate_3d(
     model: str,
     config: QueryConfig | None = None,
     camera_position: np.ndarray | None = None,
-    embeddings: TextEmbeddings | None = None,
+    cache: QueryCache | None = None,
 ) -> QueryResult:
     """Locate `text` among the memory's Gaussians, without a camera view (objects out of sight).
 
@@ -313,16 +356,15 @@ def locate_3d(
     t_start = time.perf_counter()
     config = (config or QueryConfig()).for_model(check_model(memory, model))
     text = validate_text(text, config.max_text_chars)
-    embeddings = embeddings or TextEmbeddings(memory)
+    cache = cache or QueryCache(memory)
     t0 = time.perf_counter()
-    text_emb = embeddings.encode(model, [text])[0]
-    negatives_emb = embeddings.negatives(model, tuple(config.negatives))
+    text_emb = cache.encode(model, [text])[0]
+    negatives_emb = cache.negatives(model, tuple(config.negatives))
     t1 = time.perf_counter()
-    features = memory.gaussian_features(model)
-    means, opacities = gaussian_means_opacities(memory)
+    features, means, opacities = cache.gaussians(model)
     _sync(features)
     t2 = time.perf_counter()
-    match = match_gaussians(means, opacities, features, text_emb, negatives_emb, config)
+    match = match_gaussians(torch.from_numpy(means), opacities, features, text_emb, negatives_emb, config)
     if match is None:
         raise NotFoundError(
             f'"{text}" not found among the memory\'s Gaussians: no cluster of at least '
@@ -383,7 +425,7 @@ def find_target(
     depth_m: np.ndarray | None = None,
     depth_stamp_ok: bool = True,
     config: QueryConfig | None = None,
-    embeddings: TextEmbeddings | None = None,
+    cache: QueryCache | None = None,
     search_3d: str = "fallback",
 ) -> QueryResult:
     """`locate` in the view; with search_3d "fallback", the Gaussians answer when the view has nothing.
@@ -393,11 +435,11 @@ def find_target(
     """
     if search_3d not in SEARCH_3D_MODES:
         raise ValueError(f"search_3d must be one of {SEARCH_3D_MODES}, got {search_3d!r}")
-    embeddings = embeddings or TextEmbeddings(memory)
+    cache = cache or QueryCache(memory)
     camera_position = np.asarray(world_from_camera, dtype=np.float64)[:3, 3]
     if search_3d == "always":
         return locate_3d(
-            memory, text, model=model, config=config, camera_position=camera_position, embeddings=embeddings
+            memory, text, model=model, config=config, camera_position=camera_position, cache=cache
         )
     try:
         return locate(
@@ -409,7 +451,7 @@ def find_target(
             depth_m=depth_m,
             depth_stamp_ok=depth_stamp_ok,
             config=config,
-            embeddings=embeddings,
+            cache=cache,
         )
     except NotFoundError as err:
         if search_3d == "never":
@@ -421,7 +463,7 @@ def find_target(
                 model=model,
                 config=config,
                 camera_position=camera_position,
-                embeddings=embeddings,
+                cache=cache,
             )
         except NotFoundError as err3d:
             raise NotFoundError(

@@ -64,6 +64,9 @@ class QueryResult:
     """"view" (rendered at a camera pose) or "gaussians" (3D query without a view)."""
     depth_source: str = ""
     """"live", "memory" (rendered depth) or "" (3D query)."""
+    centre_source: str = ""
+    """"fused" (visible points + the memory's Gaussians of the object), "surface" (visible points
+    only) or "" (3D query: Gaussians only)."""
     world_from_camera: np.ndarray | None = None
     render_camera: PinholeCamera | None = None
     relevance: np.ndarray | None = None
@@ -97,5 +100,6 @@ class QueryResult:
             "num_points": self.num_points,
             "source": self.source,
             "depth_source": self.depth_source,
+            "centre_source": self.centre_source,
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
         }

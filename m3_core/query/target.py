@@ -61,8 +61,13 @@ def estimate_object(
     extent_percentile: float = 2.0,
     surface_to_centre: float = 0.0,
     max_centre_shift_m: float = float("inf"),
+    box_percentile: float | None = None,
 ) -> ObjectEstimate:
     """Robust centre and extent of an object's points (any frame; metres).
+
+    box_percentile None: the centre is the inliers' per-axis median (points of a visible surface,
+    see below); a number p: the middle of the inliers' (p, 100 - p) percentile box (points that
+    cover the whole object, e.g. Gaussians; ground truth is usually the object's box centre).
 
     camera_position (with surface_to_centre > 0): the points are a visible surface seen from
     there; the centre is pushed away from the camera by surface_to_centre * half the object's
@@ -75,6 +80,9 @@ def estimate_object(
     if len(points) == 0:
         raise ValueError("no finite points to estimate an object from")
     inliers = points[reject_outliers(points, outlier_mad)]
+    if box_percentile is not None:
+        lo, hi = np.percentile(inliers, [box_percentile, 100.0 - box_percentile], axis=0)
+        return ObjectEstimate(0.5 * (lo + hi), robust_extent(inliers, extent_percentile), inliers)
     centre = np.median(inliers, axis=0)
     if camera_position is not None and surface_to_centre > 0 and len(inliers) >= 3:
         ray = centre - np.asarray(camera_position, dtype=np.float64)
