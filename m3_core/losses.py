@@ -1,0 +1,97 @@
+"""Losses and metrics shared by the trainer and the evaluator (tensors in, tensors out).
+
+- RGB: 0.8 L1 + 0.2 (1 - SSIM) as in 3DGS; SSIM with an 11x11 Gaussian window (sigma 1.5),
+  computed on whatever image patch the caller renders (a full image on CUDA, crops on CPU).
+- Features: the ground truth is a coarse grid [h, w, d] laid over the image (cell (i, j) centred at
+  pixel x = (j + 0.5) W / w - 0.5); it is sampled bilinearly at the rendered pixels. All-zero cells
+  mean "no feature": the bilinear weights of such cells are dropped and the rest renormalised; a
+  point whose valid weight is below one half is masked out.
+- Feature distances (paper Table 1): cosine distance 1 - cos and the L2 distance |r - g|.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F  # noqa: N812 (the usual name)
+
+RGB_L1_WEIGHT = 0.8
+RGB_DSSIM_WEIGHT = 0.2
+
+
+def _gaussian_window(size: int, sigma: float, channels: int, device, dtype) -> torch.Tensor:
+    x = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
+
+
+def ssim(img: torch.Tensor, ref: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Mean SSIM of two images [H, W, C] (or [B, C, H, W]) in [0, 1]; the window is zero-padded at
+    the borders, as in the 3DGS implementation."""
+    if img.ndim == 3:
+        img, ref = img.permute(2, 0, 1)[None], ref.permute(2, 0, 1)[None]
+    c = img.shape[1]
+    win = _gaussian_window(window, sigma, c, img.device, img.dtype)
+    pad = window // 2
+
+    def filt(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, win, padding=pad, groups=c)
+
+    mu1, mu2 = filt(img), filt(ref)
+    s11 = filt(img * img) - mu1 * mu1
+    s22 = filt(ref * ref) - mu2 * mu2
+    s12 = filt(img * ref) - mu1 * mu2
+    c1, c2 = 0.01**2, 0.03**2
+    num = (2 * mu1 * mu2 + c1) * (2 * s12 + c2)
+    den = (mu1 * mu1 + mu2 * mu2 + c1) * (s11 + s22 + c2)
+    return (num / den).mean()
+
+
+def rgb_loss(rgb: torch.Tensor, target: torch.Tensor, with_ssim: bool = True) -> torch.Tensor:
+    """0.8 L1 + 0.2 D-SSIM on an image patch [H, W, 3]; L1 only for unordered points [P, 3]."""
+    l1 = (rgb - target).abs().mean()
+    if not with_ssim:
+        return l1
+    return RGB_L1_WEIGHT * l1 + RGB_DSSIM_WEIGHT * (1.0 - ssim(rgb, target))
+
+
+def psnr(img: torch.Tensor, ref: torch.Tensor) -> float:
+    """PSNR in dB of images in [0, 1]."""
+    mse = float(((img.float() - ref.float()) ** 2).mean())
+    return float("inf") if mse == 0 else -10.0 * torch.log10(torch.tensor(mse)).item()
+
+
+def sample_grid(
+    grid: torch.Tensor,  # [h, w, d] ground-truth features (zeros = none)
+    pixels: torch.Tensor,  # [P, 2] (row, col) in pixels of an image of size image_hw
+    image_hw: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bilinear samples of the grid at pixel positions -> (features [P, d], valid [P] bool)."""
+    H, W = image_hw
+    rows, cols = pixels[:, 0].float(), pixels[:, 1].float()
+    # grid_sample with align_corners=False: -1 is the left edge of cell 0 and of pixel 0 alike
+    gx = (cols + 0.5) / W * 2 - 1
+    gy = (rows + 0.5) / H * 2 - 1
+    coords = torch.stack([gx, gy], dim=-1).to(grid.dtype)[None, None]  # [1, 1, P, 2]
+    valid_cells = (grid.abs().amax(dim=-1) > 0).to(grid.dtype)  # [h, w]
+    stacked = torch.cat([grid * valid_cells[..., None], valid_cells[..., None]], dim=-1)
+    out = F.grid_sample(
+        stacked.permute(2, 0, 1)[None], coords, mode="bilinear", padding_mode="border", align_corners=False
+    )[0, :, 0].T  # [P, d + 1]
+    weight = out[:, -1]
+    valid = weight >= 0.5
+    return out[:, :-1] / weight.clamp_min(1e-6)[:, None], valid
+
+
+def feature_distances(pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-point cosine distance 1 - cos(pred, gt) and L2 distance |pred - gt| (each [P])."""
+    cos = F.cosine_similarity(pred, gt, dim=-1, eps=1e-8)
+    return 1.0 - cos, (pred - gt).norm(dim=-1)
+
+
+def feature_loss(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean cosine distance + mean L2 distance over valid points (0 when none is valid)."""
+    if not bool(valid.any()):
+        return pred.sum() * 0.0
+    cos_d, l2_d = feature_distances(pred[valid], gt[valid])
+    return cos_d.mean() + l2_d.mean()

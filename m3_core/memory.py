@@ -1,0 +1,292 @@
+"""The M3 memory artifact: what the trainer writes and the query node loads.
+
+A memory is a directory:
+
+    memory/
+      memory.safetensors   tensors only (never pickle: a memory from someone else runs no code)
+                           gaussians.<name>      the GaussianModel parameters (means, quats, ...)
+                           heads.<model>.psc     [T, d] principal scene components  (M3 head)
+                           heads.<model>.w_m     [l, d] memory projection            (M3 head)
+                           heads.<model>.weight  [d, L], heads.<model>.bias [d]     (distillation head)
+      manifest.json        {"format": "m3-memory", "version": 1, "kind": "m3" | "distill",
+                            "models": {name: {dim, query_dim, query_slice, theta, model_id,
+                                              random_weights, head, attention, psc_stats}},
+                            "num_gaussians", "frames": {"train": [...], "heldout": [...]},
+                            "world_frame", "scene_bounds": {"min", "max"}, "training": {...}}
+
+`save` writes a temporary directory next to the target and renames it into place, so a reader
+sees the old memory or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from m3_core.attention import AttentionConfig, LinearDecoder, MemoryAttention
+from m3_core.config import from_dict, to_dict
+from m3_core.errors import M3Error
+from m3_core.geometry.camera import PinholeCamera
+
+log = logging.getLogger(__name__)
+
+MEMORY_FORMAT = "m3-memory"
+MEMORY_FORMAT_VERSION = 1
+TENSORS_FILE = "memory.safetensors"
+MANIFEST_FILE = "manifest.json"
+
+
+class MemoryFileError(M3Error):
+    """A memory directory that is missing, truncated, corrupt or of an unsupported version."""
+
+
+class UnknownModelError(M3Error, KeyError):
+    """A foundation model that this memory does not hold."""
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return str(self.args[0]) if self.args else ""
+
+
+def make_head(entry: dict[str, Any], tensors: dict[str, torch.Tensor], prefix: str) -> nn.Module:
+    """The feature head of one model from its manifest entry and tensors."""
+    if entry["head"] == "attention":
+        cfg = from_dict(AttentionConfig, entry.get("attention", {}))
+        psc, w_m = tensors[f"{prefix}.psc"], tensors[f"{prefix}.w_m"]
+        return MemoryAttention(psc, int(entry["query_dim"]), cfg, w_m=w_m)
+    if entry["head"] == "linear":
+        weight = tensors[f"{prefix}.weight"]
+        dec = LinearDecoder(weight.shape[1], weight.shape[0])
+        with torch.no_grad():
+            dec.linear.weight.copy_(weight)
+            dec.linear.bias.copy_(tensors[f"{prefix}.bias"])
+        return dec
+    raise MemoryFileError(f"unknown head type {entry['head']!r} for a model in the manifest")
+
+
+def head_tensors(head: nn.Module) -> dict[str, torch.Tensor]:
+    if isinstance(head, MemoryAttention):
+        return {"psc": head.psc, "w_m": head.w_m}
+    if isinstance(head, LinearDecoder):
+        return {"weight": head.linear.weight, "bias": head.linear.bias}
+    raise TypeError(f"unknown head {type(head).__name__}")
+
+
+def head_entry(head: nn.Module) -> dict[str, Any]:
+    if isinstance(head, MemoryAttention):
+        return {"head": "attention", "attention": to_dict(head.config), "psc_size": int(head.psc.shape[0])}
+    return {"head": "linear"}
+
+
+class M3Memory(nn.Module):
+    """Gaussians with principal queries + one feature head per foundation model."""
+
+    def __init__(self, gaussians: nn.Module, heads: dict[str, nn.Module], manifest: dict[str, Any]) -> None:
+        super().__init__()
+        self.gaussians = gaussians
+        self.heads = nn.ModuleDict(heads)
+        self.manifest = manifest
+
+    # -- what it holds --------------------------------------------------------------------
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.heads.keys())
+
+    @property
+    def device(self) -> torch.device:
+        return self.gaussians.means.device
+
+    @property
+    def background(self) -> torch.Tensor:
+        """[3] RGB the memory was trained against (behind the Gaussians)."""
+        bg = self.manifest.get("background")
+        if bg is None:
+            bg = self.manifest.get("training", {}).get("config", {}).get("background", (0.0, 0.0, 0.0))
+        return torch.tensor([float(v) for v in bg], device=self.device)
+
+    def _check_models(self, models: list[str] | None) -> list[str]:
+        if models is None:
+            return self.models
+        if isinstance(models, str):
+            models = [models]
+        missing = [m for m in models if m not in self.heads]
+        if missing:
+            raise UnknownModelError(
+                f"this memory holds no {', '.join(map(repr, missing))} features; it holds: "
+                f"{', '.join(self.models)} (train one with `m3 train SCENE --models ...`)"
+            )
+        return list(models)
+
+    def query_slice(self, model: str) -> slice:
+        self._check_models([model])
+        return self.gaussians.query_slices[model]
+
+    # -- read-out -------------------------------------------------------------------------
+
+    def decode(self, model: str, queries: torch.Tensor) -> torch.Tensor:
+        """Rendered queries [..., Q_all] (all models' columns) -> features [..., d] of one model."""
+        return self.heads[model](queries[..., self.query_slice(model)])
+
+    @torch.no_grad()
+    def render(
+        self,
+        world_from_camera: torch.Tensor,  # [4, 4]
+        camera: PinholeCamera,
+        models: list[str] | None = None,
+        pixels: torch.Tensor | None = None,  # [P, 2] (row, col)
+        backend: str = "auto",
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """(rgb [H,W,3], depth_m [H,W], {model: features [H,W,d]}, alpha [H,W]) at a camera pose;
+        per-pixel [P, ...] shapes when pixels are given."""
+        models = self._check_models(models)
+        out = render_memory(
+            self.gaussians, world_from_camera, camera, pixels=pixels, backend=backend, background=self.background,
+            render_queries=bool(models),
+        )  # fmt: skip
+        features = {m: self.decode(m, out.queries) for m in models}
+        return out.rgb, out.depth, features, out.alpha
+
+    @torch.no_grad()
+    def gaussian_features(self, model: str) -> torch.Tensor:
+        """[N, d]: the head applied to each Gaussian's own query (3D read-out without a view)."""
+        return self.decode(model, self.gaussians.queries)
+
+    def text_encoder(self, model: str, device: str | torch.device = "cpu"):
+        """The feature model that encodes text into this memory's feature space (`.encode_text`)."""
+        from m3_core.features import get_model  # local: loads model code only when asked
+
+        self._check_models([model])
+        entry = self.manifest["models"][model]
+        return get_model(model, device=device, allow_random_weights=bool(entry.get("random_weights")))
+
+    # -- files ----------------------------------------------------------------------------
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {f"gaussians.{k}": v for k, v in self.gaussians.state_dict().items()}
+        for model, head in self.heads.items():
+            tensors.update({f"heads.{model}.{k}": v for k, v in head_tensors(head).items()})
+        return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
+
+    def full_manifest(self) -> dict[str, Any]:
+        man = dict(self.manifest)
+        man["format"], man["version"] = MEMORY_FORMAT, MEMORY_FORMAT_VERSION
+        man["num_gaussians"] = int(self.gaussians.means.shape[0])
+        models = {}
+        for model, head in self.heads.items():
+            entry = dict(man.get("models", {}).get(model, {}))
+            sl = self.gaussians.query_slices[model]
+            entry.update(head_entry(head))
+            entry.update(dim=head.feature_dim, query_dim=head.query_dim, query_slice=[sl.start, sl.stop])
+            models[model] = entry
+        man["models"] = models
+        return man
+
+    def save(self, path: str | Path) -> Path:
+        """Write the memory directory atomically (temp dir + rename); returns its path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp."))
+        try:
+            manifest = self.full_manifest()
+            save_file(self.state_tensors(), str(tmp / TENSORS_FILE), metadata={"format": MEMORY_FORMAT})
+            (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
+            old = path.with_name(f".{path.name}.old")
+            if path.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        log.info(
+            "memory written to %s (%d Gaussians, models %s)", path, manifest["num_gaussians"], self.models
+        )
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> M3Memory:
+        manifest = read_manifest(path)
+        tensor_path = Path(path) / TENSORS_FILE
+        if not tensor_path.exists():
+            raise MemoryFileError(f"{path} has a manifest but no {TENSORS_FILE}; the memory is incomplete")
+        try:
+            tensors = load_file(str(tensor_path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as err:
+            raise MemoryFileError(
+                f"{tensor_path} is truncated or corrupt ({err}); train the memory again"
+            ) from err
+        try:
+            gaussians = gaussians_from_tensors(
+                {k[len("gaussians.") :]: v for k, v in tensors.items() if k.startswith("gaussians.")},
+                {m: slice(*e["query_slice"]) for m, e in manifest["models"].items()},
+            )
+            heads = {m: make_head(e, tensors, f"heads.{m}") for m, e in manifest["models"].items()}
+        except (KeyError, ValueError, RuntimeError) as err:
+            raise MemoryFileError(f"{path} is inconsistent with its manifest: {err}") from err
+        n = int(gaussians.means.shape[0])
+        if n != int(manifest.get("num_gaussians", n)):
+            raise MemoryFileError(
+                f"{path}: manifest says {manifest['num_gaussians']} Gaussians, file has {n}"
+            )
+        return cls(gaussians, heads, manifest).to(device)
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of a memory directory, checked for format and version."""
+    path = Path(path)
+    man_path = path / MANIFEST_FILE
+    if not man_path.exists():
+        raise MemoryFileError(f"{path} is not an M3 memory: {MANIFEST_FILE} is missing")
+    try:
+        manifest = json.loads(man_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise MemoryFileError(f"{man_path} is not valid JSON (truncated?): {err}") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != MEMORY_FORMAT:
+        raise MemoryFileError(f"{man_path} is not an M3 memory manifest (format != {MEMORY_FORMAT!r})")
+    version = manifest.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise MemoryFileError(f"{man_path} has no valid format version ({version!r})")
+    if version > MEMORY_FORMAT_VERSION:
+        raise MemoryFileError(
+            f"{path} is memory format version {version}, this m3-grasp reads up to "
+            f"{MEMORY_FORMAT_VERSION}; update m3-grasp to load it"
+        )
+    if not manifest.get("models"):
+        raise MemoryFileError(f"{man_path} lists no models")
+    return manifest
+
+
+def gaussians_from_tensors(tensors: dict[str, torch.Tensor], query_slices: dict[str, slice]) -> nn.Module:
+    """A GaussianModel holding the given parameter tensors."""
+    from m3_core.gaussians import PARAM_NAMES, GaussianModel
+
+    missing = [n for n in PARAM_NAMES if n not in tensors]
+    if missing:
+        raise KeyError(f"tensors gaussians.{missing} are missing")
+    ordered = sorted(query_slices.items(), key=lambda kv: kv[1].start)
+    start = 0
+    for _name, sl in ordered:
+        if sl.start != start or sl.stop <= sl.start:
+            raise ValueError(f"query slices {query_slices} do not tile the query columns")
+        start = sl.stop
+    dims = {name: sl.stop - sl.start for name, sl in ordered}
+    return GaussianModel(**{n: tensors[n] for n in PARAM_NAMES}, query_dims=dims)
+
+
+def render_memory(
+    gaussians: nn.Module, world_from_camera: torch.Tensor, camera: PinholeCamera, **kwargs: Any
+):
+    """rasterize() of the memory's Gaussians (one place, so trainer and reader render alike)."""
+    from m3_core.render import rasterize
+
+    return rasterize(gaussians, world_from_camera, camera, **kwargs)

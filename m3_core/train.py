@@ -1,0 +1,513 @@
+"""Train an M3 memory (or the distillation baseline) from a scene directory and its features.
+
+Per iteration one training view is rendered and the loss is
+    0.8 L1 + 0.2 D-SSIM (RGB)  +  depth_weight * L1(depth on valid sensor pixels)
+    + feature_weight * sum_models [cosine distance + L2 distance] on `points_per_view` points,
+the feature ground truth being the model's grid sampled bilinearly at those points (losses.py).
+
+Two render modes:
+- "full" (default on CUDA): the whole (downscaled) image is rendered; RGB/depth use all pixels,
+  the features the sampled points.
+- "points" (default on CPU): only the sampled points plus one square patch are rendered with the
+  pixel mode of the torch rasterizer. L1 and depth use all of them; SSIM needs neighbourhoods, so
+  it runs on the patch (patch_size^2 pixels, a fresh random location each iteration). This is
+  what keeps CPU training within minutes: a full 320x240 render costs seconds per step there.
+
+Held-out views (every `heldout_every`-th keyframe, starting at 0 as 3DGS's LLFF hold does) are
+never trained on; the PSC banks are built from the training views only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from m3_core.attention import AttentionConfig, LinearDecoder, MemoryAttention
+from m3_core.config import to_dict
+from m3_core.densify import Densifier, DensifyConfig
+from m3_core.errors import M3Error
+from m3_core.gaussians import GaussianInitConfig, GaussianModel, init_from_scene
+from m3_core.geometry.camera import PinholeCamera
+from m3_core.losses import feature_loss, rgb_loss, sample_grid
+from m3_core.memory import M3Memory, render_memory
+from m3_core.memory_bank import default_theta, features_from_grids, select_psc
+from m3_core.scene import Scene
+
+log = logging.getLogger(__name__)
+
+HEADS = ("attention", "linear")
+RENDER_MODES = ("auto", "full", "points")
+
+
+class TrainError(M3Error):
+    """A scene or feature set that cannot be trained on."""
+
+
+class SceneFeaturesLike(Protocol):
+    """What the trainer needs of m3_core.features.SceneFeatures."""
+
+    model: str
+    model_id: str
+    dim: int
+    names: list[str]
+    grids: torch.Tensor  # [F, h, w, d], zeros = no feature
+    random_weights: bool
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Adam learning rates per parameter (3DGS values; means scaled by the scene size)."""
+
+    means: float = 1.6e-4
+    """Initial learning rate of the means, times the scene scale (decays exponentially)."""
+    means_final_ratio: float = 0.01
+    """Final / initial means learning rate."""
+    quats: float = 1e-3
+    """Rotations."""
+    log_scales: float = 5e-3
+    """Log scales."""
+    opacity_logits: float = 5e-2
+    """Opacity logits."""
+    colors: float = 2.5e-3
+    """RGB colours (SH degree 0)."""
+    queries: float = 5e-3
+    """Principal queries (distillation latents too)."""
+    heads: float = 1e-3
+    """Learned head parameters (W_m when learned, the baseline's linear decoder)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything `m3 train` can change (YAML section `train`)."""
+
+    iters: int = 1500
+    """Optimisation steps (one view each)."""
+    train_width: int = 320
+    """Images are resized to this width for training (0: native); the camera is scaled alike."""
+    render_mode: str = "auto"
+    """"full", "points" or "auto" (full on CUDA, points on CPU); see the module docstring."""
+    points_per_view: int = 2000
+    """Pixels sampled per view for the feature loss (the paper's 2000)."""
+    patch_size: int = 24
+    """Side of the rendered square patch for SSIM in points mode."""
+    depth_weight: float = 0.2
+    """Weight of the L1 depth loss (metres) on valid sensor depth."""
+    feature_weight: float = 0.5
+    """Weight of the summed per-model feature losses (M3 code: 0.5)."""
+    query_dim: int = 16
+    """Principal query dims per model (paper: 16); the baseline's latent dims are set by budget."""
+    head: str = "attention"
+    """"attention" (M3) or "linear" (F-3DGS-style distillation baseline at the same parameter budget)."""
+    thetas: dict[str, float] = field(default_factory=dict)
+    """PSC threshold per model; models not listed use memory_bank.DEFAULT_THETAS."""
+    psc_chunk: int = 1024
+    """Rows per chunk of Algorithm 1 (the result does not depend on it; the paper used 5000)."""
+    heldout_every: int = 8
+    """Every n-th keyframe is held out for evaluation (0: train on all)."""
+    background: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """Initial colour behind the Gaussians (the median colour of pixels without depth, if any, when
+    learn_background is on)."""
+    learn_background: bool = True
+    """Optimise the background colour (sky or far walls have no depth, so no Gaussians)."""
+    init_scale_factor: float = 0.5
+    """Multiply the initial nearest-neighbour scales (dense depth init: smaller starts sharper)."""
+    seed: int = 0
+    """Seed of sampling, initialisation and W_m."""
+    checkpoint_every: int = 0
+    """Write a memory checkpoint every n iterations to OUT/checkpoints (0: only the final one)."""
+    init: GaussianInitConfig = field(
+        default_factory=lambda: GaussianInitConfig(voxel_size=0.01, query_init_std=0.1)
+    )
+    """Gaussian initialisation from the scene's depth."""
+    densify: DensifyConfig = field(default_factory=DensifyConfig)
+    """Adaptive density control."""
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    """Memory attention (M3 head)."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Learning rates."""
+
+    def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.render_mode not in RENDER_MODES:
+            raise ValueError(f"render_mode must be one of {RENDER_MODES}, got {self.render_mode!r}")
+        if self.iters < 0 or self.points_per_view < 1 or self.patch_size < 11:
+            raise ValueError(
+                "iters >= 0, points_per_view >= 1 and patch_size >= 11 (SSIM window) are required"
+            )
+
+
+@dataclass
+class TrainView:
+    """One keyframe at training resolution, on the training device."""
+
+    index: int
+    name: str
+    rgb: torch.Tensor  # [H, W, 3] in [0, 1]
+    depth_m: torch.Tensor  # [H, W], 0 = invalid
+    camera: PinholeCamera
+    world_from_camera: torch.Tensor  # [4, 4] float64
+
+
+@dataclass
+class TrainResult:
+    memory: M3Memory
+    stats: dict[str, Any]
+
+
+def heldout_indices(n: int, every: int) -> list[int]:
+    """Indices of held-out keyframes: 0, every, 2*every, ... (none when every == 0 or n < 2)."""
+    if every <= 0 or n < 2:
+        return []
+    return list(range(0, n, every))
+
+
+def split_indices(n: int, every: int) -> tuple[list[int], list[int]]:
+    held = set(heldout_indices(n, every))
+    return [i for i in range(n) if i not in held], sorted(held)
+
+
+def load_view(scene: Scene, i: int, train_width: int, device: torch.device) -> TrainView:
+    """Frame i resized to train_width (area for colour, nearest for depth so invalid stays 0)."""
+    frame = scene.frames[i]
+    rgb = scene.read_rgb(i)
+    depth = scene.read_depth_m(i)
+    H, W = rgb.shape[:2]
+    if depth is None:
+        depth = np.zeros((H, W), np.float32)
+    if depth.shape != (H, W):
+        raise TrainError(f"frame {frame.name}: depth {depth.shape} is not aligned to colour {(H, W)}")
+    cam = frame.camera
+    if (cam.width, cam.height) != (W, H):
+        raise TrainError(f"frame {frame.name}: image is {W}x{H} but its camera is {cam.width}x{cam.height}")
+    if train_width and train_width != W:
+        w, h = int(train_width), max(1, round(H * train_width / W))
+        rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+        depth = cv2.resize(depth, (w, h), interpolation=cv2.INTER_NEAREST)
+        cam = cam.scaled(w, h)
+    return TrainView(
+        index=i,
+        name=frame.name,
+        rgb=torch.from_numpy(rgb).to(device).float() / 255.0,
+        depth_m=torch.from_numpy(np.ascontiguousarray(depth)).to(device).float(),
+        camera=cam,
+        world_from_camera=torch.as_tensor(frame.world_from_camera, dtype=torch.float64, device=device),
+    )
+
+
+def check_features(scene: Scene, features: dict[str, SceneFeaturesLike], train_idx: list[int]) -> None:
+    names = [f.name for f in scene.frames]
+    for model, feats in features.items():
+        if list(feats.names) != names:
+            missing = sorted(set(names) - set(feats.names))
+            raise TrainError(
+                f"{model} features do not match the scene's frames"
+                + (f" (missing: {missing[:5]})" if missing else "")
+                + f"; recompute them with `m3 features {scene.root} --models {model}`"
+            )
+        empty = [names[i] for i in train_idx if not bool(feats.grids[i].abs().amax() > 0)]
+        if empty and model != "language":
+            raise TrainError(
+                f"{model} features of frame(s) {empty[:5]} are all zero (no features); recompute them"
+            )
+        if len(empty) == len(train_idx):
+            raise TrainError(f"{model} has no features in any training frame (language masks missing?)")
+
+
+def scene_scale(views: list[TrainView]) -> float:
+    """3DGS's 'cameras extent': 1.1 x the largest camera distance from the cameras' centroid."""
+    centres = torch.stack([v.world_from_camera[:3, 3] for v in views]).float()
+    radius = (centres - centres.mean(0)).norm(dim=1).max().item()
+    return 1.1 * max(radius, 0.1)
+
+
+def latent_dim_for_budget(n_gaussians: int, psc_size: int, feature_dim: int, query_dim: int) -> int:
+    """Baseline latent dims L with N*L + L*d + d ~ the M3 budget N*Q + T*d + Q*d (at least Q)."""
+    budget = n_gaussians * query_dim + psc_size * feature_dim + query_dim * feature_dim
+    return max(query_dim, int(round((budget - feature_dim) / (n_gaussians + feature_dim))))
+
+
+def _param_groups(
+    gaussians: GaussianModel, heads: nn.ModuleDict, cfg: OptimConfig, scale: float
+) -> list[dict]:
+    groups = [{"params": [gaussians.means], "lr": cfg.means * scale, "name": "means"}]
+    for name in ("quats", "log_scales", "opacity_logits", "colors", "queries"):
+        groups.append({"params": [getattr(gaussians, name)], "lr": getattr(cfg, name), "name": name})
+    head_params = [p for p in heads.parameters() if p.requires_grad]
+    if head_params:
+        groups.append({"params": head_params, "lr": cfg.heads, "name": "heads"})
+    return groups
+
+
+def _random_pixels(n: int, h: int, w: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    rows = torch.randint(0, h, (n,), generator=gen)
+    cols = torch.randint(0, w, (n,), generator=gen)
+    return torch.stack([rows, cols], dim=1).to(device)
+
+
+def _patch_pixels(size: int, h: int, w: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    size_h, size_w = min(size, h), min(size, w)
+    r0 = int(torch.randint(0, h - size_h + 1, (1,), generator=gen))
+    c0 = int(torch.randint(0, w - size_w + 1, (1,), generator=gen))
+    rr, cc = torch.meshgrid(torch.arange(r0, r0 + size_h), torch.arange(c0, c0 + size_w), indexing="ij")
+    return torch.stack([rr.reshape(-1), cc.reshape(-1)], dim=1).to(device)
+
+
+class Trainer:
+    """Holds the running state of one training run (see `train_memory` for the one-call form)."""
+
+    def __init__(
+        self,
+        scene: Scene,
+        features: dict[str, SceneFeaturesLike],
+        config: TrainConfig,
+        device: torch.device,
+    ) -> None:
+        if not features:
+            raise ValueError("give at least one model's features (e.g. --models language)")
+        self.config, self.device, self.scene = config, device, scene
+        self.train_idx, self.heldout_idx = split_indices(len(scene), config.heldout_every)
+        check_features(scene, features, self.train_idx)
+        self.views = [load_view(scene, i, config.train_width, device) for i in self.train_idx]
+        if not any(bool((v.depth_m > 0).any()) for v in self.views):
+            raise TrainError(
+                f"scene {scene.root} has no valid depth in any training frame; the trainer needs depth "
+                "(init and depth loss): check depth/ PNGs (0 = invalid) and depth_scale_m in scene.json"
+            )
+        self.grids = {m: f.grids.to(device).float() for m, f in features.items()}
+        self.mode = config.render_mode
+        if self.mode == "auto":
+            self.mode = "full" if device.type == "cuda" else "points"
+        self.gen = torch.Generator().manual_seed(config.seed)
+        self.scale = scene_scale(self.views)
+
+        t0 = time.perf_counter()
+        self.psc_stats: dict[str, dict[str, float]] = {}
+        pscs = {}
+        for model, grid in self.grids.items():
+            theta = config.thetas.get(model, default_theta(model) if model in _known_models() else 0.9)
+            raw = features_from_grids(grid[self.train_idx])
+            psc, _, stats = select_psc(raw, theta, chunk=config.psc_chunk)
+            pscs[model] = psc
+            self.psc_stats[model] = stats.to_dict()
+            log.info(
+                "%s: %d features -> %d PSC (theta %.2f)", model, stats.raw_features, stats.psc_size, theta
+            )
+        self.psc_seconds = time.perf_counter() - t0
+
+        init_scene = _subset_scene(scene, self.train_idx)
+        dims = {m: config.query_dim for m in features}
+        self.gaussians = init_from_scene(init_scene, dims, config.init)
+        if config.head == "linear":
+            n = self.gaussians.num_gaussians
+            dims = {
+                m: latent_dim_for_budget(n, pscs[m].shape[0], features[m].dim, config.query_dim)
+                for m in features
+            }
+            self.gaussians = init_from_scene(init_scene, dims, config.init)
+        with torch.no_grad():
+            self.gaussians.log_scales += math.log(config.init_scale_factor)
+        self.gaussians = self.gaussians.to(device)
+        heads: dict[str, nn.Module] = {}
+        for k, (m, f) in enumerate(features.items()):
+            if config.head == "attention":
+                heads[m] = MemoryAttention(
+                    pscs[m].to(device), dims[m], config.attention, seed=config.seed + k
+                )
+            else:
+                heads[m] = LinearDecoder(dims[m], f.dim, seed=config.seed + k).to(device)
+        self.heads = nn.ModuleDict(heads).to(device)
+        self.optimizer = torch.optim.Adam(
+            _param_groups(self.gaussians, self.heads, config.optim, self.scale), eps=1e-15
+        )
+        dcfg = config.densify
+        if self.mode == "points" and dcfg.enabled:
+            # only the sampled pixels send gradient to means2d (module docstring of densify.py)
+            frac = (config.points_per_view + config.patch_size**2) / (
+                self.views[0].camera.width * self.views[0].camera.height
+            )
+            dcfg = replace(dcfg, grad_threshold=dcfg.grad_threshold * frac)
+        self.densifier = Densifier(dcfg, self.scale, seed=config.seed)
+        self.features_meta = {
+            m: {
+                "model_id": f.model_id,
+                "random_weights": bool(f.random_weights),
+                "theta": self.psc_stats[m]["theta"] if config.head == "attention" else None,
+                "psc_stats": self.psc_stats[m],
+            }
+            for m, f in features.items()
+        }
+        self.background = nn.Parameter(self._initial_background(), requires_grad=config.learn_background)
+        if config.learn_background:
+            self.optimizer.add_param_group(
+                {"params": [self.background], "lr": config.optim.colors, "name": "bg"}
+            )
+        self.iteration = 0
+        self.history: list[dict[str, float]] = []
+
+    def _initial_background(self) -> torch.Tensor:
+        bg = torch.tensor(self.config.background, dtype=torch.float32, device=self.device)
+        if not self.config.learn_background:
+            return bg
+        far = torch.cat([v.rgb[v.depth_m <= 0] for v in self.views])
+        return far.median(dim=0).values if far.shape[0] > 100 else bg
+
+    # -- one step ---------------------------------------------------------------------------
+
+    def _means_lr(self) -> float:
+        cfg = self.config.optim
+        t = min(self.iteration / max(self.config.iters, 1), 1.0)
+        return cfg.means * self.scale * math.exp(t * math.log(cfg.means_final_ratio))
+
+    def step(self) -> dict[str, float]:
+        cfg = self.config
+        view = self.views[int(torch.randint(0, len(self.views), (1,), generator=self.gen))]
+        H, W = view.rgb.shape[:2]
+        points = _random_pixels(cfg.points_per_view, H, W, self.gen, self.device)
+        if self.mode == "points":
+            patch = _patch_pixels(cfg.patch_size, H, W, self.gen, self.device)
+            out = render_memory(
+                self.gaussians, view.world_from_camera, view.camera,
+                pixels=torch.cat([points, patch]).float(), background=self.background,
+            )  # fmt: skip
+            n_pts = points.shape[0]
+            ph, pw = min(cfg.patch_size, H), min(cfg.patch_size, W)
+            rgb_all, rows, cols = out.rgb, torch.cat([points, patch])[:, 0], torch.cat([points, patch])[:, 1]
+            gt_all = view.rgb[rows, cols]
+            loss_rgb = 0.8 * (rgb_all - gt_all).abs().mean() + 0.2 * (
+                1.0 - _ssim_patch(out.rgb[n_pts:].reshape(ph, pw, 3), gt_all[n_pts:].reshape(ph, pw, 3))
+            )
+            depth, gt_depth = out.depth, view.depth_m[rows, cols]
+            queries = out.queries[:n_pts]
+        else:
+            out = render_memory(
+                self.gaussians, view.world_from_camera, view.camera, background=self.background
+            )
+            loss_rgb = rgb_loss(out.rgb, view.rgb)
+            depth, gt_depth = out.depth.reshape(-1), view.depth_m.reshape(-1)
+            queries = out.queries[points[:, 0], points[:, 1]]
+        valid_depth = gt_depth > 0
+        if bool(valid_depth.any()):
+            loss_depth = (depth[valid_depth] - gt_depth[valid_depth]).abs().mean()
+        else:
+            loss_depth = depth.sum() * 0.0
+        loss = loss_rgb + cfg.depth_weight * loss_depth
+        logs = {"rgb": float(loss_rgb.detach()), "depth": float(loss_depth.detach())}
+        for model, head in self.heads.items():
+            gt, valid = sample_grid(self.grids[model][view.index], points, (H, W))
+            pred = head(queries[:, self.gaussians.query_slices[model]])
+            lf = feature_loss(pred, gt, valid)
+            loss = loss + cfg.feature_weight * lf
+            logs[model] = float(lf.detach())
+        means2d = out.meta.get("means2d")
+        if means2d is not None and means2d.requires_grad:
+            means2d.retain_grad()
+        loss.backward()
+        if means2d is not None:
+            self.densifier.accumulate(means2d, out.meta["radii"], W, H)
+        self.optimizer.param_groups[0]["lr"] = self._means_lr()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.iteration += 1
+        dens = self.densifier.step(self.iteration, self.gaussians, self.optimizer)
+        logs["loss"] = float(loss.detach())
+        logs["n"] = self.gaussians.num_gaussians
+        if any(dens.values()):
+            logs.update(dens)
+        return logs
+
+    # -- results ----------------------------------------------------------------------------
+
+    def memory(self, extra_stats: dict[str, Any] | None = None) -> M3Memory:
+        scene = self.scene
+        means = self.gaussians.means.detach()
+        manifest = {
+            "kind": "m3" if self.config.head == "attention" else "distill",
+            "models": self.features_meta,
+            "frames": {
+                "train": [scene.frames[i].name for i in self.train_idx],
+                "heldout": [scene.frames[i].name for i in self.heldout_idx],
+            },
+            "world_frame": scene.world_frame,
+            "background": self.background.detach().cpu().tolist(),
+            "scene": str(scene.root),
+            "scene_bounds": {"min": means.min(0).values.tolist(), "max": means.max(0).values.tolist()},
+            "training": {
+                "iterations": self.iteration,
+                "config": to_dict(self.config),
+                "render_mode": self.mode,
+                "device": str(self.device),
+                **(extra_stats or {}),
+            },
+        }
+        return M3Memory(self.gaussians, dict(self.heads.items()), manifest)
+
+
+def _ssim_patch(img: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    from m3_core.losses import ssim
+
+    return ssim(img, ref)
+
+
+def _known_models() -> set[str]:
+    from m3_core.memory_bank import DEFAULT_THETAS
+
+    return set(DEFAULT_THETAS)
+
+
+def _subset_scene(scene: Scene, indices: list[int]) -> Scene:
+    return replace(scene, frames=[scene.frames[i] for i in indices])
+
+
+def train_memory(
+    scene: Scene,
+    features: dict[str, SceneFeaturesLike],
+    config: TrainConfig | None = None,
+    device: str | torch.device = "cpu",
+    out_dir=None,
+    progress: bool = False,
+) -> TrainResult:
+    """Train a memory; write it to out_dir (atomically) when given. Returns the memory and stats."""
+    from tqdm.auto import tqdm
+
+    config = config or TrainConfig()
+    device = torch.device(device)
+    torch.manual_seed(config.seed)
+    t0 = time.perf_counter()
+    trainer = Trainer(scene, features, config, device)
+    t_setup = time.perf_counter() - t0
+    bar = tqdm(range(config.iters), disable=not progress, desc="train", dynamic_ncols=True)
+    logs: dict[str, float] = {}
+    t1 = time.perf_counter()
+    for it in bar:
+        logs = trainer.step()
+        if progress and (it % 10 == 0 or it == config.iters - 1):
+            bar.set_postfix({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in logs.items()})
+        if out_dir is not None and config.checkpoint_every and (it + 1) % config.checkpoint_every == 0:
+            from pathlib import Path
+
+            trainer.memory({"checkpoint": it + 1}).save(Path(out_dir) / "checkpoints" / f"iter_{it + 1:06d}")
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t_train = time.perf_counter() - t1
+    stats = {
+        "seconds_setup": round(t_setup, 3),
+        "seconds_psc": round(trainer.psc_seconds, 3),
+        "seconds_train": round(t_train, 3),
+        "seconds_total": round(time.perf_counter() - t0, 3),
+        "num_gaussians": trainer.gaussians.num_gaussians,
+        "final_losses": logs,
+        "psc": trainer.psc_stats,
+    }
+    memory = trainer.memory(stats)
+    if out_dir is not None:
+        memory.save(out_dir)
+    return TrainResult(memory=memory, stats=stats)
