@@ -224,3 +224,28 @@ def test_cli_extracts_then_reuses(tmp_path, capsys):
     # without weights and without the flag: a clear error naming the files, exit 1
     assert main(["features", str(scene.root), "--models", "dinov2", "--device", "cpu", "--no-progress"]) == 1
     assert "model.safetensors" in capsys.readouterr().out
+
+
+# -- config -----------------------------------------------------------------------------------
+
+
+def test_features_config_from_yaml_mapping(scene):
+    from m3_core.config import from_dict
+    from m3_core.features import FeaturesConfig, load_features
+
+    config = from_dict(
+        FeaturesConfig,
+        {
+            "models": ["dinov2", "language"],
+            "device": "cpu",
+            "allow_random_weights": True,
+            "options": {"dinov2": {"config_overrides": TINY_DINOV2}, "language": {"stride": 16}},
+        },
+    )
+    feats = load_features(scene, config, progress=False)
+    assert list(feats) == ["dinov2", "language"]
+    assert feats["dinov2"].grids.shape == (3, 3, 5, 32) and feats["language"].grids.shape == (3, 3, 4, 384)
+    with pytest.raises(ValueError, match="features.models"):
+        FeaturesConfig(models=("clip", "blip"))
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['strides'\]"):
+        FeaturesConfig(options={"language": {"strides": 4}})

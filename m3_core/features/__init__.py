@@ -18,15 +18,18 @@ from m3_core.features.base import (
     grid_pixel_centers,
 )
 from m3_core.features.cache import SceneFeatures, load_scene_features
+from m3_core.features.config import FeaturesConfig, load_features
 from m3_core.features.registry import MODELS, get_model
 
 __all__ = [
     "MODELS",
     "FeatureError",
     "FeatureModel",
+    "FeaturesConfig",
     "SceneFeatures",
     "WeightsMissingError",
     "get_model",
     "grid_pixel_centers",
+    "load_features",
     "load_scene_features",
 ]

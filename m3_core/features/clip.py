@@ -112,6 +112,21 @@ def find_clip_weights(
     )
 
 
+class _quiet_root_warnings:  # noqa: N801 (a context manager used like a function)
+    """Hide open_clip's root-logger "No pretrained weights loaded" while building: weights are
+    loaded right after (or random weights are announced by our own warning)."""
+
+    @staticmethod
+    def filter(record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+    def __enter__(self) -> None:
+        logging.getLogger().addFilter(self.filter)
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger().removeFilter(self.filter)
+
+
 def is_torchscript_archive(path: Path) -> bool:
     """OpenAI's released CLIP .pt files are TorchScript archives (zip with a code/ folder)."""
     if not zipfile.is_zipfile(path):
@@ -174,7 +189,7 @@ class ClipFeatures:
             if not allow_random_weights:
                 raise
             path = None
-        with seeded_init():
+        with seeded_init(), _quiet_root_warnings():
             model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=quick_gelu)
         if path is not None:
             log.info("loading CLIP %s/%s weights from %s", arch, pretrained, path)
@@ -186,7 +201,8 @@ class ClipFeatures:
             self.random_weights = True
             warn_random_weights(self.model_id)
         visual = model.visual
-        if not isinstance(visual, open_clip.transformer.VisionTransformer) or visual.attn_pool is not None:
+        dense_ok = isinstance(visual, open_clip.transformer.VisionTransformer)
+        if not dense_ok or visual.attn_pool is not None or visual.proj is None:
             raise ValueError(
                 f"dense CLIP features need an open_clip VisionTransformer without attention pooling; "
                 f"{arch} has {type(visual).__name__}. Use a ViT arch such as ViT-B-16 or ViT-L-14-336"
