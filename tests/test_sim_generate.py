@@ -256,3 +256,27 @@ def test_realism_options_perturb_only_what_they_should(tiny_bag, tmp_path):
     np.testing.assert_array_equal(
         read_mask(gt_dir_for(noisy), s_noisy[3]), read_mask(gt_dir_for(tiny_bag), s_clean[3])
     )
+
+
+def test_mcap_is_standard_ros2_for_independent_readers(tiny_bag):
+    """The mcap reference reader with its ROS 2 decoder (not rosbags) decodes every message from
+    the schemas in the file: what `ros2 bag play`'s mcap storage plugin relies on."""
+    mcap_reader = pytest.importorskip("mcap.reader", reason="mcap (PyPI) is not installed")
+    decoder = pytest.importorskip("mcap_ros2.decoder", reason="mcap-ros2-support (PyPI) is not installed")
+
+    (path,) = tiny_bag.glob("*.mcap")
+    counts: dict[str, int] = {}
+    with path.open("rb") as fh:
+        reader = mcap_reader.make_reader(fh, decoder_factories=[decoder.DecoderFactory()])
+        header = reader.get_header()
+        assert header.profile == "ros2"
+        for schema, channel, _message, decoded in reader.iter_decoded_messages():
+            assert schema.encoding == "ros2msg" and channel.message_encoding == "cdr"
+            counts[channel.topic] = counts.get(channel.topic, 0) + 1
+            if channel.topic == "/camera/camera/color/image_raw":
+                assert decoded.encoding == "rgb8" and len(decoded.data) == decoded.step * decoded.height
+            if channel.topic == "/tf_static":
+                assert len(decoded.transforms) == 2
+                # latched: rmw durability 1 = TRANSIENT_LOCAL, as ros2 bag play re-offers it
+                assert "durability: 1" in channel.metadata["offered_qos_profiles"]
+    assert counts["/camera/camera/color/image_raw"] == 8 and counts["/tf_static"] == 1
