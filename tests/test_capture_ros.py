@@ -71,7 +71,11 @@ def test_live_capture_matches_bag2scene(bag_name, rate, request, ros_env, tmp_pa
     offline = tmp_path / "offline"
     session = bag_to_scene(bag, offline)
     assert session.stats.kept >= 5
-    result = run_live_capture(bag, tmp_path / "live", rate, ros_env, tmp_path)
+    # reliable camera subscription: this test is about the capture logic, not about best-effort loss of
+    # large images on a loaded machine (measured in BENCHMARKS.md); the bad-input test uses the default QoS
+    result = run_live_capture(
+        bag, tmp_path / "live", rate, ros_env, tmp_path, capture_params=("camera_reliable:=true",)
+    )
     assert result["returncodes"]["capture"] == 0, result["logs"]["capture"]
     assert "final scene" in result["logs"]["capture"]
     assert_same_scene(tmp_path / "live", offline)
