@@ -4,7 +4,7 @@ A real rclpy node: the bag is read with `rosbags` (no rosbag2_py here), publishe
 from the bag's type names, and each message's raw CDR bytes are published as they are
 (`Publisher.publish(bytes)`; deserialised first on an rclpy without raw publishing). Timing
 follows the bag's log times scaled by --rate; --start-offset skips the bag's first seconds;
---loop plays it again. /tf_static is latched (TRANSIENT_LOCAL, depth 1) and sent once. Before
+--loop plays it again; --clock HZ publishes /clock with the bag's time. /tf_static is latched (TRANSIENT_LOCAL, depth 1) and sent once. Before
 playing, the node waits for at least one subscriber on each camera topic (--wait-for, with
 --wait-timeout), so a capture node that starts a moment later misses nothing. Header stamps are
 the bag's (no restamping); consumers should use message stamps, not arrival times.
@@ -101,6 +101,7 @@ class ReplayNode(Node):
         topics: list[str] | None = None,
         wait_for: list[str] | None = None,
         wait_timeout_s: float = 10.0,
+        clock_hz: float = 0.0,
         node_name: str = "m3_replay",
     ) -> None:
         super().__init__(node_name)
@@ -146,6 +147,15 @@ class ReplayNode(Node):
         ]
         self.summary = ReplaySummary(bag=str(self.bag), rate=self.rate, types=dict(self.types))
         self.summary.sent = {t: 0 for t in self.types}
+        # /clock (rosgraph_msgs/Clock) with the bag's time, for nodes with use_sim_time, as
+        # `ros2 bag play --clock` does
+        self._clock_pub, self._clock_period_s, self._next_clock = None, 0.0, 0.0
+        if clock_hz > 0:
+            from rosgraph_msgs.msg import Clock
+
+            self._clock_pub = self.create_publisher(Clock, "/clock", 10)
+            self._clock_period_s = 1.0 / clock_hz
+            self.summary.sent["/clock"] = 0
 
     # -- sending ---------------------------------------------------------------------------------
 
@@ -170,6 +180,17 @@ class ReplayNode(Node):
                     raise
                 log.debug("publish on %s failed (%s), retrying", topic, err)
                 time.sleep(0.002)
+
+    def _tick_clock(self, bag_ns: float) -> None:
+        if self._clock_pub is None or time.monotonic() < self._next_clock:
+            return
+        from builtin_interfaces.msg import Time
+        from rosgraph_msgs.msg import Clock
+
+        sec, nsec = divmod(int(bag_ns), 1_000_000_000)
+        self._clock_pub.publish(Clock(clock=Time(sec=sec, nanosec=nsec)))
+        self.summary.sent["/clock"] += 1
+        self._next_clock = time.monotonic() + self._clock_period_s
 
     def wait_for_subscribers(self) -> float:
         """Block until each wait topic has a subscriber or the timeout passes; returns seconds waited."""
@@ -230,10 +251,12 @@ class ReplayNode(Node):
             for conn, t_ns, raw in reader.messages(connections=conns, start=first_ns):
                 due = start_wall + (t_ns - first_ns) / 1e9 / self.rate
                 while rclpy.ok():
-                    delay = due - time.monotonic()
+                    now = time.monotonic()
+                    self._tick_clock(first_ns + (now - start_wall) * self.rate * 1e9)
+                    delay = due - now
                     if delay <= 0:
                         break
-                    time.sleep(min(delay, 0.05))
+                    time.sleep(min(delay, 0.05, self._clock_period_s or 0.05))
                 if not rclpy.ok():
                     return
                 self._publish(conn.topic, raw)
@@ -256,6 +279,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "config/robot_b1z1.yaml; give none to start at once)",
     )
     parser.add_argument("--wait-timeout", type=float, default=10.0, help="seconds to wait for subscribers")
+    parser.add_argument(
+        "--clock",
+        type=float,
+        default=0.0,
+        metavar="HZ",
+        help="publish /clock with the bag's time at HZ (0 = off)",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
@@ -274,6 +304,7 @@ def run(args: argparse.Namespace, ros_args: list[str] | None = None) -> int:
             topics=args.topics,
             wait_for=args.wait_for,
             wait_timeout_s=args.wait_timeout,
+            clock_hz=args.clock,
         )
         summary = node.play()
     except (KeyboardInterrupt, ExternalShutdownException):
