@@ -78,12 +78,48 @@ def bench(model, pose, cam, repeats, sync, pixels=None, backend="auto") -> tuple
     return timed(fwd, repeats, sync), timed(fwd_bwd, repeats, sync)
 
 
+def channel_sweep(cam: PinholeCamera, repeats: int) -> None:
+    """gsplat compiles 1,2,3,4,5,8,9,16,17,32,33,64,65,... channels and zero-pads the rest: time
+    one padded pass against splitting into natively supported chunks."""
+    from m3_core.render.gsplat_backend import rasterize_gsplat
+
+    camera_from_world = torch.eye(4, device="cuda")
+    intr = (cam.fx, cam.fy, cam.cx + 0.5, cam.cy + 0.5, cam.width, cam.height)
+    model = random_cloud(1_000_000, 16, "cuda")
+    for feats in (12, 13, 16, 19, 28, 29, 32, 35, 48):
+        features = torch.rand(1_000_000, feats, device="cuda", requires_grad=True)
+        for chunk in (None, 16, 17, 32, 33):
+            if chunk is not None and chunk >= feats + 1:
+                continue
+
+            def run(grad: bool, chunk=chunk, features=features):
+                with torch.set_grad_enabled(grad):
+                    args = (
+                        model.means,
+                        model.quats,
+                        model.scales,
+                        model.opacities,
+                        features,
+                        camera_from_world,
+                    )
+                    f, d, a, _ = rasterize_gsplat(*args, *intr, channel_chunk=chunk)
+                    if grad:
+                        (f.sum() + d.sum()).backward()
+
+            f = timed(lambda: run(False), repeats, torch.cuda.synchronize)
+            fb = timed(lambda: run(True), repeats, torch.cuda.synchronize)
+            print(f"  {feats + 1:2d} channels, channel_chunk {chunk}: fwd {f:6.2f} ms  fwd+bwd {fb:6.2f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--channel-sweep", action="store_true", help="cuda: time gsplat channel_chunk choices"
+    )
     args = parser.parse_args()
 
     if args.device == "cpu":
@@ -114,6 +150,9 @@ def main() -> None:
     print(f"gsplat backend on {torch.cuda.get_device_name()}, torch {torch.__version__}")
     cam = PinholeCamera(fx=525.0, fy=525.0, cx=319.5, cy=239.5, width=640, height=480)
     pose = matrix_from_pose(np.zeros(3), np.array([0.0, 0.0, 0.0, 1.0]))
+    if args.channel_sweep:
+        channel_sweep(cam, args.repeats * 4)
+        return
     for q in (16, 32, 48):
         model = random_cloud(1_000_000, q, "cuda")
         f, fb = bench(model, pose, cam, args.repeats * 4, torch.cuda.synchronize)

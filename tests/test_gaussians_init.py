@@ -126,3 +126,23 @@ def test_init_from_scene_backprojects_depth_with_pixel_colours(tmp_path: Path) -
     assert len(small) == 100
     with pytest.raises(TypeError):
         init_from_scene(scene, ["clip"], voxel_sise=0.01)
+
+
+def test_init_from_colmap_points_when_frames_have_no_depth(tmp_path: Path) -> None:
+    from m3_core.scene import write_colmap_model
+
+    scene = _write_plane_scene(tmp_path)
+    frames = [
+        Frame(f.name, f.stamp_ns, f.camera, f.world_from_camera, f.image_path, None) for f in scene.frames
+    ]
+    no_depth = Scene(root=tmp_path, frames=frames, source="colmap")
+    pts = np.array([[0.0, 0.0, 1.0], [0.1, 0.0, 1.0], [0.0, 0.1, 1.2]])
+    write_colmap_model(
+        tmp_path / "sparse" / "0", frames, pts, np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]])
+    )
+    model = init_from_scene(no_depth, ["clip"], use_colmap_points=True, voxel_size=0.001)
+    order = np.argsort(model.means[:, 0].detach().numpy() + model.means[:, 1].detach().numpy() * 10)
+    np.testing.assert_allclose(model.means.detach().numpy()[order], pts, atol=1e-6)
+    np.testing.assert_allclose(model.colors.detach().numpy()[order], np.eye(3)[[0, 1, 2]], atol=1e-6)
+    with pytest.raises(Exception, match="no valid depth"):
+        init_from_scene(no_depth, ["clip"])

@@ -245,3 +245,17 @@ def test_fractional_pixels_evaluate_between_integer_ones() -> None:
     torch.testing.assert_close(sub.rgb[2], full.rgb[31, 41])
     torch.testing.assert_close(sub.rgb[3], full.rgb[59, 79])
     assert not torch.equal(sub.rgb[1], sub.rgb[0]) and not torch.equal(sub.rgb[1], sub.rgb[2])
+
+
+def test_gsplat_channel_chunk_choice_avoids_padding_without_importing_gsplat() -> None:
+    import sys
+
+    from m3_core.render.gsplat_backend import NATIVE_CHANNELS, channel_chunk_for
+
+    assert channel_chunk_for(33) == 33 and channel_chunk_for(17) == 17  # native: one pass
+    assert channel_chunk_for(20) in (16, 17)  # 16 queries + RGB + ED: split rather than pad to 32
+    assert channel_chunk_for(36) in (32, 33)  # 32 queries + RGB + ED: split rather than pad to 64
+    for n in range(1, 200):
+        chunk = channel_chunk_for(n)
+        assert chunk == n or (chunk in NATIVE_CHANNELS and chunk < n)
+    assert "gsplat" not in sys.modules  # the CPU path never imports gsplat (it would JIT-build CUDA)

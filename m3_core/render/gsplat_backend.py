@@ -21,9 +21,31 @@ from m3_core.render.projection import EPS2D
 
 log = logging.getLogger(__name__)
 
-# gsplat renders 1,2,3,4,5,8,9,16,17,32,33,64,65,... channels natively and zero-pads the others;
-# channel_chunk must cover all channels or the pass is split (GPU_FACTS.md: ~30% slower).
-_MIN_CHANNEL_CHUNK = 32
+# gsplat compiles these channel counts and zero-pads any other count up to the next power of two.
+NATIVE_CHANNELS = (1, 2, 3, 4, 5, 8, 9, 16, 17, 32, 33, 64, 65, 128, 129, 256, 257, 512, 513)
+# Measured on an H200 (1M Gaussians, 640x480; BENCHMARKS.md, "channel_chunk sweep"): an extra
+# rasterization pass costs about as much as 7 more channels in one pass for forward+backward, about
+# 12 for forward only.
+PASS_COST_FWD_BWD = 7
+PASS_COST_FWD = 12
+
+
+def _padded(n: int) -> int:
+    return next(c for c in NATIVE_CHANNELS if c >= n)
+
+
+def channel_chunk_for(n_channels: int, backward: bool = True) -> int:
+    """The channel_chunk with the least estimated cost: one padded pass, or natively sized chunks
+    (e.g. 36 channels -> 33 + 3 instead of one pass padded to 64). Ties go to fewer passes."""
+    pass_cost = PASS_COST_FWD_BWD if backward else PASS_COST_FWD
+
+    def cost(chunk: int) -> tuple[int, int]:
+        full, rest = divmod(n_channels, chunk)
+        passes = full + (rest > 0)
+        return passes * pass_cost + full * _padded(chunk) + (_padded(rest) if rest else 0), passes
+
+    options = [n_channels] + [c for c in NATIVE_CHANNELS if 16 <= c < n_channels]
+    return min(options, key=lambda c: (*cost(c), -c))
 
 
 def import_gsplat() -> ModuleType:
@@ -65,11 +87,16 @@ def rasterize_gsplat(
     height: int,
     near: float = 0.01,
     far: float = 100.0,
+    channel_chunk: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, dict[str, Any]]:
-    """Full image: (features [H,W,C], expected depth [H,W], alpha [H,W], gsplat's meta dict)."""
+    """Full image: (features [H,W,C], expected depth [H,W], alpha [H,W], gsplat's meta dict).
+    channel_chunk: channels per rasterization pass (None: `channel_chunk_for`)."""
     gsplat = import_gsplat()
     K = torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], device=means.device, dtype=means.dtype)
     n_channels = features.shape[1] + 1  # + expected depth
+    needs_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (means, quats, scales, opacities, features, camera_from_world)
+    )
     colors, alphas, meta = gsplat.rasterization(
         means,
         quats,
@@ -86,6 +113,6 @@ def rasterize_gsplat(
         packed=False,
         render_mode="RGB+ED",
         rasterize_mode="classic",
-        channel_chunk=max(_MIN_CHANNEL_CHUNK, n_channels),
+        channel_chunk=channel_chunk or channel_chunk_for(n_channels, backward=needs_grad),
     )
     return colors[0, ..., :-1], colors[0, ..., -1], alphas[0, ..., 0], meta
