@@ -134,7 +134,8 @@ class M3Memory(nn.Module):
 
     def decode(self, model: str, queries: torch.Tensor) -> torch.Tensor:
         """Rendered queries [..., Q_all] (all models' columns) -> features [..., d] of one model."""
-        return self.heads[model](queries[..., self.query_slice(model)])
+        sl = self.query_slice(model)  # checks the model first
+        return self.heads[model](queries[..., sl])
 
     @torch.no_grad()
     def render(
@@ -162,11 +163,21 @@ class M3Memory(nn.Module):
 
     def text_encoder(self, model: str, device: str | torch.device = "cpu"):
         """The feature model that encodes text into this memory's feature space (`.encode_text`)."""
-        from m3_core.features import get_model  # local: loads model code only when asked
+        from m3_core.features.registry import get_model, model_options  # local: loads model code on demand
 
         self._check_models([model])
         entry = self.manifest["models"][model]
-        return get_model(model, device=device, allow_random_weights=bool(entry.get("random_weights")))
+        valid = set(model_options(model))
+        options = {k: v for k, v in entry.get("preprocessing", {}).items() if k in valid}
+        encoder = get_model(
+            model, device=device, allow_random_weights=bool(entry.get("random_weights")), **options
+        )
+        if entry.get("model_id") and encoder.model_id != entry["model_id"]:
+            raise M3Error(
+                f"{model}: this memory was trained on {entry['model_id']} features but the text encoder "
+                f"available is {encoder.model_id}; install the same weights"
+            )
+        return encoder
 
     # -- files ----------------------------------------------------------------------------
 

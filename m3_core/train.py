@@ -122,7 +122,7 @@ class TrainConfig:
     seed: int = 0
     """Seed of sampling, initialisation and W_m."""
     checkpoint_every: int = 0
-    """Write a memory checkpoint every n iterations to OUT/checkpoints (0: only the final one)."""
+    """Write a memory checkpoint every n iterations to OUT-checkpoints/iter_N (0: only the final one)."""
     init: GaussianInitConfig = field(
         default_factory=lambda: GaussianInitConfig(voxel_size=0.01, query_init_std=0.1)
     )
@@ -340,6 +340,7 @@ class Trainer:
             m: {
                 "model_id": f.model_id,
                 "random_weights": bool(f.random_weights),
+                "preprocessing": dict(getattr(f, "preprocessing", {}) or {}),
                 "theta": self.psc_stats[m]["theta"] if config.head == "attention" else None,
                 "psc_stats": self.psc_stats[m],
             }
@@ -494,7 +495,9 @@ def train_memory(
         if out_dir is not None and config.checkpoint_every and (it + 1) % config.checkpoint_every == 0:
             from pathlib import Path
 
-            trainer.memory({"checkpoint": it + 1}).save(Path(out_dir) / "checkpoints" / f"iter_{it + 1:06d}")
+            # beside OUT, not inside: the final save replaces OUT as a whole
+            ckpt_root = Path(out_dir).with_name(Path(out_dir).name + "-checkpoints")
+            trainer.memory({"checkpoint": it + 1}).save(ckpt_root / f"iter_{it + 1:06d}")
     if device.type == "cuda":
         torch.cuda.synchronize()
     t_train = time.perf_counter() - t1

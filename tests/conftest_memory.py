@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812 (the usual name)
 
@@ -19,7 +20,16 @@ from m3_core.features.cache import SceneFeatures
 from m3_core.gaussians import GaussianModel
 from m3_core.geometry.camera import PinholeCamera
 from m3_core.render import rasterize
-from m3_core.scene import Frame, Scene, atomic_write_png, depth_png_from_m, save_scene
+from m3_core.scene import (
+    Frame,
+    Scene,
+    atomic_write_json,
+    atomic_write_png,
+    depth_png_from_m,
+    load_scene,
+    save_scene,
+)
+from m3_core.train import TrainConfig, train_memory
 
 N_OBJECTS = 3
 
@@ -71,7 +81,8 @@ def make_scene(
         torch.randn(N_OBJECTS, 24, generator=torch.Generator().manual_seed(seed)), dim=1
     )
     clip_map = torch.randn(N_OBJECTS + 1 + 3, 32, generator=torch.Generator().manual_seed(seed + 7))
-    frames, lang, clip = [], [], []
+    frames, lang, clip, caption_map = [], [], [], {}
+    names_of = ["a red box", "a green ball", "a blue cup"]
     for i in range(n_frames):
         angle = 2 * np.pi * i / n_frames + 0.1 * rng.standard_normal()
         eye = np.array([0.55 * np.cos(angle), 0.55 * np.sin(angle), 0.35 + 0.05 * np.sin(3 * angle)])
@@ -82,6 +93,10 @@ def make_scene(
         rgb = (out.rgb.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
         depth_m = torch.where(out.alpha > 0.5, out.depth, torch.zeros_like(out.depth)).numpy()
         atomic_write_png(root / "images" / f"{name}.png", rgb)
+        ids = out.queries.argmax(-1)
+        ids = torch.where((out.queries.max(-1).values > 0.5) & (ids > 0), ids, torch.zeros_like(ids))
+        atomic_write_png(root / "masks" / f"{name}.png", ids.numpy().astype(np.uint16))
+        caption_map[name] = {str(k + 1): names_of[k] for k in range(N_OBJECTS)}
         if depth:
             atomic_write_png(root / "depth" / f"{name}.png", depth_png_from_m(depth_m))
         frames.append(
@@ -98,6 +113,7 @@ def make_scene(
         has = (q.max(-1).values > 0.5) & (obj > 0)
         lang.append(torch.where(has[..., None], captions[(obj - 1).clamp(min=0)], torch.zeros(())))
         clip.append(F.normalize(torch.cat([q, c], dim=-1) @ clip_map, dim=-1))
+    atomic_write_json(root / "masks" / "captions.json", caption_map)
     scene = Scene(root=root, frames=frames, source="sim")
     save_scene(scene)
     names = [f.name for f in frames]
@@ -106,3 +122,28 @@ def make_scene(
         "clip": SceneFeatures("clip", "synthetic:field", 32, names, torch.stack(clip), True),
     }
     return scene, features
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread: on a busy 2-core box two threads spin against each other (10x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def small_scene(tmp_path_factory, one_thread):
+    """(scene, features) of a 12-view 48x36 synthetic scene."""
+    root = tmp_path_factory.mktemp("memscene") / "scene"
+    scene, features = make_scene(root, n_frames=12, width=48, height=36)
+    return load_scene(root), features
+
+
+@pytest.fixture(scope="module")
+def small_memory(small_scene):
+    """A memory trained briefly on small_scene (language + clip)."""
+    scene, features = small_scene
+    config = TrainConfig(iters=40, train_width=0, points_per_view=300, patch_size=16)
+    return train_memory(scene, features, config)
