@@ -36,7 +36,7 @@ def objects_record(world) -> dict:
         support = b is world.table
         objs.append(
             {
-                "id": len(world.bodies) + 1 if support else b.instance_id,
+                "id": world.table_instance_id if support else b.instance_id,
                 "name": b.name,
                 "caption": b.caption,
                 "synonyms": list(b.synonyms),

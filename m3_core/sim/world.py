@@ -128,7 +128,8 @@ class TabletopWorld:
         self.world_from_table = transform_from_rt(
             _rot_z(np.radians(t.yaw_deg)), np.array([t.xy_m[0], t.xy_m[1], v[:, 2].max()])
         )
-        self.table = Body(0, "table", t.caption, (), t.urdf, "table", table_id, v, f)
+        # the table's mask id is N+1 once all N objects are in (table_instance_id)
+        self.table = Body(-1, "table", t.caption, (), t.urdf, "table", table_id, v, f)
         # top extent in the table frame (the top is the widest part)
         local = (v - self.world_from_table[:3, 3]) @ self.world_from_table[:3, :3]
         self.table_half_extent = np.abs(local[:, :2]).max(axis=0)
@@ -143,6 +144,11 @@ class TabletopWorld:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    @property
+    def table_instance_id(self) -> int:
+        """Mask id of the table: right after the objects (1..N)."""
+        return len(self.bodies) + 1
 
     @property
     def table_top_z(self) -> float:
@@ -186,12 +192,11 @@ class TabletopWorld:
             physicsClientId=self.client,
         )
         v, _ = self._world_mesh(body_id)
-        want = (
-            self.world_from_table[:3, :3] @ np.array([xy_table[0], xy_table[1], 0.0])
-            + self.world_from_table[:3, 3]
-        )
-        box_c = (v.min(axis=0) + v.max(axis=0)) / 2
-        shift = np.array([want[0] - box_c[0], want[1] - box_c[1], self.table_top_z - v[:, 2].min()])
+        # box in the table frame: centre its footprint on xy_table, its bottom on the top
+        R_table, t_table = self.world_from_table[:3, :3], self.world_from_table[:3, 3]
+        local = (v - t_table) @ R_table
+        box_c = (local.min(axis=0) + local.max(axis=0)) / 2
+        shift = R_table @ np.array([xy_table[0] - box_c[0], xy_table[1] - box_c[1], -local[:, 2].min()])
         pos, orn = p.getBasePositionAndOrientation(body_id, physicsClientId=self.client)
         p.resetBasePositionAndOrientation(body_id, np.asarray(pos) + shift, orn, physicsClientId=self.client)
         rgba = obj.rgba if obj.rgba is not None else entry.get("rgba")
@@ -277,7 +282,7 @@ class TabletopWorld:
         ids = np.zeros((H, W), np.uint16)
         for body in self.bodies:
             ids[seg == body.body_id] = body.instance_id
-        ids[seg == self.table.body_id] = len(self.bodies) + 1
+        ids[seg == self.table.body_id] = self.table_instance_id
         return rgb, z.astype(np.float32), ids
 
 
