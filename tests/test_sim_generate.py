@@ -184,6 +184,10 @@ def test_write_scene_masks_resizes_and_rejects_foreign_frames(tiny_bag, tmp_path
             "looks at nothing",
         ),
         (lambda s: replace(s, objects=()), "no objects"),
+        (
+            lambda s: replace(s, objects=(replace(s.objects[0], xy_m=s.objects[2].xy_m), *s.objects[1:])),
+            "overlap",
+        ),
     ],
 )
 def test_bad_specs_fail_before_writing(tmp_path, change, message):

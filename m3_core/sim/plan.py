@@ -34,6 +34,7 @@ def place_objects(spec: SimSpec, world: TabletopWorld, rng: np.random.Generator)
     if region.shape != (4,):
         raise SpecError(f"table.random_region_m must be [xmin, xmax, ymin, ymax], got {region.tolist()}")
     placed: list[tuple[np.ndarray, np.ndarray]] = []  # (centre xy, half extent xy) in the table frame
+    names: list[str] = []
     for obj in spec.objects:
         yaw = np.radians(obj.yaw_deg) if obj.yaw_deg is not None else float(rng.uniform(0, 2 * np.pi))
         foot = world.footprint(obj, yaw)
@@ -46,6 +47,13 @@ def place_objects(spec: SimSpec, world: TabletopWorld, rng: np.random.Generator)
                     f"±{np.round(world.table_half_extent, 3).tolist()} m with a {spec.table.margin_m} m "
                     "margin; move it closer to the centre"
                 )
+            for (c, h), other in zip(placed, names):
+                if np.all(np.abs(xy - c) < foot + h):
+                    raise SpecError(
+                        f"objects {other!r} and {obj.name!r} overlap on the table (footprints "
+                        f"{np.round(c, 3).tolist()}±{np.round(h, 3).tolist()} and "
+                        f"{np.round(xy, 3).tolist()}±{np.round(foot, 3).tolist()} m); move one of them"
+                    )
         else:
             lo = np.maximum(region[[0, 2]], -half + foot)
             hi = np.minimum(region[[1, 3]], half - foot)
@@ -64,6 +72,7 @@ def place_objects(spec: SimSpec, world: TabletopWorld, rng: np.random.Generator)
                     "enlarge table.random_region_m or give fixed xy_m"
                 )
         placed.append((xy, foot))
+        names.append(obj.name)
         world.add_object(obj, xy, yaw)
 
 
