@@ -241,3 +241,35 @@ def test_scene_json_records_capture_stats(synthetic_scene):
     meta = json.loads((out / "scene.json").read_text())
     assert meta["extra"]["capture_stats"]["kept"] == session.stats.kept
     assert meta["extra"]["capture_stats"]["dropped"]["depth_invalid"] == 1
+
+
+@pytest.mark.slow
+def test_colmap_align_on_a_real_pycolmap_sfm_of_sim_images(tmp_path_factory, capsys):
+    """COLMAP_0 T_c0 end to end: pycolmap SfM of the scene's images, aligned to the chain's poses."""
+    try:
+        import pybullet  # noqa: F401
+
+        import m3_core.sim  # noqa: F401
+    except ImportError as err:
+        pytest.skip(f"m3_core.sim / pybullet not importable ({err}); no sim images to reconstruct")
+    work = tmp_path_factory.mktemp("capture_sfm")
+    cmd = [sys.executable, "-m", "m3_ros.cli", "sim", "--out", str(work / "bag"), "--frames", "30"]
+    proc = subprocess.run(
+        cmd + ["--size", "320x240", "--no-progress"], cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert m3_main(["bag2scene", str(work / "bag"), str(work / "scene")]) == 0
+    capsys.readouterr()
+    code = m3_main(
+        ["colmap-align", str(work / "scene"), "--run-sfm", str(work / "sfm"), "--write", str(work / "al")]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    matched = int(printed.split("cameras matched ")[1].split(",")[0])
+    rms_m = float(printed.split("rms ")[1].split(" m")[0])
+    assert matched >= 8 and rms_m < 0.02, printed
+    # the rewritten reconstruction sits in the robot frame: its camera centres are the chain's
+    robot = {f.image_path.name: f.world_from_camera for f in load_scene(work / "scene").frames}
+    aligned = read_colmap_poses(work / "al")
+    errors = [np.linalg.norm(T[:3, 3] - robot[n][:3, 3]) for n, (_c, T) in aligned.items()]
+    assert np.median(errors) < 0.02

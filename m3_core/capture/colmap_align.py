@@ -107,10 +107,50 @@ def write_aligned_reconstruction(recon_dir: Path, out_dir: Path, robot_from_colm
         raise
 
 
+def run_pycolmap_sfm(image_dir: Path, work_dir: Path) -> Path:
+    """SIFT + exhaustive matching + incremental mapping with pycolmap (CPU), one shared PINHOLE camera.
+
+    Returns the folder of the largest reconstruction (work_dir/sparse/<k>). Raises ValueError when
+    nothing could be reconstructed (too few images, no texture).
+    """
+    import pycolmap
+
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    database = work_dir / "database.db"
+    database.unlink(missing_ok=True)
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = "PINHOLE"  # the scene's images are undistorted pinhole images
+    pycolmap.extract_features(
+        database,
+        image_dir,
+        camera_mode=pycolmap.CameraMode.SINGLE,
+        reader_options=reader,
+        device=pycolmap.Device.cpu,
+    )
+    pycolmap.match_exhaustive(database, device=pycolmap.Device.cpu)
+    recs = pycolmap.incremental_mapping(database, image_dir, work_dir / "sparse")
+    if not recs:
+        raise ValueError(f"pycolmap could not reconstruct {image_dir} (too few images or matches)")
+    best = max(recs, key=lambda k: recs[k].num_reg_images())
+    return work_dir / "sparse" / str(best)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scene", type=Path, help="scene directory with robot poses (scene.json + sparse/0)")
     parser.add_argument(
-        "recon", type=Path, help="COLMAP model directory (cameras/images/points3D .bin or .txt)"
+        "recon",
+        type=Path,
+        nargs="?",
+        default=None,
+        help="COLMAP model directory (cameras/images/points3D .bin or .txt) of the scene's images",
+    )
+    parser.add_argument(
+        "--run-sfm",
+        type=Path,
+        default=None,
+        metavar="WORKDIR",
+        help="instead of RECON: reconstruct SCENE/images with pycolmap SfM (CPU) in WORKDIR first",
     )
     parser.add_argument("--threshold", type=float, default=0.05, help="inlier distance of camera centres, m")
     parser.add_argument("--iterations", type=int, default=1000, help="RANSAC iterations")
@@ -120,8 +160,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if (args.recon is None) == (args.run_sfm is None):
+        print("m3 colmap-align: give either RECON (an existing COLMAP model) or --run-sfm WORKDIR")
+        return 2
     try:
         scene = load_scene(args.scene)
+        if args.run_sfm is not None:
+            args.recon = run_pycolmap_sfm(Path(args.scene) / "images", args.run_sfm)
+            print(f"pycolmap SfM: {args.recon}")
         colmap = {name: pose for name, (_cam, pose) in read_colmap_poses(args.recon).items()}
         robot = {Path(f.image_path).name: f.world_from_camera for f in scene.frames}
         alignment = align_camera_poses(colmap, robot, args.threshold, args.iterations)
