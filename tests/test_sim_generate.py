@@ -284,3 +284,35 @@ def test_mcap_is_standard_ros2_for_independent_readers(tiny_bag):
                 # latched: rmw durability 1 = TRANSIENT_LOCAL, as ros2 bag play re-offers it
                 assert "durability: 1" in channel.metadata["offered_qos_profiles"]
     assert counts["/camera/camera/color/image_raw"] == 8 and counts["/tf_static"] == 1
+
+
+def test_output_does_not_depend_on_render_workers(tmp_path):
+    spec, spec_dir = load_spec(DEFAULT)
+    from m3_core.sim import with_overrides
+
+    spec = with_overrides(spec, frames=4, size=(64, 48))
+    one = generate(spec, spec_dir, tmp_path / "one", workers=1)
+    two = generate(spec, spec_dir, tmp_path / "two", workers=2)
+    assert _files(one.bag_dir) == _files(two.bag_dir)
+    assert _files(one.gt_dir) == _files(two.gt_dir)
+
+
+def test_failure_mid_scan_leaves_nothing_behind(tmp_path, monkeypatch):
+    from m3_core.sim.world import TabletopWorld
+
+    spec, spec_dir = load_spec(DEFAULT)
+    from m3_core.sim import with_overrides
+
+    real_render = TabletopWorld.render
+    calls = {"n": 0}
+
+    def failing_render(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("renderer died")
+        return real_render(self, *args, **kwargs)
+
+    monkeypatch.setattr(TabletopWorld, "render", failing_render)
+    with pytest.raises(RuntimeError, match="renderer died"):
+        generate(with_overrides(spec, frames=5, size=(64, 48)), spec_dir, tmp_path / "bag", workers=1)
+    assert list(tmp_path.iterdir()) == []
