@@ -91,9 +91,11 @@ class CaptureNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("m3_capture", **kwargs)
         for name, (default, description, read_only) in _PARAMS.items():
-            self.declare_parameter(
-                name, default, ParameterDescriptor(description=description, read_only=read_only)
+            # floats typed dynamically so that `-p min_translation_m:=1` (an int) is accepted too
+            descriptor = ParameterDescriptor(
+                description=description, read_only=read_only, dynamic_typing=isinstance(default, float)
             )
+            self.declare_parameter(name, default, descriptor)
         p = {name: self.get_parameter(name).value for name in _PARAMS}
         robot = load_robot_config(p["config"])
         self.topics = {
