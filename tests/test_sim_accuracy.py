@@ -145,3 +145,37 @@ def test_rotated_shifted_table_with_random_placement_stays_exact(tmp_path):
                 assert np.median(dist) < 0.002, o["name"]
                 seen += 1
     assert seen >= 8
+
+
+def test_distance_to_mesh_is_exact_on_a_cube():
+    """The yardstick of the accuracy tests: exact distances to a unit cube's surface."""
+    v = np.array([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)], float)
+    quads = [(0, 1, 3, 2), (4, 6, 7, 5), (0, 4, 5, 1), (2, 3, 7, 6), (0, 2, 6, 4), (1, 5, 7, 3)]
+    f = np.array([t for a, b, c, d in quads for t in ((a, b, c), (a, c, d))])
+    pts = np.array(
+        [[0.5, 0.5, 0.5], [0.5, 0.5, 1.3], [2.0, 2.0, 0.5], [0.5, 0.5, 0.0], [-1, -1, -1.0], [0.9, 0.5, 0.5]]
+    )
+    want = [0.5, 0.3, np.sqrt(2), 0.0, np.sqrt(3), 0.1]
+    np.testing.assert_allclose(distance_to_mesh(pts, v, f), want, atol=1e-9)
+
+
+def test_a_5mm_hand_eye_error_is_caught(tiny_bag):
+    """The 2 mm bound has teeth: the same check with a hand-eye off by 5 mm fails it."""
+    robot = yaml.safe_load(ROBOT.read_text())
+    msgs = read_bag(tiny_bag)
+    gt = gt_dir_for(tiny_bag)
+    good = _chain_from_bag(msgs, robot)
+    shift = np.eye(4)
+    shift[:3, 3] = [0.005, 0.0, 0.0]  # 5 mm along the optical x axis
+    meshes = read_meshes(gt)
+    duck = next(o for o in read_objects(gt) if o["name"] == "duck")
+    _, depth_msg = msgs[robot["topics"]["depth"]][2]
+    s = stamp_ns(depth_msg.header)
+    info = next(m for _, m in msgs[robot["topics"]["camera_info"]] if stamp_ns(m.header) == s)
+    depth_m = image_array(depth_msg).astype(np.float64) * 1e-3
+    mask = read_mask(gt, s) == duck["id"]
+    medians = []
+    for world_from_camera in (good(s), good(s) @ shift):
+        pts, _ = points_from_depth(depth_m, camera_from_info(info), world_from_camera, mask=mask)
+        medians.append(np.median(distance_to_mesh(pts, *meshes["duck"])))
+    assert medians[0] < 0.001 < 0.002 < medians[1]
