@@ -33,6 +33,7 @@ def _render_one_s(spec, spec_dir) -> float:
     from m3_core.geometry.camera import PinholeCamera
     from m3_core.sim.generate import _plan, load_robot
     from m3_core.sim.plan import place_objects
+    from m3_core.sim.spec import resolved
     from m3_core.sim.world import TabletopWorld
 
     robot = load_robot(spec_dir / spec.robot_config)
@@ -40,7 +41,7 @@ def _render_one_s(spec, spec_dir) -> float:
     cam = PinholeCamera(c.fx, c.fy, c.cx, c.cy, c.width, c.height)
     with TabletopWorld(spec) as world:
         place_objects(spec, world, np.random.default_rng(spec.seed))
-        poses = _plan(spec, robot, world).cam_poses.world_from_camera
+        poses = _plan(resolved(spec), robot, world).cam_poses.world_from_camera
         times = []
         for T in poses[:: max(1, len(poses) // 5)][:5]:
             t = time.perf_counter()

@@ -316,3 +316,15 @@ def test_failure_mid_scan_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="renderer died"):
         generate(with_overrides(spec, frames=5, size=(64, 48)), spec_dir, tmp_path / "bag", workers=1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_frames_in_the_spec_file(tmp_path):
+    data = yaml.safe_load(DEFAULT.read_text())
+    data.update(frames=3, robot_config=str(ROBOT))
+    data["camera"].update(width=64, height=48, fx=38.5, fy=38.5, cx=31.5, cy=23.5)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    spec, spec_dir = load_spec(path)
+    result = generate(spec, spec_dir, tmp_path / "bag")
+    assert result.frames == 3 and result.size == (64, 48)
+    assert result.topics["/lidar_odometry"]["count"] == 6

@@ -27,7 +27,7 @@ from m3_core.sim import gt as gtio
 from m3_core.sim.plan import ScanPoses, check_reach, check_views, place_objects, scan_poses
 from m3_core.sim.realism import drift_transforms, jittered_stamps_ns, noisy_depth
 from m3_core.sim.render_pool import default_workers, render_frames
-from m3_core.sim.spec import SimSpec, check_spec
+from m3_core.sim.spec import SimSpec, check_spec, resolved
 from m3_core.sim.world import TabletopWorld
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def with_overrides(
     if frames is not None:
         if frames < 1:
             raise ValueError(f"--frames must be >= 1, got {frames}")
-        spec = replace(spec, trajectory=replace(spec.trajectory, duration_s=frames / spec.camera.rate_hz))
+        spec = replace(spec, frames=int(frames))
     if size is not None:
         c = spec.camera
         cam = PinholeCamera(c.fx, c.fy, c.cx, c.cy, c.width, c.height).scaled(int(size[0]), int(size[1]))
@@ -183,6 +183,7 @@ def generate(
     output exists and force is False; in both cases nothing is written.
     """
     started = time.perf_counter()
+    spec = resolved(spec)
     check_spec(spec)
     bag_dir = Path(bag_dir).absolute()
     gt_dir = gt_dir_for(bag_dir)

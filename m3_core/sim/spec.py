@@ -174,6 +174,9 @@ class SimSpec:
     """nav_msgs/Odometry rate (a multiple of the camera rate gives exact chain look-ups)."""
     ee_pose_rate_hz: float = 30.0
     """End-effector PoseStamped rate."""
+    frames: int | None = None
+    """Camera frame count; when set the scan lasts frames / camera.rate_hz seconds (same path,
+    other speed), overriding trajectory.duration_s."""
     table: TableSpec = field(default_factory=TableSpec)
     """The table."""
     objects: tuple[ObjectSpec, ...] = ()
@@ -184,6 +187,16 @@ class SimSpec:
     """The scan."""
     realism: RealismSpec = field(default_factory=RealismSpec)
     """Noise options (off by default)."""
+
+
+def resolved(spec: SimSpec) -> SimSpec:
+    """The spec with `frames` folded into trajectory.duration_s (what the planner reads)."""
+    if spec.frames is None:
+        return spec
+    if int(spec.frames) < 1:
+        raise ValueError(f"frames must be >= 1, got {spec.frames}")
+    duration_s = int(spec.frames) / spec.camera.rate_hz
+    return replace(spec, frames=None, trajectory=replace(spec.trajectory, duration_s=duration_s))
 
 
 def spec_from_dict(data: dict, where: str = "sim spec") -> SimSpec:
