@@ -54,19 +54,25 @@ def random_cloud(n: int, query_dim: int, device: str, seed: int = 0) -> Gaussian
     ).to(device)
 
 
-def timed(fn, repeats: int, sync) -> float:
+def timed(fn, repeats: int, sync, cpu_times: list | None = None) -> float:
+    """Median wall ms; with cpu_times, also appends the median process CPU ms (all threads)."""
     fn()  # warm-up
     sync()
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         sync()
         times.append((time.perf_counter() - t0) * 1e3)
+        cpu.append((time.process_time() - c0) * 1e3)
+    if cpu_times is not None:
+        cpu_times.append(statistics.median(cpu))
     return statistics.median(times)
 
 
-def bench(model, pose, cam, repeats, sync, pixels=None, backend="auto") -> tuple[float, float]:
+def bench(
+    model, pose, cam, repeats, sync, pixels=None, backend="auto", cpu_times=None
+) -> tuple[float, float]:
     def fwd():
         with torch.no_grad():
             rasterize(model, pose, cam, pixels=pixels, backend=backend)
@@ -75,7 +81,7 @@ def bench(model, pose, cam, repeats, sync, pixels=None, backend="auto") -> tuple
         out = rasterize(model, pose, cam, pixels=pixels, backend=backend)
         (out.rgb.sum() + out.depth.sum() + out.queries.sum()).backward()
 
-    return timed(fwd, repeats, sync), timed(fwd_bwd, repeats, sync)
+    return timed(fwd, repeats, sync, cpu_times), timed(fwd_bwd, repeats, sync, cpu_times)
 
 
 def channel_sweep(cam: PinholeCamera, repeats: int) -> None:
@@ -139,12 +145,13 @@ def main() -> None:
         pix = torch.stack(
             [torch.randint(0, 240, (2000,), generator=rng), torch.randint(0, 320, (2000,), generator=rng)], 1
         )
-        cover = rasterize(model, pose, cam, render_queries=False).alpha
+        with torch.no_grad():
+            cover = rasterize(model, pose, cam, render_queries=False).alpha
         print(f"scene: 20000 Gaussians, 32 query channels, mean alpha {float(cover.mean()):.2f}")
-        f, fb = bench(model, pose, cam, args.repeats, lambda: None, pixels=pix)
-        print(f"  2000 pixels     fwd {f:8.1f} ms   fwd+bwd {fb:8.1f} ms")
-        f, fb = bench(model, pose, cam, max(1, args.repeats // 2), lambda: None)
-        print(f"  full 320x240    fwd {f:8.1f} ms   fwd+bwd {fb:8.1f} ms")
+        for name, pixels, repeats in [("2000 pixels ", pix, args.repeats), ("full 320x240", None, 2)]:
+            cpu: list[float] = []
+            f, fb = bench(model, pose, cam, repeats, lambda: None, pixels=pixels, cpu_times=cpu)
+            print(f"  {name}  fwd {f:8.1f} ms (CPU {cpu[0]:7.1f})   fwd+bwd {fb:8.1f} ms (CPU {cpu[1]:7.1f})")
         return
 
     print(f"gsplat backend on {torch.cuda.get_device_name()}, torch {torch.__version__}")
