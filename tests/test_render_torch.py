@@ -259,3 +259,19 @@ def test_gsplat_channel_chunk_choice_avoids_padding_without_importing_gsplat() -
         chunk = channel_chunk_for(n)
         assert chunk == n or (chunk in NATIVE_CHANNELS and chunk < n)
     assert "gsplat" not in sys.modules  # the CPU path never imports gsplat (it would JIT-build CUDA)
+
+
+def test_meta_means2d_collects_screen_space_gradients_for_densification() -> None:
+    model = _random_model(20, 5, dtype=torch.float32)
+    pixels = torch.stack(
+        torch.meshgrid(torch.arange(0, 18, 2), torch.arange(0, 24, 2), indexing="ij"), -1
+    ).reshape(-1, 2)
+    out = rasterize(model, np.eye(4), CAM, pixels=pixels)
+    means2d = out.meta["means2d"]
+    means2d.retain_grad()
+    out.rgb.sum().backward()
+    assert means2d.shape == (1, 20, 2) and out.meta["radii"].shape == (1, 20, 2)
+    visible = (out.meta["radii"][0] > 0).all(-1)
+    assert visible.any() and means2d.grad is not None
+    assert float(means2d.grad[0, ~visible].abs().sum()) == 0.0
+    assert float(means2d.grad[0, visible].abs().sum()) > 0.0
