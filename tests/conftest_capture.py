@@ -201,10 +201,12 @@ def run_live_capture(
     log_dir: Path,
     timeout_s: float = 180.0,
     capture_params: tuple[str, ...] = (),
+    loop_until: str | None = None,
 ) -> dict:
     """Replay `bag` at `rate` through m3_pose_chain_node and m3_capture_node (three processes) into
     the scene `out`; waits on graph discovery and on the capture's pending queue, never on sleeps.
-    Returns {"save": last ~/save message, "logs": {name: text}}."""
+    loop_until: replay with --loop until the capture log contains this text twice, then stop it.
+    Returns {"save": last ~/save message, "logs": {name: text}, "returncodes": {name: code}}."""
     import re
     import subprocess
     import sys
@@ -267,8 +269,17 @@ def run_live_capture(
         wait_for = [t.color, t.depth, t.camera_info, t.odometry, t.ee_pose]
         start(
             "replay",
-            [py, "-m", "m3_ros.cli", "replay", str(bag), "--rate", str(rate), "--wait-for", *wait_for],
-        )
+            [py, "-m", "m3_ros.cli", "replay", str(bag), "--rate", str(rate), *(["--loop"] if loop_until else []),
+             "--wait-for", *wait_for],
+        )  # fmt: skip
+        if loop_until:
+            deadline = time.monotonic() + timeout_s
+            while logs["capture"].read_text().count(loop_until) < 2:
+                check_alive()
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{loop_until!r} not logged twice:\n{logs['capture'].read_text()}")
+                executor.spin_once(timeout_sec=0.1)
+            procs["replay"].send_signal(2)
         procs["replay"].wait(timeout=timeout_s)
         if procs["replay"].returncode != 0:
             raise AssertionError(f"replay failed:\n{logs['replay'].read_text()}")
@@ -286,7 +297,9 @@ def run_live_capture(
                 break
             if time.monotonic() > deadline:
                 raise AssertionError(f"capture still has pending frames: {save_message}")
-            executor.spin_once(timeout_sec=0.2)
+            poll_end = time.monotonic() + 0.2  # ask again in 0.2 s (spin_once returns early on any event)
+            while time.monotonic() < poll_end:
+                executor.spin_once(timeout_sec=0.05)
     finally:
         for name in ("replay", "capture", "pose_chain"):
             p = procs.get(name)
