@@ -193,6 +193,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--min-sharpness", type=float, default=k.min_sharpness, help="Laplacian variance gate"
     )
     parser.add_argument(
+        "--min-valid-depth", type=float, default=k.min_valid_depth_fraction, help="min valid depth fraction"
+    )
+    parser.add_argument(
         "--tf-wait", type=float, default=d.tf_wait_s, help="wait for transforms past a stamp, s"
     )
     parser.add_argument(
@@ -208,6 +211,7 @@ def config_from_args(args: argparse.Namespace) -> CaptureConfig:
         max_interval_s=args.max_interval,
         min_interval_s=args.min_interval,
         min_sharpness=args.min_sharpness,
+        min_valid_depth_fraction=args.min_valid_depth,
     )
     return CaptureConfig(keyframes=keyframes, tf_wait_s=args.tf_wait, save_every=args.save_every)
 
