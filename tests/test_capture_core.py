@@ -327,3 +327,10 @@ def test_frames_wait_for_camera_info_like_transforms(tmp_path):
     session._camera = None
     session.poll(now_s=1e9)  # live timeout without any camera_info: skipped and counted
     assert session.stats.dropped["no_camera_info"] == 1
+
+
+def test_flush_counts_images_left_without_partner(tmp_path):
+    session = make_session(tmp_path)
+    session.add_color(S, textured_rgb(120, 160, 0), "rgb8")  # its depth never arrives
+    session.poll(flush=True)
+    assert session.stats.dropped["unpaired"] == 1 and session.stats.paired == 0

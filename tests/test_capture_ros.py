@@ -20,6 +20,7 @@ from tests.conftest import wait_until
 from tests.conftest_capture import run_live_capture, write_synthetic_bag
 
 pytestmark = pytest.mark.ros
+pytest.importorskip("rclpy", reason="rclpy is not installed (run scripts/setup_env.sh)")
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -38,6 +38,14 @@ class StampPairer:
         self._color.clear()
         self._depth.clear()
 
+    def drain(self) -> int:
+        """At the end of a stream: drop (and count) what is still waiting; returns how many."""
+        n = len(self._color) + len(self._depth)
+        self.unpaired_color += len(self._color)
+        self.unpaired_depth += len(self._depth)
+        self.clear()
+        return n
+
     def add_color(self, stamp_ns: int, item: Any) -> list[Pair]:
         self._insert(self._color, stamp_ns, item)
         return self._match()

@@ -198,6 +198,10 @@ class CaptureSession:
         now_s: monotonic wall time (live) for the timeout; None offline. flush: decide all (end of bag).
         """
         kept = 0
+        if flush:
+            with self._lock:  # images whose partner never came are dropped now, and counted
+                self._pairer.drain()
+                self._add_pairs([])
         with self._decide_lock:
             while True:
                 with self._lock:
