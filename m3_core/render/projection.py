@@ -66,7 +66,11 @@ def project_gaussians(
     R = camera_from_world[:3, :3]
     t = camera_from_world[:3, 3]
     means_c = means @ R.T + t
-    covars_c = R @ covars_from_quats_scales(quats, scales) @ R.T
+    # Camera-frame covariance as (R M)(R M)^T with M = R_q S; R M in one [3,3] x [3,3N] product
+    # (batched 3x3 matmuls are slow on CPU).
+    M = rotmat_from_quat_wxyz(quats) * scales[:, None, :]  # [N,3,3]
+    n = M.shape[0]
+    Mc = (R @ M.permute(1, 0, 2).reshape(3, 3 * n)).reshape(3, n, 3).permute(1, 0, 2)  # [N,3,3]
     x, y, z = means_c.unbind(-1)
     # Gaussians at z ~ 0 are culled below; a safe z keeps their (zero) gradients finite.
     z = torch.where(z.abs() > 1e-8, z, torch.full_like(z, 1e-8))
@@ -82,16 +86,14 @@ def project_gaussians(
     rz = 1.0 / z
     tx = z * torch.clamp(x * rz, min=-lim_x_neg, max=lim_x_pos)
     ty = z * torch.clamp(y * rz, min=-lim_y_neg, max=lim_y_pos)
-    zeros = torch.zeros_like(z)
-    J = torch.stack([fx * rz, zeros, -fx * tx * rz * rz, zeros, fy * rz, -fy * ty * rz * rz], dim=-1).reshape(
-        -1, 2, 3
-    )
-    cov2d = J @ covars_c @ J.transpose(-1, -2)
+    # J = [[fx/z, 0, -fx tx/z^2], [0, fy/z, -fy ty/z^2]]; cov2d = (J Mc)(J Mc)^T
+    JM0 = (fx * rz)[:, None] * Mc[:, 0] - (fx * tx * rz * rz)[:, None] * Mc[:, 2]  # [N,3]
+    JM1 = (fy * rz)[:, None] * Mc[:, 1] - (fy * ty * rz * rz)[:, None] * Mc[:, 2]
     means2d = torch.stack([fx * x * rz + cx, fy * y * rz + cy], dim=-1)
 
-    a = cov2d[:, 0, 0] + eps2d
-    b = cov2d[:, 0, 1]
-    c = cov2d[:, 1, 1] + eps2d
+    a = (JM0 * JM0).sum(-1) + eps2d
+    b = (JM0 * JM1).sum(-1)
+    c = (JM1 * JM1).sum(-1) + eps2d
     det = a * c - b * b
     det_safe = torch.where(det > 0, det, torch.ones_like(det))  # culled below; keeps grads finite
     conics = torch.stack([c / det_safe, -b / det_safe, a / det_safe], dim=-1)

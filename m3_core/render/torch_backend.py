@@ -152,7 +152,8 @@ class _Composite(torch.autograd.Function):
             c = table[pix_tile[alive], k0 : k0 + block]
             real = c >= 0
             c.clamp_(min=0)
-            gx, gy, ca, cb, cc, op = packed[c].unbind(-1)  # [Pa, B] each
+            # index_select: much faster than advanced indexing for row gathers on CPU
+            gx, gy, ca, cb, cc, op = packed.index_select(0, c.reshape(-1)).view(*c.shape, 6).unbind(-1)
             dx = gx - xy[alive, None, 0]
             dy = gy - xy[alive, None, 1]
             sigma = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
@@ -185,7 +186,9 @@ class _Composite(torch.autograd.Function):
             )
         p, g, a = torch.cat(pix_ids), torch.cat(gauss_ids), torch.cat(alphas)
         Tb, cl = torch.cat(T_befores), torch.cat(clamped)
-        out = feats.new_zeros((P, feats.shape[1])).index_add_(0, p, (a * Tb)[:, None] * feats[g])
+        out = feats.new_zeros((P, feats.shape[1])).index_add_(
+            0, p, (a * Tb)[:, None] * feats.index_select(0, g)
+        )
         ctx.save_for_backward(packed, feats, xy, p, g, a, Tb, cl, T)
         return out, T
 
@@ -197,8 +200,8 @@ class _Composite(torch.autograd.Function):
         if g_T is None:
             g_T = xy.new_zeros(xy.shape[0])
         w = a * Tb
-        go = g_out[p]  # [E, C]
-        fg = (feats[g] * go).sum(1)
+        go = g_out.index_select(0, p)  # [E, C]
+        fg = (feats.index_select(0, g) * go).sum(1)
         d_feats = torch.zeros_like(feats).index_add_(0, g, w[:, None] * go)
         # Suffix sums over each pixel's later contributions: sort by pixel (stable keeps depth order),
         # then a float64 cumulative sum minus its running value within the segment.
@@ -212,8 +215,9 @@ class _Composite(torch.autograd.Function):
         one_minus = 1.0 - a
         d_alpha = Tb * fg - (suffix.to(a.dtype) + T_final[p] * g_T[p]) / one_minus
         d_alpha = torch.where(cl, torch.zeros_like(d_alpha), d_alpha)
-        gx, gy, ca, cb, cc, op = packed[g].unbind(-1)
-        dx, dy = gx - xy[p, 0], gy - xy[p, 1]
+        gx, gy, ca, cb, cc, op = packed.index_select(0, g).unbind(-1)
+        pxy = xy.index_select(0, p)
+        dx, dy = gx - pxy[:, 0], gy - pxy[:, 1]
         e = a / op  # exp(-sigma) where not clamped
         d_op = d_alpha * e
         d_sigma = -d_alpha * a
