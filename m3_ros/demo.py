@@ -103,7 +103,7 @@ def _run(args: argparse.Namespace) -> int:
     gt_dir = gt_dir_for(bag)
 
     values = {"bag": str(bag), "rate": str(args.rate), "scene_dir": str(scene_dir), "memory": str(memory_dir),
-              "device": args.device}  # fmt: skip
+              "device": args.device, "camera_reliable": "true"}  # fmt: skip
     exit_codes: dict[str, int] = {}
     rclpy.init()
     client = DemoClient()

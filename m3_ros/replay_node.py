@@ -205,7 +205,21 @@ class ReplayNode(Node):
                 f"no subscriber on {pending} after {self.wait_timeout_s:.1f} s; playing anyway"
             )
         self.summary.missing_subscribers = pending
+        if len(pending) < len(self.wait_for):
+            # Our writer has matched the reader, but the reader may not have matched us yet (DDS
+            # discovery is not symmetric in time): give it a moment before the first image.
+            time.sleep(0.5)
         return time.monotonic() - t0
+
+    def wait_for_acks(self, timeout_s: float = 5.0) -> None:
+        """Let reliable subscribers receive what is still in flight before the node goes away
+        (exiting right after the last publish lost the last frames at 3x)."""
+        from rclpy.duration import Duration
+
+        for topic, pub in self.publishers_by_topic.items():
+            wait = getattr(pub, "wait_for_all_acked", None)  # rclpy >= Galactic
+            if wait is not None and not wait(Duration(seconds=timeout_s)):
+                self.get_logger().warning(f"{topic}: not every subscriber acknowledged within {timeout_s:.0f} s")
 
     def play(self) -> ReplaySummary:
         """Publish the bag (again and again with loop) until done or rclpy shuts down."""
@@ -236,6 +250,8 @@ class ReplayNode(Node):
                     break
         finally:
             self.summary.wall_s = time.monotonic() - wall0
+        if rclpy.ok():
+            self.wait_for_acks()
         if not rclpy.ok():  # Ctrl-C: rclpy's signal handler shut the context down
             self.summary.interrupted = True
         return self.summary
