@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -247,9 +248,7 @@ def test_fractional_pixels_evaluate_between_integer_ones() -> None:
     assert not torch.equal(sub.rgb[1], sub.rgb[0]) and not torch.equal(sub.rgb[1], sub.rgb[2])
 
 
-def test_gsplat_channel_chunk_choice_avoids_padding_without_importing_gsplat() -> None:
-    import sys
-
+def test_gsplat_channel_chunk_choice_avoids_padding() -> None:
     from m3_core.render.gsplat_backend import NATIVE_CHANNELS, channel_chunk_for
 
     assert channel_chunk_for(33) == 33 and channel_chunk_for(17) == 17  # native: one pass
@@ -258,7 +257,23 @@ def test_gsplat_channel_chunk_choice_avoids_padding_without_importing_gsplat() -
     for n in range(1, 200):
         chunk = channel_chunk_for(n)
         assert chunk == n or (chunk in NATIVE_CHANNELS and chunk < n)
-    assert "gsplat" not in sys.modules  # the CPU path never imports gsplat (it would JIT-build CUDA)
+
+
+def test_cpu_rendering_never_imports_gsplat() -> None:
+    """On a machine with nvcc but no GPU, importing gsplat JIT-builds CUDA code and fails."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, torch\n"
+        "from m3_core.gaussians import GaussianModel\n"
+        "from m3_core.geometry import PinholeCamera\n"
+        "from m3_core.render import rasterize\n"
+        "g = GaussianModel.from_points(np.array([[0.0, 0.0, 1.0]]), np.ones((1, 3)), ['clip'])\n"
+        "rasterize(g, np.eye(4), PinholeCamera(50.0, 50.0, 15.5, 11.5, 32, 24)).rgb.sum().backward()\n"
+        "assert 'gsplat' not in sys.modules, 'gsplat was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
 
 
 def test_meta_means2d_collects_screen_space_gradients_for_densification() -> None:
