@@ -95,7 +95,10 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--clip-arch", default="ViT-B-16")
     parser.add_argument("--short-side", type=int, default=None, help="resize for the ViTs (default native)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     rgb, ids = synthetic_frame(args.height, args.width)
     machine = torch.cuda.get_device_name(0) if "cuda" in args.device else f"{platform.processor() or 'CPU'}"

@@ -249,3 +249,12 @@ def test_features_config_from_yaml_mapping(scene):
         FeaturesConfig(models=("clip", "blip"))
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['strides'\]"):
         FeaturesConfig(options={"language": {"strides": 4}})
+
+
+def test_missing_image_is_a_scene_error(tmp_path, dinov2_tiny):
+    from m3_core.scene import SceneError
+
+    scene = make_scene(tmp_path / "s", n_frames=2)
+    scene.frames[1].image_path.unlink()
+    with pytest.raises(SceneError, match="frame_000001.*missing"):
+        load_scene_features(scene, dinov2_tiny, progress=False)

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from m3_core.features.base import FeatureError, FeatureModel
 from m3_core.features.registry import get_model
-from m3_core.scene import Scene, atomic_write_bytes
+from m3_core.scene import Scene, SceneError, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,8 @@ def _tensor_sha256(t: torch.Tensor) -> str:
 
 def _frame_input_hash(scene: Scene, i: int, model: FeatureModel) -> str:
     frame = scene.frames[i]
+    if not Path(frame.image_path).is_file():
+        raise SceneError(f"frame {frame.name}: image {frame.image_path} is missing")
     digest = hashlib.sha256(Path(frame.image_path).read_bytes())
     if model.name == "language":
         mask_path = Path(scene.root) / "masks" / f"{frame.name}.png"
