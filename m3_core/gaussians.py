@@ -289,13 +289,18 @@ def voxel_downsample(
     """Average points [N,3] and colors [N,3] per voxel -> (points [M,3], colors [M,3], counts [M])."""
     if voxel_size <= 0:
         raise ValueError(f"voxel_size must be positive metres, got {voxel_size}")
+    if len(points) == 0:
+        return points.reshape(0, 3), colors.reshape(0, 3), np.zeros(0, dtype=np.int64)
     keys = np.floor(points / voxel_size).astype(np.int64)
-    _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    keys -= keys.min(axis=0)
+    extent = keys.max(axis=0) + 1
+    # one int64 per voxel (1-D unique and bincount are far faster than unique(axis=0) and add.at)
+    linear = (keys[:, 0] * extent[1] + keys[:, 1]) * extent[2] + keys[:, 2]
+    _, inverse, counts = np.unique(linear, return_inverse=True, return_counts=True)
     inverse = inverse.reshape(-1)
-    sums_p = np.zeros((len(counts), 3))
-    sums_c = np.zeros((len(counts), 3))
-    np.add.at(sums_p, inverse, points)
-    np.add.at(sums_c, inverse, colors)
+    m = len(counts)
+    sums_p = np.stack([np.bincount(inverse, points[:, i], minlength=m) for i in range(3)], axis=1)
+    sums_c = np.stack([np.bincount(inverse, colors[:, i], minlength=m) for i in range(3)], axis=1)
     return sums_p / counts[:, None], sums_c / counts[:, None], counts
 
 
