@@ -132,6 +132,7 @@ class QueryNode(Node):
         self.buffer = TransformBuffer()
         self._lock = threading.Lock()
         self._newest_tf_ns = 0
+        self._newest_by_child: dict[str, int] = {}  # dynamic edges: child frame -> newest stamp
         self._camera: PinholeCamera | None = None
         self._depth: tuple[int, np.ndarray] | None = None  # (stamp_ns, depth_m)
         self._memory: Any = None
@@ -208,9 +209,12 @@ class QueryNode(Node):
     # -- sensor callbacks --------------------------------------------------------------------
     def _on_tf(self, msg: TFMessage) -> None:
         feed_buffer_from_tf_msg(self.buffer, msg, static=False)
-        newest = max((stamp_ns_from_msg(t.header.stamp) for t in msg.transforms), default=0)
         with self._lock:
-            self._newest_tf_ns = max(self._newest_tf_ns, newest)
+            for tf in msg.transforms:
+                stamp_ns = stamp_ns_from_msg(tf.header.stamp)
+                child = tf.child_frame_id
+                self._newest_by_child[child] = max(self._newest_by_child.get(child, 0), stamp_ns)
+                self._newest_tf_ns = max(self._newest_tf_ns, stamp_ns)
 
     def _on_tf_static(self, msg: TFMessage) -> None:
         feed_buffer_from_tf_msg(self.buffer, msg, static=True)
@@ -263,6 +267,7 @@ class QueryNode(Node):
         with self._lock:
             memory, cache, load_error = self._memory, self._cache, self._load_error
             camera, depth, newest_tf = self._camera, self._depth, self._newest_tf_ns
+            common_tf = min(self._newest_by_child.values(), default=0)
         if memory is None:
             raise M3Error(f"no memory loaded: {load_error} (memory_path={self.memory_path!r})")
         if not request.text.strip():
@@ -272,7 +277,7 @@ class QueryNode(Node):
         camera = camera or self._camera_from_parameter()
         config = self._query_config()
 
-        world_from_camera, stamp_ns, live_view = self._camera_pose(request, depth, newest_tf)
+        world_from_camera, stamp_ns, live_view = self._camera_pose(request, depth, newest_tf, common_tf)
         try:
             target_from_world = self.buffer.lookup(target_frame, self.world_frame, stamp_ns)
         except TransformError as err:
@@ -341,7 +346,11 @@ class QueryNode(Node):
         return PinholeCamera(float(fx), float(fy), float(cx), float(cy), int(w), int(h))
 
     def _camera_pose(
-        self, request: Query.Request, depth: tuple[int, np.ndarray] | None, newest_tf_ns: int
+        self,
+        request: Query.Request,
+        depth: tuple[int, np.ndarray] | None,
+        newest_tf_ns: int,
+        common_tf_ns: int,
     ) -> tuple[np.ndarray, int, bool]:
         """(world_from_camera, stamp_ns, live) from the request's pose or the transform buffer."""
         given = request.camera_pose
@@ -359,8 +368,13 @@ class QueryNode(Node):
                     f"no transform {self.world_frame} -> {given.header.frame_id} for the requested camera pose: {err}"
                 ) from err
             return world_from_frame @ frame_from_camera, stamp_ns, False
-        # Live pose: the newest depth stamp first (pose and depth then agree), else the newest TF.
-        candidates = ([depth[0]] if depth is not None else []) + [newest_tf_ns]
+        # Live pose, at request time: the newest depth frame's stamp when it is recent (pose and depth
+        # then belong together), else the newest TF stamp, else the latest time every dynamic edge
+        # has reached (the latest common time).
+        candidates = [newest_tf_ns, common_tf_ns]
+        max_age_ns = self.get_parameter("depth_max_age_s").value * 1e9
+        if depth is not None and abs(depth[0] - newest_tf_ns) <= max_age_ns:
+            candidates.insert(0, depth[0])
         error: Exception | None = None
         for stamp_ns in candidates:
             try:

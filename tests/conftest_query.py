@@ -87,7 +87,8 @@ def build_memory(path: Path) -> Path:
         queries=torch.tensor(queries, dtype=torch.float32),
         query_dims={"language": QUERY_DIM},
     )
-    psc = get_model("language").encode_text(CAPTIONS)  # [T, 384]
+    language = get_model("language")
+    psc = language.encode_text(CAPTIONS)  # [T, 384]
     w_m = torch.zeros(QUERY_DIM, psc.shape[1])
     w_m[: len(CAPTIONS)] = psc  # one-hot query k -> caption k
     w_m[len(CAPTIONS) :] = 1e-3 * torch.randn(
@@ -96,7 +97,7 @@ def build_memory(path: Path) -> Path:
     head = MemoryAttention(psc, QUERY_DIM, AttentionConfig(), w_m=w_m)
     manifest = {
         "world_frame": "odom",
-        "models": {"language": {"random_weights": False, "model_id": "transformers:all-MiniLM-L6-v2"}},
+        "models": {"language": {"random_weights": False, "model_id": language.model_id}},
         "frames": {"train": [], "heldout": []},
     }
     return M3Memory(gaussians, {"language": head}, manifest).save(path)
