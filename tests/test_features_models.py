@@ -253,6 +253,51 @@ def test_dinov2_has_no_text_encoder(dinov2_tiny):
         dinov2_tiny.encode_text(["duck"])
 
 
+def test_siglip_loads_a_weights_directory(siglip_tiny, tmp_path):
+    # The real-weights path: a save_pretrained directory with weights + a sentencepiece tokenizer
+    # (a tiny one trained here; google/siglip-* ship spiece.model the same way).
+    import sentencepiece as spm
+    from transformers import SiglipTokenizer
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(
+        "\n".join(["a yellow rubber duck", "a red coffee mug", "a blue lego brick", "cup"] * 20)
+    )
+    spm.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(tmp_path / "spiece"),
+        vocab_size=30,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        minloglevel=2,
+        hard_vocab_limit=False,  # a tiny corpus: vocab_size is an upper bound
+    )
+    weights = tmp_path / "siglip"
+    siglip_tiny.model.save_pretrained(weights)
+    SiglipTokenizer(vocab_file=str(tmp_path / "spiece.model")).save_pretrained(weights)
+    loaded = get_model("siglip", hf_id="google/siglip-tiny-test", weights_path=weights)
+    assert not loaded.random_weights and loaded.model_id == "transformers:google/siglip-tiny-test"
+    assert loaded.weights_hash == siglip_tiny.weights_hash and loaded.tokenizer is not None
+    rgb = _image(48, 64)
+    torch.testing.assert_close(loaded.encode_image_dense(rgb), siglip_tiny.encode_image_dense(rgb))
+    text = loaded.encode_text(["a yellow rubber duck", "cup"])
+    assert text.shape == (2, 32) and not torch.allclose(text[0], text[1])
+    with pytest.raises(ValueError, match="config_overrides only applies to random weights"):
+        get_model("siglip", weights_path=weights, config_overrides=TINY_SIGLIP)
+
+
+def test_dinov2_loads_a_weights_directory(dinov2_tiny, tmp_path):
+    dinov2_tiny.model.save_pretrained(tmp_path / "dinov2")
+    loaded = get_model("dinov2", weights_path=tmp_path / "dinov2")
+    assert not loaded.random_weights and loaded.model_id == "transformers:facebook/dinov2-small"
+    rgb = _image(48, 64)
+    torch.testing.assert_close(loaded.encode_image_dense(rgb), dinov2_tiny.encode_image_dense(rgb))
+    with pytest.raises(WeightsMissingError, match="config.json"):
+        get_model("dinov2", weights_path=tmp_path / "empty")
+
+
 @pytest.mark.parametrize("name", ["siglip", "dinov2"])
 def test_hf_missing_weights_error_names_the_files(name, tmp_path):
     with pytest.raises(WeightsMissingError) as info:
