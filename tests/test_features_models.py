@@ -298,6 +298,16 @@ def test_dinov2_loads_a_weights_directory(dinov2_tiny, tmp_path):
         get_model("dinov2", weights_path=tmp_path / "empty")
 
 
+def test_dinov2_loads_from_the_hugging_face_cache(dinov2_tiny, tmp_path):
+    # The layout huggingface_hub writes: models--org--name/refs/main + snapshots/<revision>/
+    repo = tmp_path / "hub" / "models--facebook--dinov2-small"
+    dinov2_tiny.model.save_pretrained(repo / "snapshots" / "0123abc")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abc")
+    loaded = get_model("dinov2", cache_dir=str(tmp_path / "hub"))
+    assert not loaded.random_weights and loaded.weights_hash == dinov2_tiny.weights_hash
+
+
 @pytest.mark.parametrize("name", ["siglip", "dinov2"])
 def test_hf_missing_weights_error_names_the_files(name, tmp_path):
     with pytest.raises(WeightsMissingError) as info:

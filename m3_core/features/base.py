@@ -56,6 +56,9 @@ class FeatureModel(Protocol):
     def preprocessing(self) -> dict[str, Any]:
         """JSON-able description of everything besides weights that changes the features."""
 
+    def grid_size(self, H: int, W: int) -> tuple[int, int]:
+        """(h, w) of the dense grid for an H x W image."""
+
     def encode_image_dense(self, rgb: np.ndarray, **kwargs: Any) -> torch.Tensor:
         """[H,W,3] uint8 RGB -> [h,w,d] float32 (CPU), L2-normalised, zeros = no feature."""
 
