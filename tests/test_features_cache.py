@@ -9,6 +9,7 @@ import json
 import logging
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -219,6 +220,10 @@ def test_cli_extracts_then_reuses(tmp_path, capsys):
     assert cache_path(scene, "language").exists()
     assert main(args) == 0
     assert "0 extracted, 2 cached" in capsys.readouterr().out
+    preview = ["--preview", "--preview-frame", "1", "--query", "rubber ducky"]
+    assert main([*args, *preview]) == 0
+    image = cv2.imread(str(scene.root / "features" / "preview_language.png"))
+    assert image is not None and image.shape == (H, 3 * W, 3)
     assert main(["features", str(scene.root), "--models", "clip,nope"]) == 2
     assert main(["features", str(tmp_path / "missing"), "--models", "language"]) == 1
     # without weights and without the flag: a clear error naming the files, exit 1
@@ -258,3 +263,23 @@ def test_missing_image_is_a_scene_error(tmp_path, dinov2_tiny):
     scene.frames[1].image_path.unlink()
     with pytest.raises(SceneError, match="frame_000001.*missing"):
         load_scene_features(scene, dinov2_tiny, progress=False)
+
+
+# -- preview ----------------------------------------------------------------------------------
+
+
+def test_pca_preview_separates_regions():
+    from m3_core.features.preview import pca_rgb, preview_image, similarity_map
+
+    grid = torch.zeros(4, 6, 8)
+    grid[:, :3, 0] = 1.0  # left half: one feature
+    grid[:, 3:5, 1] = 1.0  # two middle-right columns: another; last column: no feature
+    colours = pca_rgb(grid)
+    assert colours.shape == (4, 6, 3) and colours.dtype == np.uint8
+    assert (colours[:, 5] == 0).all()  # no feature -> black
+    assert not np.array_equal(colours[0, 0], colours[0, 3])  # different features, different colours
+    assert np.array_equal(colours[0, 0], colours[3, 2])  # same feature, same colour
+    sim = similarity_map(grid, torch.eye(8)[0])
+    assert sim[0, 0] == 1 and sim[0, 4] == 0
+    picture = preview_image(np.zeros((40, 60, 3), np.uint8), grid, sim)
+    assert picture.shape == (40, 180, 3) and picture.dtype == np.uint8

@@ -43,6 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--language-stride", type=int, default=None, help="language grid stride in pixels (8)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--preview",
+        action="store_true",
+        help="write features/preview_<model>.png (frame | PCA colours | query)",
+    )
+    parser.add_argument("--preview-frame", type=int, default=0, help="frame index for --preview (default 0)")
+    parser.add_argument(
+        "--query", default=None, help="text query whose heatmap --preview draws (text models)"
+    )
 
 
 def model_options(args: argparse.Namespace, name: str) -> dict[str, Any]:
@@ -61,8 +70,22 @@ def model_options(args: argparse.Namespace, name: str) -> dict[str, Any]:
     return {k: v for k, v in table.get(name, {}).items() if v is not None}
 
 
+def write_preview(scene: Any, feats: Any, model: Any, args: argparse.Namespace) -> str:
+    """frame | PCA colours | query heatmap, as SCENE/features/preview_<model>.png."""
+    from m3_core.features.preview import preview_image, similarity_map
+    from m3_core.scene import atomic_write_png
+
+    i = min(max(args.preview_frame, 0), len(feats.names) - 1)
+    similarity = None
+    if args.query and model.name != "dinov2":
+        similarity = similarity_map(feats.grids[i], model.encode_text([args.query])[0])
+    path = scene.root / "features" / f"preview_{model.name}.png"
+    atomic_write_png(path, preview_image(scene.read_rgb(i), feats.grids[i], similarity))
+    return str(path)
+
+
 def run(args: argparse.Namespace) -> int:
-    from m3_core.features import MODELS, load_scene_features
+    from m3_core.features import MODELS, get_model, load_scene_features
     from m3_core.scene import load_scene
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
@@ -79,19 +102,21 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         start = time.perf_counter()
         try:
-            feats = load_scene_features(
-                scene,
+            model = get_model(
                 name,
                 device=args.device,
                 allow_random_weights=args.allow_random_weights,
-                progress=not args.no_progress,
-                options=model_options(args, name),
+                **model_options(args, name),
             )
+            feats = load_scene_features(scene, model, progress=not args.no_progress)
         except (M3Error, ValueError) as err:
             print(f"m3 features: {name}: {err}")
             status = 1
             continue
         seconds = time.perf_counter() - start
+        if args.preview:
+            path = write_preview(scene, feats, model, args)
+            print(f"{name:9s} preview: {path}")
         F, h, w, d = feats.grids.shape
         warning = "  RANDOM WEIGHTS: meaningless features" if feats.random_weights else ""
         print(
