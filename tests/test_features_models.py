@@ -143,6 +143,15 @@ def test_clip_random_init_is_reproducible(clip_small):
     assert again.weights_hash == clip_small.weights_hash
 
 
+def test_preprocessing_rebuilds_the_model(clip_small):
+    from m3_core.features.registry import model_options
+
+    options = {k: v for k, v in clip_small.preprocessing.items() if k in model_options("clip")}
+    assert options == {"arch": "ViT-S-32", "pretrained": "openai", "quick_gelu": True, "short_side": None}
+    again = get_model("clip", allow_random_weights=True, **options)
+    assert again.model_id == clip_small.model_id and again.weights_hash == clip_small.weights_hash
+
+
 def test_clip_loads_local_weights_file(clip_small, tmp_path):
     from safetensors.torch import save_file
 

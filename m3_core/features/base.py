@@ -54,7 +54,9 @@ class FeatureModel(Protocol):
 
     @property
     def preprocessing(self) -> dict[str, Any]:
-        """JSON-able description of everything besides weights that changes the features."""
+        """JSON-able description of everything besides weights that changes the features; its
+        keys that are get_model options (arch, pretrained, hf_id, short_side, stride, ...) rebuild
+        the same model: get_model(name, **{k: v for k in preprocessing if k in model_options(name)})."""
 
     def grid_size(self, H: int, W: int) -> tuple[int, int]:
         """(h, w) of the dense grid for an H x W image."""

@@ -182,6 +182,7 @@ class ClipFeatures:
         self.short_side = short_side
         if quick_gelu is None:
             quick_gelu = pretrained == "openai"  # OpenAI checkpoints were trained with QuickGELU
+        self.arch, self.pretrained, self.quick_gelu = arch, pretrained, bool(quick_gelu)
         arch_id = f"{arch}-quickgelu" if quick_gelu and not arch.endswith("quickgelu") else arch
         try:
             path = find_clip_weights(arch, pretrained, weights_path, cache_dir)
@@ -231,6 +232,9 @@ class ClipFeatures:
     def preprocessing(self) -> dict[str, Any]:
         return {
             "algorithm": f"maskclip-last-block-value/v{FEATURES_ALGORITHM_VERSION}",
+            "arch": self.arch,
+            "pretrained": self.pretrained,
+            "quick_gelu": self.quick_gelu,
             "patch": self.patch,
             "short_side": self.short_side,
             "resize": "whole-image bicubic antialias, sides rounded to patch multiples",

@@ -60,6 +60,7 @@ class Dinov2Features:
             raise ValueError(f"short_side must be a positive number of pixels or None, got {short_side}")
         self.device = resolve_device(device)
         self.short_side = short_side
+        self.hf_id = hf_id
         config = Dinov2Config(**{**KNOWN_CONFIGS.get(hf_id, {}), **(config_overrides or {})})
         model, source = load_hf_model(
             Dinov2Model,
@@ -92,6 +93,7 @@ class Dinov2Features:
     def preprocessing(self) -> dict[str, Any]:
         return {
             "algorithm": f"dinov2-last-layer-patch-tokens/v{FEATURES_ALGORITHM_VERSION}",
+            "hf_id": self.hf_id,
             "patch": self.patch,
             "short_side": self.short_side,
             "resize": "whole-image bicubic antialias, sides rounded to patch multiples",

@@ -59,6 +59,7 @@ class SiglipFeatures:
             raise ValueError(f"short_side must be a positive number of pixels or None, got {short_side}")
         self.device = resolve_device(device)
         self.short_side = short_side
+        self.hf_id = hf_id
         # Random init builds the real architecture; SiglipConfig's defaults are siglip-base-patch16-224.
         config = SiglipConfig(**(config_overrides or {}))
         model, source = load_hf_model(
@@ -123,6 +124,7 @@ class SiglipFeatures:
     def preprocessing(self) -> dict[str, Any]:
         return {
             "algorithm": f"siglip-head-value-path/v{FEATURES_ALGORITHM_VERSION}",
+            "hf_id": self.hf_id,
             "patch": self.patch,
             "short_side": self.short_side,
             "resize": "whole-image bicubic antialias, sides rounded to patch multiples",
