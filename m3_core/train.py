@@ -124,11 +124,13 @@ class TrainConfig:
     checkpoint_every: int = 0
     """Write a memory checkpoint every n iterations to OUT-checkpoints/iter_N (0: only the final one)."""
     init: GaussianInitConfig = field(
-        default_factory=lambda: GaussianInitConfig(voxel_size=0.01, query_init_std=0.1)
+        default_factory=lambda: GaussianInitConfig(voxel_size=0.02, init_opacity=0.5, query_init_std=0.1)
     )
     """Gaussian initialisation from the scene's depth."""
     densify: DensifyConfig = field(default_factory=DensifyConfig)
-    """Adaptive density control."""
+    """Adaptive density control (full mode; see densify_in_points_mode)."""
+    densify_in_points_mode: bool = False
+    """Also densify when training on sampled points (off: noisy statistic, see Trainer)."""
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     """Memory attention (M3 head)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -329,12 +331,12 @@ class Trainer:
             _param_groups(self.gaussians, self.heads, config.optim, self.scale), eps=1e-15
         )
         dcfg = config.densify
-        if self.mode == "points" and dcfg.enabled:
-            # only the sampled pixels send gradient to means2d (module docstring of densify.py)
-            frac = (config.points_per_view + config.patch_size**2) / (
-                self.views[0].camera.width * self.views[0].camera.height
-            )
-            dcfg = replace(dcfg, grad_threshold=dcfg.grad_threshold * frac)
+        if self.mode == "points" and dcfg.enabled and not config.densify_in_points_mode:
+            # Measured on the built-in scene (BENCHMARKS.md): with ~3% of the pixels sending gradient the
+            # statistic is noisy; scaled thresholds grew 35k -> 230k Gaussians in 400 steps, no better PSNR,
+            # and CPU step time grows with N. The depth init is dense already.
+            log.info("points mode: densification off (set densify_in_points_mode to force it)")
+            dcfg = replace(dcfg, enabled=False)
         self.densifier = Densifier(dcfg, self.scale, seed=config.seed)
         self.features_meta = {
             m: {
@@ -368,7 +370,8 @@ class Trainer:
         t = min(self.iteration / max(self.config.iters, 1), 1.0)
         return cfg.means * self.scale * math.exp(t * math.log(cfg.means_final_ratio))
 
-    def step(self) -> dict[str, float]:
+    def step(self) -> dict[str, Any]:
+        """One optimisation step; returns the losses (0-dim tensors) and the Gaussian count."""
         cfg = self.config
         view = self.views[int(torch.randint(0, len(self.views), (1,), generator=self.gen))]
         H, W = view.rgb.shape[:2]
@@ -401,13 +404,14 @@ class Trainer:
         else:
             loss_depth = depth.sum() * 0.0
         loss = loss_rgb + cfg.depth_weight * loss_depth
-        logs = {"rgb": float(loss_rgb.detach()), "depth": float(loss_depth.detach())}
+        # detached tensors, not floats: float() would synchronise CUDA every step
+        logs: dict[str, Any] = {"rgb": loss_rgb.detach(), "depth": loss_depth.detach()}
         for model, head in self.heads.items():
             gt, valid = sample_grid(self.grids[model][view.index], points, (H, W))
             pred = head(queries[:, self.gaussians.query_slices[model]])
             lf = feature_loss(pred, gt, valid)
             loss = loss + cfg.feature_weight * lf
-            logs[model] = float(lf.detach())
+            logs[model] = lf.detach()
         means2d = out.meta.get("means2d")
         if means2d is not None and means2d.requires_grad:
             means2d.retain_grad()
@@ -419,7 +423,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.iteration += 1
         dens = self.densifier.step(self.iteration, self.gaussians, self.optimizer)
-        logs["loss"] = float(loss.detach())
+        logs["loss"] = loss.detach()
         logs["n"] = self.gaussians.num_gaussians
         if any(dens.values()):
             logs.update(dens)
@@ -486,12 +490,12 @@ def train_memory(
     trainer = Trainer(scene, features, config, device)
     t_setup = time.perf_counter() - t0
     bar = tqdm(range(config.iters), disable=not progress, desc="train", dynamic_ncols=True)
-    logs: dict[str, float] = {}
+    logs: dict[str, Any] = {}
     t1 = time.perf_counter()
     for it in bar:
         logs = trainer.step()
         if progress and (it % 10 == 0 or it == config.iters - 1):
-            bar.set_postfix({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in logs.items()})
+            bar.set_postfix({k: (f"{float(v):.4f}" if torch.is_tensor(v) else v) for k, v in logs.items()})
         if out_dir is not None and config.checkpoint_every and (it + 1) % config.checkpoint_every == 0:
             from pathlib import Path
 
@@ -507,7 +511,7 @@ def train_memory(
         "seconds_train": round(t_train, 3),
         "seconds_total": round(time.perf_counter() - t0, 3),
         "num_gaussians": trainer.gaussians.num_gaussians,
-        "final_losses": logs,
+        "final_losses": {k: (round(float(v), 6) if torch.is_tensor(v) else v) for k, v in logs.items()},
         "psc": trainer.psc_stats,
     }
     memory = trainer.memory(stats)

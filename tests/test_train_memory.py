@@ -38,8 +38,8 @@ def test_training_fits_the_scene(small_scene) -> None:  # noqa: F811
     before, _ = evaluate_memory(trainer.memory(), scene, features)
     logs = [trainer.step() for _ in range(60)]
     after, _ = evaluate_memory(trainer.memory(), scene, features)
-    first = sum(entry["loss"] for entry in logs[:10]) / 10
-    last = sum(entry["loss"] for entry in logs[-10:]) / 10
+    first = sum(float(entry["loss"]) for entry in logs[:10]) / 10
+    last = sum(float(entry["loss"]) for entry in logs[-10:]) / 10
     assert last < 0.7 * first
     assert after["psnr"] > before["psnr"] + 1.0
     assert after["features"]["language"]["cosine"] < 0.5 * before["features"]["language"]["cosine"]
