@@ -88,7 +88,7 @@ class OptimConfig:
 class TrainConfig:
     """Everything `m3 train` can change (YAML section `train`)."""
 
-    iters: int = 1500
+    iters: int = 2400
     """Optimisation steps (one view each)."""
     train_width: int = 320
     """Images are resized to this width for training (0: native); the camera is scaled alike."""
@@ -117,14 +117,14 @@ class TrainConfig:
     learn_background is on)."""
     learn_background: bool = True
     """Optimise the background colour (sky or far walls have no depth, so no Gaussians)."""
-    init_scale_factor: float = 0.5
+    init_scale_factor: float = 0.4
     """Multiply the initial nearest-neighbour scales (dense depth init: smaller starts sharper)."""
     seed: int = 0
     """Seed of sampling, initialisation and W_m."""
     checkpoint_every: int = 0
     """Write a memory checkpoint every n iterations to OUT-checkpoints/iter_N (0: only the final one)."""
     init: GaussianInitConfig = field(
-        default_factory=lambda: GaussianInitConfig(voxel_size=0.02, init_opacity=0.5, query_init_std=0.1)
+        default_factory=lambda: GaussianInitConfig(voxel_size=0.015, init_opacity=0.6, query_init_std=0.1)
     )
     """Gaussian initialisation from the scene's depth."""
     densify: DensifyConfig = field(default_factory=DensifyConfig)
