@@ -5,7 +5,7 @@ projection and PSC [T, d] the principal scene components of one model (memory_ba
 
 Computed as Q (PSC W_m^T)^T: the keys K = PSC W_m^T [T, l] are formed once per call, so the
 logits cost P*T*l instead of P*T*d (GPU_FACTS.md). Two similarities, both found in the M3 code:
-- "dot": logits = Q W_m PSC^T (the paper's formula);
+- "dot": logits = Q W_m PSC^T / temperature (the paper's formula; the temperature is a scale of W_m);
 - "cosine": logits = cos(Q W_m, PSC) / temperature (the M3 code, temperature 0.05). |Q W_m| comes
   from the Gram matrix W_m W_m^T [l, l], so the [P, d] product is never formed.
 W_m is fixed (as the M3 code effectively has it: random init, not optimised) or learned.
@@ -30,10 +30,14 @@ SIMILARITIES = ("cosine", "dot")
 class AttentionConfig:
     """How the memory attention reads the PSC bank."""
 
-    similarity: str = "cosine"
-    """"cosine" (M3 code: cosine / temperature) or "dot" (the paper's plain Q W_m PSC^T)."""
-    temperature: float = 0.05
-    """Softmax temperature of the cosine similarity (ignored for "dot")."""
+    similarity: str = "dot"
+    """"dot" (the paper's Q W_m PSC^T) or "cosine" (the M3 code: cosine / temperature). Dot is the
+    default: on the built-in scene it reached the PSC floor where cosine / 0.05 stayed 4x above it
+    (BENCHMARKS.md)."""
+    temperature: float | None = None
+    """Softmax temperature (logits are divided by it); None: 0.05 for "cosine" (M3 code), 1.0 for
+    "dot". For "dot" it only rescales W_m; 0.05 there saturated the softmax early and queries got
+    stuck on the wrong component (tests/test_attention_memory.py)."""
     learn_w_m: bool = False
     """Optimise W_m; False keeps the random projection fixed, as the M3 code does."""
     chunk_size: int = 32768
@@ -46,6 +50,8 @@ class AttentionConfig:
     def __post_init__(self) -> None:
         if self.similarity not in SIMILARITIES:
             raise ValueError(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
+        if self.temperature is None:
+            object.__setattr__(self, "temperature", 0.05 if self.similarity == "cosine" else 1.0)
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.chunk_size < 1:
@@ -61,7 +67,7 @@ def attention_logits(
 ) -> torch.Tensor:  # [P, T]
     """Logits of the memory attention, via the [T, l] keys PSC W_m^T."""
     if similarity == "dot":
-        return queries @ (psc @ w_m.T).T
+        return queries @ (psc @ w_m.T).T / temperature
     psc_unit = psc / psc.norm(dim=1, keepdim=True).clamp_min(1e-12)
     keys = psc_unit @ w_m.T  # [T, l]
     gram = w_m @ w_m.T  # [l, l]
@@ -89,7 +95,7 @@ def memory_attention_reference(
     """The paper's formula written out with the [P, d] product (for tests)."""
     projected = queries @ w_m  # [P, d]
     if similarity == "dot":
-        logits = projected @ psc.T
+        logits = projected @ psc.T / temperature
     else:
         logits = nn.functional.cosine_similarity(projected[:, None], psc[None], dim=2) / temperature
     return torch.softmax(logits, dim=1) @ psc

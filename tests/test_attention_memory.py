@@ -55,17 +55,18 @@ def test_chunked_equals_unchunked_with_grads(learn_w_m: bool) -> None:
         assert not any(p.requires_grad for p in whole.parameters())
 
 
-def test_output_is_a_convex_combination_of_psc() -> None:
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+def test_output_is_a_convex_combination_of_psc(similarity: str) -> None:
     q, psc, w = (x.float() for x in _inputs(3, t=10, l=16))
-    att = MemoryAttention(psc, 16, w_m=w)
+    att = MemoryAttention(psc, 16, AttentionConfig(similarity=similarity), w_m=w)
     out = att(q)
     # softmax weights: every output lies within the PSC's coordinate-wise bounds
     assert torch.all(out <= psc.max(0).values + 1e-5) and torch.all(out >= psc.min(0).values - 1e-5)
     # a sharp query recovers one component: queries are optimised to pick PSC rows
     target = psc[5].expand(4, -1)
-    qq = torch.randn(4, 16, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    qq = (0.05 * torch.randn(4, 16, generator=torch.Generator().manual_seed(1))).requires_grad_(True)
     opt = torch.optim.Adam([qq], lr=0.1)
-    for _ in range(200):
+    for _ in range(400):
         opt.zero_grad()
         loss = 1 - torch.nn.functional.cosine_similarity(att(qq), target).mean()
         loss.backward()
@@ -77,6 +78,7 @@ def test_bad_input() -> None:
     psc = torch.randn(10, 6)
     with pytest.raises(ValueError, match="similarity"):
         AttentionConfig(similarity="l2")
+    assert AttentionConfig().temperature == 1.0 and AttentionConfig(similarity="cosine").temperature == 0.05
     with pytest.raises(ValueError, match="psc"):
         MemoryAttention(torch.zeros(0, 6), 4)
     with pytest.raises(ValueError, match="w_m"):
