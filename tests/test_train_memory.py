@@ -122,3 +122,19 @@ def test_checkpoints_and_output(small_scene, tmp_path) -> None:  # noqa: F811
     assert sorted(p.name for p in (tmp_path / "mem-checkpoints").iterdir()) == ["iter_000002", "iter_000004"]
     assert result.stats["num_gaussians"] == result.memory.gaussians.num_gaussians
     shutil.rmtree(tmp_path / "mem")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (no GPU on this machine)")
+def test_cuda_full_mode_with_densification(small_scene) -> None:  # noqa: F811
+    scene, features = small_scene
+    dens = DensifyConfig(start=20, every=20, reset_every=0, grad_threshold=1e-6)
+    cfg = TrainConfig(iters=60, train_width=0, densify=dens)
+    trainer = Trainer(scene, features, cfg, torch.device("cuda"))
+    assert trainer.mode == "full"
+    n0 = trainer.gaussians.num_gaussians
+    logs = [trainer.step() for _ in range(60)]
+    assert trainer.gaussians.num_gaussians != n0  # densification ran on gsplat's means2d gradients
+    assert float(logs[-1]["loss"]) < float(logs[0]["loss"])
+    summary, _ = evaluate_memory(trainer.memory(), scene, features)
+    assert summary["psnr"] > 15 and summary["features"]["language"]["cosine"] < 0.5
