@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", default="language", help="feature models to train (comma list)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (training and query node)")
     parser.add_argument("--max-error-m", type=float, default=0.03, help="fail if the target is further off")
-    parser.add_argument("--timeout", type=float, default=600.0, help="per-stage timeout, seconds")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="per-stage timeout, seconds")
 
 
 class Stage:
