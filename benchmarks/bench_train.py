@@ -46,6 +46,7 @@ def main() -> int:
         "--baseline", action="store_true", help="also train the distillation baseline and compare"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--thetas", default=None, help="PSC thresholds, e.g. clip=0.9,language=0.95")
     parser.add_argument("--out", default=None, help="write the memory here (default: not written)")
     args = parser.parse_args()
 
@@ -69,6 +70,9 @@ def main() -> int:
         config = replace(config, iters=args.iters)
     if args.train_width is not None:
         config = replace(config, train_width=args.train_width)
+    if args.thetas:
+        pairs = dict(kv.split("=") for kv in args.thetas.split(","))
+        config = replace(config, thetas={**config.thetas, **{k: float(v) for k, v in pairs.items()}})
 
     print(f"machine: {platform.node()} {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, torch threads "
           f"{torch.get_num_threads()}" + (f", GPU {torch.cuda.get_device_name(device)}" if cuda else ""))  # fmt: skip

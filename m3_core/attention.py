@@ -38,8 +38,9 @@ class AttentionConfig:
     """Softmax temperature (logits are divided by it); None: 0.05 for "cosine" (M3 code), 1.0 for
     "dot". For "dot" it only rescales W_m; 0.05 there saturated the softmax early and queries got
     stuck on the wrong component (tests/test_attention_memory.py)."""
-    learn_w_m: bool = False
-    """Optimise W_m; False keeps the random projection fixed, as the M3 code does."""
+    learn_w_m: bool = True
+    """Optimise W_m (False: keep the random projection fixed, as the M3 code does; measured worse
+    on the built-in scene, BENCHMARKS.md)."""
     chunk_size: int = 32768
     """Pixels per chunk for full images (bounds the [chunk, T] logit matrix)."""
     checkpoint: bool = True
