@@ -161,26 +161,3 @@ class MemoryAttention(nn.Module):
                     parts.append(self._chunk(q))
             out = torch.cat(parts)
         return out.reshape(*lead, self.feature_dim)
-
-
-class LinearDecoder(nn.Module):
-    """Distillation baseline head (F-3DGS style): rendered latent [.., L] -> feature [.., d]."""
-
-    def __init__(self, latent_dim: int, feature_dim: int, seed: int = 0) -> None:
-        super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        self.linear = nn.Linear(latent_dim, feature_dim)
-        with torch.no_grad():
-            self.linear.weight.copy_(torch.randn(feature_dim, latent_dim, generator=gen) / latent_dim**0.5)
-            self.linear.bias.zero_()
-
-    @property
-    def query_dim(self) -> int:
-        return self.linear.in_features
-
-    @property
-    def feature_dim(self) -> int:
-        return self.linear.out_features
-
-    def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.linear(latents.float())

@@ -32,7 +32,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from m3_core.attention import AttentionConfig, LinearDecoder, MemoryAttention
+from m3_core.attention import AttentionConfig, MemoryAttention
+from m3_core.baseline import LinearDecoder
 from m3_core.config import from_dict, to_dict
 from m3_core.errors import M3Error
 from m3_core.geometry.camera import PinholeCamera

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from m3_core.attention import AttentionConfig, LinearDecoder, MemoryAttention
+from m3_core.attention import AttentionConfig, MemoryAttention
+from m3_core.baseline import LinearDecoder, latent_dim_for_budget
 from m3_core.config import to_dict
 from m3_core.densify import Densifier, DensifyConfig
 from m3_core.errors import M3Error
@@ -229,12 +230,6 @@ def scene_scale(views: list[TrainView]) -> float:
     centres = torch.stack([v.world_from_camera[:3, 3] for v in views]).float()
     radius = (centres - centres.mean(0)).norm(dim=1).max().item()
     return 1.1 * max(radius, 0.1)
-
-
-def latent_dim_for_budget(n_gaussians: int, psc_size: int, feature_dim: int, query_dim: int) -> int:
-    """Baseline latent dims L with N*L + L*d + d ~ the M3 budget N*Q + T*d + Q*d (at least Q)."""
-    budget = n_gaussians * query_dim + psc_size * feature_dim + query_dim * feature_dim
-    return max(query_dim, int(round((budget - feature_dim) / (n_gaussians + feature_dim))))
 
 
 def _param_groups(

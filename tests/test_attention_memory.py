@@ -7,11 +7,11 @@ import torch
 
 from m3_core.attention import (
     AttentionConfig,
-    LinearDecoder,
     MemoryAttention,
     memory_attention,
     memory_attention_reference,
 )
+from m3_core.baseline import LinearDecoder
 
 
 def _inputs(seed: int, p: int = 50, t: int = 40, l: int = 8, d: int = 32):

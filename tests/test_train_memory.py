@@ -7,7 +7,8 @@ import shutil
 import pytest
 import torch
 
-from m3_core.attention import LinearDecoder, MemoryAttention
+from m3_core.attention import MemoryAttention
+from m3_core.baseline import LinearDecoder, latent_dim_for_budget
 from m3_core.densify import Densifier, DensifyConfig
 from m3_core.eval import evaluate_memory
 from m3_core.features.cache import SceneFeatures
@@ -18,7 +19,6 @@ from m3_core.train import (
     Trainer,
     TrainError,
     heldout_indices,
-    latent_dim_for_budget,
     train_memory,
 )
 from tests.conftest_memory import make_scene, one_thread, small_memory, small_scene  # noqa: F401
