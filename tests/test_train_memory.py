@@ -138,3 +138,16 @@ def test_cuda_full_mode_with_densification(small_scene) -> None:  # noqa: F811
     assert float(logs[-1]["loss"]) < float(logs[0]["loss"])
     summary, _ = evaluate_memory(trainer.memory(), scene, features)
     assert summary["psnr"] > 15 and summary["features"]["language"]["cosine"] < 0.5
+
+
+def test_full_mode_on_cpu_densifies(small_scene) -> None:  # noqa: F811
+    """The full-image path (the CUDA default) with the torch rasterizer: SSIM on whole images and
+    densification from screen-space gradients."""
+    scene, features = small_scene
+    dens = DensifyConfig(start=4, every=4, reset_every=0, grad_threshold=1e-7)
+    cfg = TrainConfig(iters=8, train_width=0, render_mode="full", points_per_view=200, densify=dens)
+    trainer = Trainer(scene, features, cfg, torch.device("cpu"))
+    n0 = trainer.gaussians.num_gaussians
+    logs = [trainer.step() for _ in range(8)]
+    assert trainer.gaussians.num_gaussians > n0
+    assert all(torch.isfinite(entry["loss"]) for entry in logs)
