@@ -151,3 +151,15 @@ def test_full_mode_on_cpu_densifies(small_scene) -> None:  # noqa: F811
     logs = [trainer.step() for _ in range(8)]
     assert trainer.gaussians.num_gaussians > n0
     assert all(torch.isfinite(entry["loss"]) for entry in logs)
+
+
+def test_no_densify_or_opacity_reset_in_the_second_half(small_scene) -> None:  # noqa: F811
+    scene, features = small_scene
+    dens = DensifyConfig(start=2, every=2, reset_every=8, grad_threshold=1e-7)
+    cfg = TrainConfig(iters=8, train_width=0, render_mode="full", points_per_view=100, densify=dens)
+    trainer = Trainer(scene, features, cfg, torch.device("cpu"))
+    assert trainer.densifier.config.stop == 4
+    for _ in range(8):
+        trainer.step()
+    # a reset at step 8 (= iters) would clamp every opacity to 2 * prune_opacity = 0.01
+    assert float(trainer.gaussians.opacities.detach().max()) > 0.1
