@@ -23,6 +23,11 @@ from pathlib import Path
 
 import rclpy
 from rclpy.node import Node
+
+try:  # where rclpy raises its C-layer errors from (no public alias in rclpy.exceptions)
+    from rclpy._rclpy_pybind11 import RCLError
+except ImportError:  # pragma: no cover - other rclpy layouts
+    RCLError = RuntimeError  # type: ignore[misc,assignment]
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 log = logging.getLogger(__name__)
@@ -175,7 +180,7 @@ class ReplayNode(Node):
                     pub.publish(deserialize_message(bytes(raw), pub.msg_type))
                 self.summary.sent[topic] += 1
                 return
-            except rclpy.exceptions.RCLError as err:  # reliable writer queue full: back off
+            except RCLError as err:  # reliable writer queue full: back off
                 if attempt == 49:
                     raise
                 log.debug("publish on %s failed (%s), retrying", topic, err)
