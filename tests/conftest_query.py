@@ -94,7 +94,8 @@ def build_memory(path: Path) -> Path:
     w_m[len(CAPTIONS) :] = 1e-3 * torch.randn(
         QUERY_DIM - len(CAPTIONS), psc.shape[1], generator=torch.Generator().manual_seed(0)
     )
-    head = MemoryAttention(psc, QUERY_DIM, AttentionConfig(), w_m=w_m)
+    # one-hot queries pick their caption through a sharp softmax: cosine / 0.05 (the M3 code's form)
+    head = MemoryAttention(psc, QUERY_DIM, AttentionConfig(similarity="cosine", temperature=0.05), w_m=w_m)
     manifest = {
         "world_frame": "odom",
         "models": {"language": {"random_weights": False, "model_id": language.model_id}},
