@@ -13,24 +13,20 @@ from nav_msgs.msg import Odometry
 from sensor_msgs.msg import CameraInfo, Image
 from tf2_msgs.msg import TFMessage
 
-from m3_core.capture.images import COLOR_ENCODINGS, DEPTH_ENCODINGS, array_from_image_fields, rgb_from_array
+from m3_core.capture.images import (
+    COLOR_ENCODINGS,
+    DEPTH_ENCODINGS,
+    LAYOUT,
+    array_from_image_fields,
+    rgb_from_array,
+)
 from m3_core.geometry.camera import PinholeCamera
 from m3_core.geometry.se3 import matrix_from_pose as core_matrix_from_pose
 from m3_core.geometry.se3 import pose_from_matrix
 from m3_core.geometry.transform_buffer import TransformBuffer
 
-# encoding -> (numpy dtype, channels)
-ENCODINGS: dict[str, tuple[np.dtype, int]] = {
-    "rgb8": (np.dtype(np.uint8), 3),
-    "bgr8": (np.dtype(np.uint8), 3),
-    "rgba8": (np.dtype(np.uint8), 4),
-    "bgra8": (np.dtype(np.uint8), 4),
-    "mono8": (np.dtype(np.uint8), 1),
-    "8UC1": (np.dtype(np.uint8), 1),
-    "16UC1": (np.dtype(np.uint16), 1),
-    "mono16": (np.dtype(np.uint16), 1),
-    "32FC1": (np.dtype(np.float32), 1),
-}
+# encoding -> (numpy dtype, channels): the capture decoder's table, one for both directions
+ENCODINGS = LAYOUT
 
 
 # -- time --------------------------------------------------------------------------------------

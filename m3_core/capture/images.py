@@ -12,7 +12,7 @@ from m3_core.scene import depth_png_from_m
 
 COLOR_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
 DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
-_LAYOUT: dict[str, tuple[np.dtype, int]] = {
+LAYOUT: dict[str, tuple[np.dtype, int]] = {
     "rgb8": (np.dtype(np.uint8), 3),
     "bgr8": (np.dtype(np.uint8), 3),
     "rgba8": (np.dtype(np.uint8), 4),
@@ -35,12 +35,12 @@ def array_from_image_fields(
 
     Channel order is the encoding's (bgr8 stays BGR here); see rgb_from_array for RGB.
     """
-    if encoding not in _LAYOUT:
+    if encoding not in LAYOUT:
         raise ImageEncodingError(
-            f"unsupported image encoding {encoding!r}; capture reads {sorted(_LAYOUT)} "
+            f"unsupported image encoding {encoding!r}; capture reads {sorted(LAYOUT)} "
             "(compressed images need a republish/decoder node first)"
         )
-    dtype, channels = _LAYOUT[encoding]
+    dtype, channels = LAYOUT[encoding]
     h, w, step = int(height), int(width), int(step)
     row_bytes = w * channels * dtype.itemsize
     if h <= 0 or w <= 0:
@@ -73,8 +73,8 @@ def rgb_from_array(array: np.ndarray, encoding: str) -> np.ndarray:
         if arr.ndim != 2:
             raise ImageEncodingError(f"mono8 image must be [H,W], got {arr.shape}")
         return np.repeat(arr[:, :, None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] != _LAYOUT[encoding][1]:
-        raise ImageEncodingError(f"{encoding} image must be [H,W,{_LAYOUT[encoding][1]}], got {arr.shape}")
+    if arr.ndim != 3 or arr.shape[2] != LAYOUT[encoding][1]:
+        raise ImageEncodingError(f"{encoding} image must be [H,W,{LAYOUT[encoding][1]}], got {arr.shape}")
     if encoding.startswith("bgr"):
         arr = arr[:, :, 2::-1]
     return np.ascontiguousarray(arr[:, :, :3])
