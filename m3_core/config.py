@@ -92,3 +92,24 @@ def load_yaml(cls: type[T], path: Path | str, section: str | None = None) -> T:
             raise ValueError(f"{path} has no section {section!r}; sections: {sorted(data)}")
         data = data[section]
     return from_dict(cls, data, where=f"{path}{':' + section if section else ''}")
+
+
+def config_dir() -> Path:
+    """The package's config/ folder: $M3_CONFIG_DIR, else the source tree's config/ (pip -e, a
+    checkout), else share/m3_grasp/config of a colcon install found on $AMENT_PREFIX_PATH (read as a
+    plain path list: m3_core imports nothing from ROS)."""
+    import os
+
+    env = os.environ.get("M3_CONFIG_DIR")
+    if env:
+        return Path(env)
+    source = Path(__file__).resolve().parents[1] / "config"
+    if source.is_dir():
+        return source
+    for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
+        installed = Path(prefix) / "share" / "m3_grasp" / "config"
+        if installed.is_dir():
+            return installed
+    raise FileNotFoundError(
+        "cannot find m3-grasp's config/ folder: set M3_CONFIG_DIR, or source the colcon install"
+    )

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from m3_core.config import read_yaml
+from m3_core.config import config_dir, read_yaml
 
-DEMO_GRAPH_YAML = Path(__file__).resolve().parents[1] / "config" / "demo_graph.yaml"
+DEMO_GRAPH_YAML = config_dir() / "demo_graph.yaml"
 _VAR = re.compile(r"\$\{(\w+)\}")
 
 

@@ -30,9 +30,11 @@ except ImportError:  # pragma: no cover - other rclpy layouts
     RCLError = RuntimeError  # type: ignore[misc,assignment]
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from m3_core.config import config_dir
+
 log = logging.getLogger(__name__)
 
-ROBOT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "robot_b1z1.yaml"
+ROBOT_CONFIG = config_dir() / "robot_b1z1.yaml"
 STATIC_TOPICS = ("/tf_static",)
 
 
@@ -224,7 +226,9 @@ class ReplayNode(Node):
         for topic, pub in self.publishers_by_topic.items():
             wait = getattr(pub, "wait_for_all_acked", None)  # rclpy >= Galactic
             if wait is not None and not wait(Duration(seconds=timeout_s)):
-                self.get_logger().warning(f"{topic}: not every subscriber acknowledged within {timeout_s:.0f} s")
+                self.get_logger().warning(
+                    f"{topic}: not every subscriber acknowledged within {timeout_s:.0f} s"
+                )
 
     def play(self) -> ReplaySummary:
         """Publish the bag (again and again with loop) until done or rclpy shuts down."""

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from m3_core.config import from_dict, read_yaml
+from m3_core.config import config_dir, from_dict, read_yaml
 from m3_core.geometry.chain import ArmChainExtrinsics
 from m3_core.geometry.se3 import matrix_from_pose
 
-DEFAULT_ROBOT_YAML = Path(__file__).resolve().parents[2] / "config" / "robot_b1z1.yaml"
+DEFAULT_ROBOT_YAML = config_dir() / "robot_b1z1.yaml"
 
 
 @dataclass(frozen=True)

@@ -34,9 +34,10 @@ log = logging.getLogger(__name__)
 
 
 def config_dir() -> Path:
-    """The repository's config/ folder (or $M3_CONFIG_DIR)."""
-    env = os.environ.get("M3_CONFIG_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "config"
+    """The package's config/ folder (m3_core.config.config_dir)."""
+    from m3_core.config import config_dir as package_config_dir
+
+    return package_config_dir()
 
 
 def gt_dir_for(bag_dir: Path | str) -> Path:
