@@ -23,3 +23,7 @@ class DisconnectedFramesError(TransformError):
 
 class ExtrapolationError(TransformError):
     """A lookup at a time outside what the buffer holds (past the tolerance)."""
+
+
+class StaleStampError(M3Error):
+    """A message stamped before a backwards clock jump that arrived after it (looping bag)."""

@@ -26,7 +26,7 @@ from tf2_msgs.msg import TFMessage
 
 from m3_core.capture.pose_chain import PoseChain, StampedTransform
 from m3_core.capture.robot import DEFAULT_ROBOT_YAML, load_robot_config
-from m3_core.errors import TransformError
+from m3_core.errors import StaleStampError, TransformError
 from m3_ros.conversions import (
     matrix_from_odometry_msg,
     matrix_from_pose_msg,
@@ -102,7 +102,7 @@ class PoseChainNode(Node):
         try:
             tf = self.chain.odometry_transform(parent, child, world_from_lidar, stamp_ns)
             self._publish(tf, self.chain.add_odometry(tf))
-        except (ValueError, TransformError) as err:
+        except (ValueError, TransformError, StaleStampError) as err:
             self.get_logger().warning(f"odometry ignored: {err}", throttle_duration_sec=5.0)
 
     def _on_ee_pose(self, msg: PoseStamped) -> None:
@@ -111,7 +111,7 @@ class PoseChainNode(Node):
                 msg.header.frame_id, matrix_from_pose_msg(msg), stamp_ns_from_msg(msg.header.stamp)
             )
             self._publish(tf, self.chain.add_ee(tf))
-        except (ValueError, TransformError) as err:
+        except (ValueError, TransformError, StaleStampError) as err:
             self.get_logger().warning(f"end-effector pose ignored: {err}", throttle_duration_sec=5.0)
 
 

@@ -23,6 +23,8 @@ from m3_core.capture import (
     rgb_from_array,
     sharpness,
 )
+from m3_core.capture.clock import Clock, ClockJumpDetector
+from m3_core.errors import StaleStampError
 from m3_core.geometry.se3 import matrix_from_pose
 from m3_core.scene import load_scene, read_depth_png, read_rgb
 from tests.conftest_capture import textured_rgb
@@ -312,6 +314,42 @@ def test_pose_chain_composes_eq3_after_odometry_reaches_the_stamp():
     assert [s for s, _ in out] == [S // 2]
     expected = pose(0.5, 10.0) @ e.lidar_from_armbase @ ee @ e.ee_from_camera
     np.testing.assert_allclose(out[0][1], expected, atol=1e-12)
+
+
+def test_clock_detector_jump_and_stale_messages_of_the_previous_pass():
+    clock = ClockJumpDetector(S)
+    assert clock.check("odom", 100 * S) is Clock.OK
+    assert clock.check("ee", 99 * S) is Clock.OK  # lagging another stream is no jump
+    assert clock.check("odom", 1 * S) is Clock.JUMP  # the bag looped
+    # still in flight on the other stream from the previous pass: must not enter the new pass
+    assert clock.check("ee", 100 * S) is Clock.STALE
+    assert clock.check("ee", 101 * S - 1) is Clock.STALE  # in flight, ahead of the old pass's newest
+    assert clock.check("ee", 1 * S) is Clock.OK  # the new pass on that stream is no second jump
+    assert clock.check("ee", 3 * S) is Clock.OK  # a stream's own steps forward are never stale
+    assert clock.jumps == 1
+    assert clock.check("odom", 200 * S) is Clock.OK  # a forward gap past the old pass is real data
+    with pytest.raises(ValueError):
+        ClockJumpDetector(0)
+
+
+def test_pose_chain_ignores_previous_pass_after_a_clock_jump():
+    """The looping-bag race: an ee pose from the old pass arriving after odometry jumped back would
+    be interpolated towards (wrong camera poses by centimetres); it is refused instead."""
+    robot = load_robot_config()
+    chain = PoseChain(robot)
+    ee = matrix_from_pose(np.array([0.3, 0.1, 0.2]), np.array([0.0, 0.0, 0.0, 1.0]))
+    for k in range(10):
+        chain.add_odometry(chain.odometry_transform("", "", pose(0.1 * k), 100 * S + k * S // 10))
+    chain.add_ee(chain.ee_transform("", ee, 100 * S + S // 2))
+    chain.add_odometry(chain.odometry_transform("", "", pose(0.0), 1 * S))  # loop: jump back
+    with pytest.raises(StaleStampError):
+        chain.add_ee(chain.ee_transform("", ee, 100 * S + S // 2 + S // 10))
+    chain.add_ee(chain.ee_transform("", ee, 1 * S + S // 10))
+    out = chain.add_odometry(chain.odometry_transform("", "", pose(0.2), 1 * S + S // 5))
+    e = robot.extrinsics.chain()
+    expected = pose(0.1) @ e.lidar_from_armbase @ ee @ e.ee_from_camera
+    assert [s for s, _ in out] == [1 * S + S // 10]
+    np.testing.assert_allclose(out[0][1], expected, atol=1e-9)
 
 
 def test_frames_wait_for_camera_info_like_transforms(tmp_path):

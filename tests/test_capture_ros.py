@@ -72,14 +72,20 @@ def test_live_capture_matches_bag2scene(bag_name, rate, request, ros_env, tmp_pa
     offline = tmp_path / "offline"
     session = bag_to_scene(bag, offline)
     assert session.stats.kept >= 5
-    # reliable camera subscription: this test is about the capture logic, not about best-effort loss of
-    # large images on a loaded machine (measured in BENCHMARKS.md); the bad-input test uses the default QoS
-    result = run_live_capture(
-        bag, tmp_path / "live", rate, ros_env, tmp_path, capture_params=("camera_reliable:=true",)
-    )
-    assert result["returncodes"]["capture"] == 0, result["logs"]["capture"]
-    assert "final scene" in result["logs"]["capture"]
-    assert_same_scene(tmp_path / "live", offline)
+    # This test is about the capture logic, not about wall-clock policies on a loaded host: a reliable
+    # camera subscription (no best-effort loss of large images, measured in BENCHMARKS.md) and a long
+    # tf_timeout_s (on a 2-core CI runner at 3x the pose chain's /tf can lag a frame by more than the
+    # default 1 s; that frame is then rightly skipped as "no_transform", changing the keyframe set).
+    # The bad-input test uses the default QoS and timeout.
+    params = ("camera_reliable:=true", "tf_timeout_s:=5.0", "max_pending:=500")
+    result = run_live_capture(bag, tmp_path / "live", rate, ros_env, tmp_path, capture_params=params)
+    log = result["logs"]["capture"]
+    assert result["returncodes"]["capture"] == 0, log
+    assert "final scene" in log
+    try:
+        assert_same_scene(tmp_path / "live", offline)
+    except AssertionError as err:
+        raise AssertionError(f"{err}\n--- capture log ---\n{log}") from err
 
 
 def test_looping_bag_clock_jumps_are_survived(synthetic_bag, ros_env, tmp_path):

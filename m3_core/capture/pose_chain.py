@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from m3_core.capture.clock import Clock, ClockJumpDetector
 from m3_core.capture.robot import RobotConfig
-from m3_core.errors import TransformError
+from m3_core.errors import StaleStampError, TransformError
 from m3_core.geometry.transform_buffer import TransformBuffer
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,9 @@ class PoseChain:
         self.chain = robot.extrinsics.chain()
         self.buffer = TransformBuffer()
         self.max_pending = int(max_pending)
-        self.clock_jump_ns = int(clock_jump_s * 1e9)
+        self.clock = ClockJumpDetector(int(clock_jump_s * 1e9))
         self._pending_ee: list[int] = []
         self._newest_odom_ns: int | None = None
-        self._newest_ns: int | None = None
         self._warned: set[str] = set()
 
     def odometry_transform(
@@ -68,15 +68,17 @@ class PoseChain:
         return StampedTransform(parent, f.ee, np.asarray(armbase_from_ee, np.float64), int(stamp_ns))
 
     def add_odometry(self, tf: StampedTransform) -> list[tuple[int, np.ndarray]]:
-        """Insert world->lidar; returns the camera poses [(stamp_ns, world_from_camera)] now computable."""
-        self._check_clock(tf.stamp_ns)
+        """Insert world->lidar; returns the camera poses [(stamp_ns, world_from_camera)] now computable.
+
+        Raises StaleStampError for a message from before a clock jump (a looping bag's previous pass)."""
+        self._check_clock("odometry", tf.stamp_ns)
         self.buffer.set_transform(tf.parent, tf.child, tf.parent_from_child, tf.stamp_ns)
         self._newest_odom_ns = max(tf.stamp_ns, self._newest_odom_ns or tf.stamp_ns)
         return self._resolve()
 
     def add_ee(self, tf: StampedTransform) -> list[tuple[int, np.ndarray]]:
-        """Insert arm_base->ee; returns the camera poses now computable."""
-        self._check_clock(tf.stamp_ns)
+        """Insert arm_base->ee; returns the camera poses now computable (raises StaleStampError)."""
+        self._check_clock("ee", tf.stamp_ns)
         self.buffer.set_transform(tf.parent, tf.child, tf.parent_from_child, tf.stamp_ns)
         self._pending_ee.append(tf.stamp_ns)
         if len(self._pending_ee) > self.max_pending:  # odometry stopped: forget the oldest
@@ -103,18 +105,17 @@ class PoseChain:
         self._pending_ee = keep
         return out
 
-    def _check_clock(self, stamp_ns: int) -> None:
-        if self._newest_ns is not None and stamp_ns < self._newest_ns - self.clock_jump_ns:
-            log.warning(
-                "clock jumped back %.3fs (looping bag?): clearing the pose buffer",
-                (self._newest_ns - stamp_ns) * 1e-9,
+    def _check_clock(self, stream: str, stamp_ns: int) -> None:
+        verdict = self.clock.check(stream, stamp_ns)
+        if verdict is Clock.STALE:
+            raise StaleStampError(
+                f"{stream} stamp {stamp_ns * 1e-9:.3f}s is from before the clock jumped back (still in flight)"
             )
+        if verdict is Clock.JUMP:
+            log.warning("clock jumped back on %s (looping bag?): clearing the pose buffer", stream)
             self.buffer.clear()
             self._pending_ee.clear()
             self._newest_odom_ns = None
-            self._newest_ns = stamp_ns
-            return
-        self._newest_ns = stamp_ns if self._newest_ns is None else max(self._newest_ns, stamp_ns)
 
     def _warn(self, key: str, message: str) -> None:
         if key not in self._warned:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from m3_core.capture.clock import Clock, ClockJumpDetector
 from m3_core.capture.images import ImageEncodingError, depth_mm_from_array, rgb_from_array
 from m3_core.capture.keyframes import KeyframeConfig, KeyframeSelector, sharpness, valid_depth_fraction
 from m3_core.capture.pairing import Pair, StampPairer
@@ -133,8 +134,7 @@ class CaptureSession:
         self._camera: PinholeCamera | None = None
         self._parents: dict[str, str] = {}  # child -> parent of every edge seen
         self._newest_edge_ns: dict[str, int] = {}  # child -> newest stamp of a dynamic edge
-        self._stream_newest_ns: dict[str, int] = {}  # per input stream, for clock-jump detection
-        self._jumped = False
+        self._clock = ClockJumpDetector(int(config.clock_jump_s * 1e9))
         self._lock = threading.Lock()  # inputs vs. poll; poll itself runs in one thread at a time
         self._decide_lock = threading.Lock()
         self._logged: set[str] = set()
@@ -314,39 +314,27 @@ class CaptureSession:
         return 1
 
     def _check_clock(self, stream: str, stamp_ns: int) -> bool:
-        """Detect a backwards jump of one input stream (a looping bag) and reset; caller holds the lock.
+        """Reset on a backwards jump of one input stream (a looping bag); caller holds the lock.
 
-        Per stream, because streams lag each other under load (images queue up behind /tf) and that
-        is no jump. Returns False for a message from before a jump that arrives after it.
+        Returns False for a message from before a jump that arrives after it (see capture.clock).
         """
-        jump_ns = int(self.config.clock_jump_s * 1e9)
-        newest = self._stream_newest_ns.get(stream)
-        if newest is None:
-            others = max(self._stream_newest_ns.values(), default=None)
-            if self._jumped and others is not None and stamp_ns > others + jump_ns:
-                return False  # still in flight from the previous pass of the bag
-            self._stream_newest_ns[stream] = stamp_ns
-            return True
-        if stamp_ns >= newest - jump_ns:
-            self._stream_newest_ns[stream] = max(newest, stamp_ns)
-            return True
-        log.warning(
-            "clock jumped back %.3fs on %s (from %.3fs to %.3fs; looping bag?): clearing transforms and queues",
-            (newest - stamp_ns) * 1e-9,
-            stream,
-            newest * 1e-9,
-            stamp_ns * 1e-9,
-        )
-        self.stats.clock_jumps += 1
-        if self._pending:
-            self.stats.dropped["clock_jump"] += len(self._pending)
-        self._pending.clear()
-        self._pairer.clear()
-        self.buffer.clear()
-        self._newest_edge_ns.clear()
-        self.selector.reset_time()
-        self._stream_newest_ns = {stream: stamp_ns}
-        self._jumped = True
+        verdict = self._clock.check(stream, stamp_ns)
+        if verdict is Clock.STALE:
+            return False
+        if verdict is Clock.JUMP:
+            log.warning(
+                "clock jumped back on %s (to %.3fs; looping bag?): clearing transforms and queues",
+                stream,
+                stamp_ns * 1e-9,
+            )
+            self.stats.clock_jumps += 1
+            if self._pending:
+                self.stats.dropped["clock_jump"] += len(self._pending)
+            self._pending.clear()
+            self._pairer.clear()
+            self.buffer.clear()
+            self._newest_edge_ns.clear()
+            self.selector.reset_time()
         return True
 
     def _drop(self, reason: str, message: str, level: int = logging.WARNING) -> None:
