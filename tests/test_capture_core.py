@@ -189,6 +189,20 @@ def test_session_missing_transform_is_skipped_and_counted(tmp_path):
     assert session.stats.dropped["no_transform"] == 2
 
 
+def test_frame_past_the_newest_transform_is_dropped_not_given_a_stale_pose(tmp_path):
+    """Decided on the wall-clock timeout 30 ms past the newest odometry (a lagging /tf): the nearest
+    sample would be a pose 30 ms old (9 mm at 0.3 m/s). Interpolated poses only, by default."""
+    session = make_session(tmp_path)
+    session.add_transform("odom", "lidar_link", pose(0.0), 0)
+    session.add_transform("odom", "lidar_link", pose(0.3), S)
+    feed_frame(session, S + 30_000_000)
+    assert session.poll(now_s=1e9) == 0 and session.stats.dropped["no_transform"] == 1
+    lenient = make_session(tmp_path / "lenient", max_extrapolation_s=0.05)
+    lenient.add_transform("odom", "lidar_link", pose(0.3), S)
+    feed_frame(lenient, S + 30_000_000)
+    assert lenient.poll(now_s=1e9) == 1  # the caller asked for nearest-sample poses
+
+
 def test_session_bad_inputs_are_counted_and_it_keeps_going(tmp_path):
     session = make_session(tmp_path)
     session.add_transform("odom", "lidar_link", pose(0.0), 0)

@@ -58,6 +58,10 @@ class CaptureConfig:
     """Live only: decide anyway after waiting this long in wall time (s); then a missing pose drops it."""
     max_pending: int = 30
     """Frames waiting for transforms at most; beyond it the oldest is decided at once."""
+    max_extrapolation_s: float = 0.0
+    """How far a frame's stamp may lie outside the transforms held (s; the nearest sample is taken).
+    0: keyframe poses are interpolated only. A frame decided on timeout past the newest odometry
+    would otherwise get a pose up to this stale (0.05 s at 0.3 m/s is 1.5 cm): better dropped."""
     clock_jump_s: float = 1.0
     """A stamp this far behind the newest seen (s) means the clock jumped (looping bag): reset."""
     save_every: int = 10
@@ -68,6 +72,8 @@ class CaptureConfig:
     def __post_init__(self) -> None:
         if self.pair_slop_s < 0 or self.tf_wait_s < 0 or self.tf_timeout_s <= 0:
             raise ValueError("pair_slop_s and tf_wait_s must be >= 0 and tf_timeout_s > 0")
+        if self.max_extrapolation_s < 0:
+            raise ValueError(f"max_extrapolation_s must be >= 0, got {self.max_extrapolation_s}")
         if self.max_pending < 1 or self.save_every < 1 or self.clock_jump_s <= 0:
             raise ValueError("max_pending and save_every must be >= 1, clock_jump_s > 0")
 
@@ -126,7 +132,7 @@ class CaptureSession:
         self.writer = writer
         self.world_frame = world_frame
         self.camera_frame = camera_frame
-        self.buffer = buffer or TransformBuffer()
+        self.buffer = buffer or TransformBuffer(tolerance_ns=int(config.max_extrapolation_s * 1e9))
         self.stats = CaptureStats()
         self.selector = KeyframeSelector(config.keyframes)
         self._pairer = StampPairer(int(config.pair_slop_s * 1e9), max_queue=config.max_pending)
