@@ -72,13 +72,15 @@ def gaussian_relevance(
 
 
 def _candidate_clusters(
-    means: np.ndarray, relevance: np.ndarray, config: QueryConfig
+    means: np.ndarray, relevance: np.ndarray, config: QueryConfig, threshold: float | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(candidate indices [M], their cluster labels [M], summed relevance per cluster [C] with
-    too-small clusters at -1)."""
-    if config.relevance_threshold is None:
+    too-small clusters at -1). threshold: instead of config.relevance_threshold."""
+    if threshold is None:
+        threshold = config.relevance_threshold
+    if threshold is None:
         raise ValueError("config.relevance_threshold is None; use config.for_model(model) first")
-    candidates = np.nonzero(relevance >= config.relevance_threshold)[0]
+    candidates = np.nonzero(relevance >= threshold)[0]
     if len(candidates) == 0:
         return candidates, np.zeros(0, np.int64), np.zeros(0)
     labels = cluster_points(means[candidates], config.cluster_radius_m)
@@ -92,10 +94,12 @@ def gaussians_near_points(
     means: np.ndarray,  # [N, 3]
     relevance: np.ndarray,  # [N]
     config: QueryConfig,
+    threshold: float | None = None,
 ) -> np.ndarray:
     """Indices of the relevant Gaussian clusters that touch the visible points (within
-    config.fuse_radius_m): the whole object as the memory holds it, back side included."""
-    candidates, labels, mass = _candidate_clusters(means, relevance, config)
+    config.fuse_radius_m): the whole object as the memory holds it, back side included.
+    threshold: Gaussian relevance needed (default config.relevance_threshold)."""
+    candidates, labels, mass = _candidate_clusters(means, relevance, config, threshold)
     if len(candidates) == 0 or len(points) == 0:
         return np.zeros(0, np.int64)
     dist, _ = cKDTree(points).query(means[candidates], distance_upper_bound=config.fuse_radius_m)

@@ -105,11 +105,18 @@ def _fuse_with_gaussians(
     text_emb: torch.Tensor,
     negatives_emb: torch.Tensor | None,
     config: QueryConfig,
+    view_score: float,
 ) -> ObjectEstimate | None:
-    """Box centre of the visible points and the relevant Gaussian clusters touching them."""
+    """Box centre of the visible points and the relevant Gaussian clusters touching them.
+
+    The view already found the object; a Gaussian only has to be about as relevant as the object's
+    pixels were (view_score, their mean relevance), so a query that only just passed in the view
+    (a bare "teddy" at 0.80) still gets the back side of its object rather than a surface guess.
+    """
     features, means, opacities = cache.gaussians(model)
     relevance, _ = gaussian_relevance(features, opacities, text_emb, negatives_emb, config)
-    near = gaussians_near_points(visible, means, relevance, config)
+    threshold = min(config.relevance_threshold, config.fuse_relative_relevance * view_score)
+    near = gaussians_near_points(visible, means, relevance, config, threshold)
     if len(near) < config.min_cluster_gaussians:
         return None
     # As many visible points as Gaussians, so that the (few) Gaussians of the unseen back side are
@@ -299,7 +306,9 @@ def locate(
     )
     centre_source = "surface"
     if config.centre_mode == "fused":
-        fused = _fuse_with_gaussians(estimate.points, cache, model, text_emb, negatives_emb, config)
+        fused = _fuse_with_gaussians(
+            estimate.points, cache, model, text_emb, negatives_emb, config, float(rel_np[mask].mean())
+        )
         if fused is not None:
             estimate, centre_source = fused, "fused"
         else:
