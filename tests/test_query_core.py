@@ -298,6 +298,11 @@ def test_gaussians_near_points_takes_whole_touching_clusters():
         set(near.tolist()) <= set(range(5, 100)) and len(near) >= 90
     )  # a stray point may be its own cluster
     assert len(gaussians_near_points(visible + [0, 0, 1.0], means, relevance, cfg)) == 0  # moved away
+    # an object that only just passed in the view: its Gaussians sit below the threshold, and the
+    # caller's lower threshold (fuse_relative_relevance x the view's score) still finds them
+    weak = np.where(relevance > 0.5, 0.75, relevance)
+    assert len(gaussians_near_points(visible, means, weak, cfg)) == 0
+    assert len(gaussians_near_points(visible, means, weak, cfg, threshold=0.72)) >= 90
 
 
 # -- input checks ------------------------------------------------------------------------------
@@ -321,6 +326,8 @@ def test_config_rejects_bad_values():
         QueryConfig(relevance_threshold=1.5)
     with pytest.raises(ValueError):
         QueryConfig(negatives=("object", ""))
+    with pytest.raises(ValueError):
+        QueryConfig(fuse_relative_relevance=0.0)
 
 
 def test_thresholds_default_per_model():
