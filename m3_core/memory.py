@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,7 @@ from m3_core.baseline import LinearDecoder
 from m3_core.config import from_dict, to_dict
 from m3_core.errors import M3Error
 from m3_core.geometry.camera import PinholeCamera
+from m3_core.scene import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -205,21 +204,10 @@ class M3Memory(nn.Module):
     def save(self, path: str | Path) -> Path:
         """Write the memory directory atomically (temp dir + rename); returns its path."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp."))
-        try:
-            manifest = self.full_manifest()
+        manifest = self.full_manifest()
+        with atomic_directory(path) as tmp:
             save_file(self.state_tensors(), str(tmp / TENSORS_FILE), metadata={"format": MEMORY_FORMAT})
             (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
-            old = path.with_name(f".{path.name}.old")
-            if path.exists():
-                shutil.rmtree(old, ignore_errors=True)
-                path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         log.info(
             "memory written to %s (%d Gaussians, models %s)", path, manifest["num_gaussians"], self.models
         )

@@ -25,11 +25,13 @@ scene.json:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,12 +148,37 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         # mkstemp makes 0600 files; give the file the permissions a plain open() would have
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+@contextlib.contextmanager
+def atomic_directory(path: Path) -> Iterator[Path]:
+    """Yield a fresh temp directory next to `path`; on success it replaces `path` as a whole (readers
+    see the old directory or the new one, never a mix); on an exception it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp."))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 directories
+        old = path.with_name(f".{path.name}.old")
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
@@ -207,20 +234,8 @@ def write_colmap_model(
         cols = np.zeros((len(points), 3), np.uint8) if colors is None else np.asarray(colors, np.uint8)
         for p, c in zip(np.asarray(points, np.float64), cols):
             rec.add_point3D(p, pycolmap.Track(), c)
-    sparse_dir = Path(sparse_dir)
-    sparse_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=sparse_dir.parent, prefix=f".{sparse_dir.name}."))
-    try:
+    with atomic_directory(Path(sparse_dir)) as tmp:
         rec.write_binary(str(tmp))
-        old = sparse_dir.with_name(f".{sparse_dir.name}.old")
-        if sparse_dir.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            sparse_dir.rename(old)
-        tmp.rename(sparse_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def read_colmap_poses(sparse_dir: Path) -> dict[str, tuple[PinholeCamera, np.ndarray]]:
