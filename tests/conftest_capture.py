@@ -318,3 +318,38 @@ def run_live_capture(
         "logs": {n: p.read_text() for n, p in logs.items()},
         "returncodes": {n: p.returncode for n, p in procs.items()},
     }
+
+
+def small_sim_bag_path(tmp_path_factory) -> Path:
+    """The built-in scene as a 30-frame 160x120 bag (`m3 sim`), made once per test session and shared
+    by the capture tests (skips when the simulator is not importable)."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    try:
+        import pybullet  # noqa: F401
+
+        import m3_core.sim  # noqa: F401
+    except ImportError as err:
+        pytest.skip(f"m3_core.sim / pybullet not importable ({err}); the sim bag cannot be generated")
+    out = tmp_path_factory.getbasetemp() / "small_sim_bag"
+    if (out / "metadata.yaml").exists():  # `m3 sim` writes the bag atomically: present means whole
+        return out
+    cmd = [
+        sys.executable,
+        "-m",
+        "m3_ros.cli",
+        "sim",
+        "--out",
+        str(out),
+        "--frames",
+        "30",
+        "--size",
+        "160x120",
+    ]
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(cmd + ["--no-progress"], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out

@@ -18,7 +18,13 @@ from m3_core.capture.keyframes import rotation_angle_deg
 from m3_core.geometry.sim3 import Sim3
 from m3_core.scene import Frame, load_scene, read_colmap_poses, write_colmap_model
 from m3_ros.cli import main as m3_main
-from tests.conftest_capture import SyntheticBagSpec, armbase_from_ee, world_from_lidar, write_synthetic_bag
+from tests.conftest_capture import (
+    SyntheticBagSpec,
+    armbase_from_ee,
+    small_sim_bag_path,
+    world_from_lidar,
+    write_synthetic_bag,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,28 +134,7 @@ def test_bag2scene_reports_wrong_topics(synthetic_bag, tmp_path, capsys):
 
 @pytest.fixture(scope="session")
 def sim_bag(tmp_path_factory) -> Path:
-    try:
-        import pybullet  # noqa: F401
-
-        import m3_core.sim  # noqa: F401
-    except ImportError as err:
-        pytest.skip(f"m3_core.sim / pybullet not importable yet ({err}); the sim bag cannot be generated")
-    out = tmp_path_factory.mktemp("capture_sim") / "sim_bag"
-    cmd = [
-        sys.executable,
-        "-m",
-        "m3_ros.cli",
-        "sim",
-        "--out",
-        str(out),
-        "--frames",
-        "30",
-        "--size",
-        "160x120",
-    ]
-    proc = subprocess.run(cmd + ["--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return out
+    return small_sim_bag_path(tmp_path_factory)
 
 
 def test_bag2scene_on_sim_bag_matches_ground_truth_poses(sim_bag, tmp_path):

@@ -5,7 +5,6 @@ The scene made live must be the one `m3 bag2scene` makes offline: same keyframes
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from m3_core.capture import load_robot_config
 from m3_core.capture.bag2scene import bag_to_scene
 from m3_core.scene import load_scene
 from tests.conftest import wait_until
-from tests.conftest_capture import run_live_capture, write_synthetic_bag
+from tests.conftest_capture import run_live_capture, small_sim_bag_path, write_synthetic_bag
 
 pytestmark = pytest.mark.ros
 pytest.importorskip("rclpy", reason="rclpy is not installed (run scripts/setup_env.sh)")
@@ -31,28 +30,7 @@ def synthetic_bag(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def small_sim_bag(tmp_path_factory) -> Path:
-    try:
-        import pybullet  # noqa: F401
-
-        import m3_core.sim  # noqa: F401
-    except ImportError as err:
-        pytest.skip(f"m3_core.sim / pybullet not importable ({err}); no sim bag")
-    out = tmp_path_factory.mktemp("capture_ros_sim") / "sim_bag"
-    cmd = [
-        sys.executable,
-        "-m",
-        "m3_ros.cli",
-        "sim",
-        "--out",
-        str(out),
-        "--frames",
-        "30",
-        "--size",
-        "160x120",
-    ]
-    proc = subprocess.run(cmd + ["--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return out
+    return small_sim_bag_path(tmp_path_factory)
 
 
 def assert_same_scene(live: Path, offline: Path) -> None:
