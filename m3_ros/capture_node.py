@@ -28,7 +28,6 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 
-from m3_core.capture.images import ImageEncodingError, array_from_image_fields
 from m3_core.capture.keyframes import KeyframeConfig
 from m3_core.capture.robot import DEFAULT_ROBOT_YAML, load_robot_config
 from m3_core.capture.session import CaptureConfig, CaptureSession
@@ -179,24 +178,11 @@ class CaptureNode(Node):
         )
 
     # -- inputs ------------------------------------------------------------------------------
-    def _image(self, msg: Image, kind: str):
-        try:
-            return array_from_image_fields(
-                msg.data, msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian
-            )
-        except ImageEncodingError as err:
-            self.session.drop_input("bad_encoding", f"{kind} image on {self.topics[kind]} dropped: {err}")
-            return None
-
     def _on_color(self, msg: Image) -> None:
-        arr = self._image(msg, "color")
-        if arr is not None:
-            self.session.add_color(stamp_ns_from_msg(msg.header.stamp), arr, msg.encoding)
+        self.session.add_image_msg("color", msg, stamp_ns_from_msg(msg.header.stamp), self.topics["color"])
 
     def _on_depth(self, msg: Image) -> None:
-        arr = self._image(msg, "depth")
-        if arr is not None:
-            self.session.add_depth(stamp_ns_from_msg(msg.header.stamp), arr, msg.encoding)
+        self.session.add_image_msg("depth", msg, stamp_ns_from_msg(msg.header.stamp), self.topics["depth"])
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:

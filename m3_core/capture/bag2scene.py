@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from m3_core.capture.images import ImageEncodingError, array_from_image_fields
 from m3_core.capture.keyframes import KeyframeConfig
 from m3_core.capture.pose_chain import PoseChain
 from m3_core.capture.robot import DEFAULT_ROBOT_YAML, RobotConfig, load_robot_config
@@ -74,24 +73,11 @@ class BagFeeder:
         except ValueError as err:  # e.g. a zero quaternion: skip the message, as the nodes do
             self.session.drop_input("bad_message", f"message on {topic} ignored: {err}")
 
-    def _image(self, msg: Any, kind: str) -> np.ndarray | None:
-        try:
-            return array_from_image_fields(
-                msg.data, msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian
-            )
-        except ImageEncodingError as err:
-            self.session.drop_input("bad_encoding", f"{kind} image dropped: {err}")
-            return None
-
     def _on_color(self, msg: Any) -> None:
-        arr = self._image(msg, "color")
-        if arr is not None:
-            self.session.add_color(stamp_ns_of(msg.header), arr, msg.encoding)
+        self.session.add_image_msg("color", msg, stamp_ns_of(msg.header), self.robot.topics.color)
 
     def _on_depth(self, msg: Any) -> None:
-        arr = self._image(msg, "depth")
-        if arr is not None:
-            self.session.add_depth(stamp_ns_of(msg.header), arr, msg.encoding)
+        self.session.add_image_msg("depth", msg, stamp_ns_of(msg.header), self.robot.topics.depth)
 
     def _on_camera_info(self, msg: Any) -> None:
         try:

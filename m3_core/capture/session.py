@@ -15,11 +15,17 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from m3_core.capture.clock import Clock, ClockJumpDetector
-from m3_core.capture.images import ImageEncodingError, depth_mm_from_array, rgb_from_array
+from m3_core.capture.images import (
+    ImageEncodingError,
+    array_from_image_fields,
+    depth_mm_from_array,
+    rgb_from_array,
+)
 from m3_core.capture.keyframes import KeyframeConfig, KeyframeSelector, sharpness, valid_depth_fraction
 from m3_core.capture.pairing import Pair, StampPairer
 from m3_core.capture.writer import SceneWriteError, SceneWriter
@@ -191,6 +197,20 @@ class CaptureSession:
                 self._drop("bad_encoding", f"depth image dropped: {err}")
                 return
             self._add_pairs(self._pairer.add_depth(stamp_ns, depth_mm))
+
+    def add_image_msg(self, kind: str, msg: Any, stamp_ns: int, topic: str = "") -> None:
+        """A sensor_msgs/Image as any object with its fields (an rclpy message or a rosbags one):
+        kind "color" or "depth"; an undecodable one is counted and logged, never raised."""
+        if kind not in ("color", "depth"):
+            raise ValueError(f'kind must be "color" or "depth", got {kind!r}')
+        try:
+            arr = array_from_image_fields(
+                msg.data, msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian
+            )
+        except ImageEncodingError as err:
+            self.drop_input("bad_encoding", f"{kind} image{f' on {topic}' if topic else ''} dropped: {err}")
+            return
+        (self.add_color if kind == "color" else self.add_depth)(stamp_ns, arr, msg.encoding)
 
     def drop_input(self, reason: str, message: str) -> None:
         """Count an input that could not even be converted (e.g. a malformed message)."""
