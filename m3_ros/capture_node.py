@@ -18,10 +18,8 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
@@ -33,6 +31,7 @@ from m3_core.capture.robot import DEFAULT_ROBOT_YAML, load_robot_config
 from m3_core.capture.session import CaptureConfig, CaptureSession
 from m3_core.capture.writer import SceneWriteError, SceneWriter
 from m3_ros.conversions import camera_from_info_msg, matrix_from_transform_msg, stamp_ns_from_msg
+from m3_ros.spin import spin_node
 
 log = logging.getLogger(__name__)
 
@@ -257,26 +256,7 @@ class CaptureNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(name)s: %(message)s")
-    rclpy.init(args=args)
-    try:
-        node = CaptureNode()
-    except (ValueError, FileNotFoundError) as err:  # bad parameters / robot YAML / output dir
-        print(f"m3_capture_node: {err}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
-    executor = MultiThreadedExecutor(num_threads=4)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.finalize()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_node(CaptureNode, "m3_capture_node", args, threads=4)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,11 @@ For robots without a URDF and robot_state_publisher. Publishes
 
 from __future__ import annotations
 
-import logging
 import sys
 
-import rclpy
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from tf2_msgs.msg import TFMessage
@@ -34,6 +31,7 @@ from m3_ros.conversions import (
     stamp_ns_from_msg,
     transform_msg_from_matrix,
 )
+from m3_ros.spin import spin_node
 
 _PARAMS: dict[str, tuple[object, str]] = {
     "config": (str(DEFAULT_ROBOT_YAML), "robot YAML with topics, frames and extrinsics"),
@@ -116,25 +114,7 @@ class PoseChainNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(name)s: %(message)s")
-    rclpy.init(args=args)
-    try:
-        node = PoseChainNode()
-    except (ValueError, FileNotFoundError) as err:
-        print(f"m3_pose_chain_node: {err}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_node(PoseChainNode, "m3_pose_chain_node", args, threads=1)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ size) answers success=false with a message; the node keeps running.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import traceback
@@ -21,13 +22,11 @@ from dataclasses import fields, replace
 from typing import Any
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import Point, PoseStamped
 from m3_grasp.msg import GraspTarget
 from m3_grasp.srv import Query
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
@@ -51,11 +50,7 @@ from m3_ros.conversions import (
     stamp_ns_from_msg,
     time_msg_from_ns,
 )
-
-try:  # rclpy >= Galactic; keep Humble-era imports working too
-    from rclpy.executors import ExternalShutdownException
-except ImportError:  # pragma: no cover - very old rclpy
-    ExternalShutdownException = KeyboardInterrupt  # type: ignore[misc,assignment]
+from m3_ros.spin import spin_node
 
 LATCHED = QoSProfile(
     depth=1,
@@ -421,20 +416,9 @@ class QueryNode(Node):
         )
 
 
-def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = QueryNode()
-    executor = MultiThreadedExecutor(num_threads=4)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
+def main(args: list[str] | None = None) -> int:
+    return spin_node(QueryNode, "m3_query_node", args, threads=4)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
