@@ -1,5 +1,6 @@
 """Loading transformers models offline: a local directory, the Hugging Face cache, or (only when
-allowed) a random initialisation of the real architecture from a config built here."""
+allowed) a random initialisation of the real architecture from a config built here; and the part the
+transformers-based patch-feature models (siglip, dinov2) share."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ from typing import Any
 import torch
 
 from m3_core.features import _torchvision_fix  # noqa: F401  (before transformers' vision imports)
-from m3_core.features.base import WeightsMissingError, seeded_init, warn_random_weights
+from m3_core.features.base import (
+    PatchFeatureModel,
+    WeightsMissingError,
+    seeded_init,
+    warn_random_weights,
+)
 
 # The product never downloads weights at run time (robots are often offline); an explicit user
 # setting still wins.
@@ -77,3 +83,44 @@ def load_hf_model(
         model = model_cls(config)
     warn_random_weights(f"transformers:{hf_id}")
     return model.eval(), None
+
+
+class HfPatchFeatureModel(PatchFeatureModel):
+    """A PatchFeatureModel whose weights are a transformers model named by its hub id `hf_id`."""
+
+    needed_files: str  # what a weights directory holds, for load_hf_model's messages
+    hf_id: str
+
+    def _model_keys(self) -> dict[str, Any]:
+        return {"hf_id": self.hf_id}
+
+    def _load_hf(
+        self,
+        model_cls: Any,
+        config: Any,
+        hf_id: str,
+        weights_path: str | Path | None,
+        allow_random_weights: bool,
+        config_overrides: dict[str, Any] | None,
+        cache_dir: str | None,
+    ) -> str | None:
+        """Load (load_hf_model) and set hf_id, model (on self.device), random_weights and model_id;
+        returns the weights directory, None for random weights. Call after `_init_patch_grid`."""
+        self.hf_id = hf_id
+        model, source = load_hf_model(
+            model_cls,
+            config,
+            hf_id=hf_id,
+            weights_path=weights_path,
+            allow_random_weights=allow_random_weights,
+            needed_files=self.needed_files,
+            cache_dir=cache_dir,
+        )
+        if source is not None and config_overrides:
+            raise ValueError(
+                "config_overrides only applies to random weights; real weights bring their config"
+            )
+        self.random_weights = source is None
+        self.model_id = f"transformers:{hf_id}" + ("/random-init" if self.random_weights else "")
+        self.model = model.to(self.device)
+        return source

@@ -207,3 +207,74 @@ class seeded_init:  # noqa: N801 (used like a function: `with seeded_init():`)
 
     def __exit__(self, *exc: object) -> None:
         self._fork.__exit__(*exc)
+
+
+# -- the ViT patch-feature models' shared part -----------------------------------------------
+
+
+class PatchFeatureModel:
+    """What clip, siglip and dinov2 share: a ViT whose patch tokens become the dense grid.
+
+    A subclass sets `algorithm`, builds `model` and sets `patch`, `dim`, `mean`, `std`,
+    `model_id`, `random_weights` (after `_init_patch_grid`), and implements `dense_tokens`;
+    `_model_keys` adds the get_model options that name its weights to `preprocessing`.
+    """
+
+    name: str
+    algorithm: str  # the dense-feature method, versioned in `preprocessing`
+    dim: int
+    model_id: str
+    random_weights: bool
+    device: torch.device
+    model: torch.nn.Module
+    patch: int  # ViT patch side in pixels
+    short_side: int | None  # resize the image's short side to this many pixels; None: native size
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    _weights_hash: str | None = None
+
+    def _init_patch_grid(self, device: str | torch.device, short_side: int | None) -> None:
+        if short_side is not None and short_side < 1:
+            raise ValueError(f"short_side must be a positive number of pixels or None, got {short_side}")
+        self.device = resolve_device(device)
+        self.short_side = short_side
+
+    @property
+    def weights_hash(self) -> str:
+        if self._weights_hash is None:  # hashing every parameter takes a while: once per model
+            self._weights_hash = state_dict_hash(self.model)
+        return self._weights_hash
+
+    def _model_keys(self) -> dict[str, Any]:
+        """The get_model options that name the weights; `preprocessing` puts them after "algorithm"."""
+        return {}
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        # Key order and content are part of the feature-cache key: changing them redoes every cache.
+        return {
+            "algorithm": f"{self.algorithm}/v{FEATURES_ALGORITHM_VERSION}",
+            **self._model_keys(),
+            "patch": self.patch,
+            "short_side": self.short_side,
+            "resize": "whole-image bicubic antialias, sides rounded to patch multiples",
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "normalize": "l2",
+        }
+
+    def grid_size(self, H: int, W: int) -> tuple[int, int]:
+        """(h, w) of the dense grid for an H x W image."""
+        return patch_grid_size(H, W, self.patch, self.short_side)
+
+    def dense_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[1,3,h*p,w*p] normalised pixels -> [h, w, dim] features (not normalised)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement dense_tokens")
+
+    @torch.inference_mode()
+    def encode_image_dense(self, rgb: np.ndarray) -> torch.Tensor:
+        """[H,W,3] uint8 RGB -> [h,w,dim] float32 CPU, L2-normalised; grid as base.grid_pixel_centers."""
+        rgb = check_rgb(rgb)
+        grid = self.grid_size(*rgb.shape[:2])
+        pixels = image_tensor_for_patches(rgb, grid, self.patch, self.mean, self.std, self.device)
+        return l2_normalize(self.dense_tokens(pixels).float()).cpu()

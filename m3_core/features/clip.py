@@ -26,23 +26,17 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 (the PyTorch idiom)
 
 from m3_core.features import _torchvision_fix  # noqa: F401  (before open_clip imports torchvision)
 from m3_core.features.base import (
-    FEATURES_ALGORITHM_VERSION,
     FeatureError,
+    PatchFeatureModel,
     WeightsMissingError,
-    check_rgb,
     check_texts,
-    image_tensor_for_patches,
     l2_normalize,
-    patch_grid_size,
-    resolve_device,
     seeded_init,
-    state_dict_hash,
     warn_random_weights,
 )
 
@@ -153,10 +147,11 @@ def load_clip_weights(model: torch.nn.Module, path: Path, what: str) -> None:
         raise FeatureError(f"{path} is not a usable open_clip checkpoint for {what}: {err}") from err
 
 
-class ClipFeatures:
+class ClipFeatures(PatchFeatureModel):
     """open_clip CLIP: dense MaskCLIP patch features + text features, both L2-normalised."""
 
     name = "clip"
+    algorithm = "maskclip-last-block-value"
 
     def __init__(
         self,
@@ -176,10 +171,7 @@ class ClipFeatures:
             raise ValueError(
                 f"unknown open_clip architecture {arch!r}; e.g. ViT-B-16, ViT-B-32, ViT-L-14-336"
             )
-        if short_side is not None and short_side < 1:
-            raise ValueError(f"short_side must be a positive number of pixels or None, got {short_side}")
-        self.device = resolve_device(device)
-        self.short_side = short_side
+        self._init_patch_grid(device, short_side)
         if quick_gelu is None:
             quick_gelu = pretrained == "openai"  # OpenAI checkpoints were trained with QuickGELU
         self.arch, self.pretrained, self.quick_gelu = arch, pretrained, bool(quick_gelu)
@@ -219,33 +211,10 @@ class ClipFeatures:
         pre = model.visual.preprocess_cfg
         self.mean = tuple(float(v) for v in pre["mean"])
         self.std = tuple(float(v) for v in pre["std"])
-        self._weights_hash: str | None = None
         self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
 
-    @property
-    def weights_hash(self) -> str:
-        if self._weights_hash is None:
-            self._weights_hash = state_dict_hash(self.model)
-        return self._weights_hash
-
-    @property
-    def preprocessing(self) -> dict[str, Any]:
-        return {
-            "algorithm": f"maskclip-last-block-value/v{FEATURES_ALGORITHM_VERSION}",
-            "arch": self.arch,
-            "pretrained": self.pretrained,
-            "quick_gelu": self.quick_gelu,
-            "patch": self.patch,
-            "short_side": self.short_side,
-            "resize": "whole-image bicubic antialias, sides rounded to patch multiples",
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "normalize": "l2",
-        }
-
-    def grid_size(self, H: int, W: int) -> tuple[int, int]:
-        """(h, w) of the dense grid for an H x W image."""
-        return patch_grid_size(H, W, self.patch, self.short_side)
+    def _model_keys(self) -> dict[str, Any]:
+        return {"arch": self.arch, "pretrained": self.pretrained, "quick_gelu": self.quick_gelu}
 
     def _positional_embedding(self, h: int, w: int) -> torch.Tensor:
         """[1 + h*w, width]: class position + the patch positions resampled to an h x w grid."""
@@ -283,14 +252,6 @@ class ClipFeatures:
         bias = attn.in_proj_bias[2 * d :] if attn.in_proj_bias is not None else None
         v = F.linear(block.ln_1(x), attn.in_proj_weight[2 * d :], bias)
         return block.ls_1(attn.out_proj(v))
-
-    @torch.inference_mode()
-    def encode_image_dense(self, rgb: np.ndarray) -> torch.Tensor:
-        """[H,W,3] uint8 RGB -> [h,w,dim] float32 CPU, L2-normalised; grid as base.grid_pixel_centers."""
-        rgb = check_rgb(rgb)
-        grid = self.grid_size(*rgb.shape[:2])
-        pixels = image_tensor_for_patches(rgb, grid, self.patch, self.mean, self.std, self.device)
-        return l2_normalize(self.dense_tokens(pixels).float()).cpu()
 
     @torch.inference_mode()
     def encode_text(self, texts: list[str]) -> torch.Tensor:

@@ -11,19 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from m3_core.features._hf import load_hf_model
-from m3_core.features.base import (
-    FEATURES_ALGORITHM_VERSION,
-    check_rgb,
-    image_tensor_for_patches,
-    l2_normalize,
-    patch_grid_size,
-    resolve_device,
-    state_dict_hash,
-)
+from m3_core.features._hf import HfPatchFeatureModel
 
 DEFAULT_HF_ID = "facebook/dinov2-small"
 NEEDED_FILES = "config.json and model.safetensors"
@@ -38,10 +28,12 @@ KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-class Dinov2Features:
+class Dinov2Features(HfPatchFeatureModel):
     """DINOv2: dense patch features, L2-normalised. No text encoder."""
 
     name = "dinov2"
+    algorithm = "dinov2-last-layer-patch-tokens"
+    needed_files = NEEDED_FILES
 
     def __init__(
         self,
@@ -56,63 +48,20 @@ class Dinov2Features:
     ) -> None:
         from transformers import Dinov2Config, Dinov2Model
 
-        if short_side is not None and short_side < 1:
-            raise ValueError(f"short_side must be a positive number of pixels or None, got {short_side}")
-        self.device = resolve_device(device)
-        self.short_side = short_side
-        self.hf_id = hf_id
+        self._init_patch_grid(device, short_side)
         config = Dinov2Config(**{**KNOWN_CONFIGS.get(hf_id, {}), **(config_overrides or {})})
-        model, source = load_hf_model(
-            Dinov2Model,
-            config,
-            hf_id=hf_id,
-            weights_path=weights_path,
-            allow_random_weights=allow_random_weights,
-            needed_files=NEEDED_FILES,
-            cache_dir=cache_dir,
+        self._load_hf(
+            Dinov2Model, config, hf_id, weights_path, allow_random_weights, config_overrides, cache_dir
         )
-        if source is not None and config_overrides:
-            raise ValueError(
-                "config_overrides only applies to random weights; real weights bring their config"
-            )
-        self.random_weights = source is None
-        self.model_id = f"transformers:{hf_id}" + ("/random-init" if self.random_weights else "")
-        self.model = model.to(self.device)
-        self.patch = int(model.config.patch_size)
-        self.dim = int(model.config.hidden_size)
+        self.patch = int(self.model.config.patch_size)
+        self.dim = int(self.model.config.hidden_size)
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
-        self._weights_hash: str | None = None
 
-    @property
-    def weights_hash(self) -> str:
-        if self._weights_hash is None:
-            self._weights_hash = state_dict_hash(self.model)
-        return self._weights_hash
-
-    @property
-    def preprocessing(self) -> dict[str, Any]:
-        return {
-            "algorithm": f"dinov2-last-layer-patch-tokens/v{FEATURES_ALGORITHM_VERSION}",
-            "hf_id": self.hf_id,
-            "patch": self.patch,
-            "short_side": self.short_side,
-            "resize": "whole-image bicubic antialias, sides rounded to patch multiples",
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "normalize": "l2",
-        }
-
-    def grid_size(self, H: int, W: int) -> tuple[int, int]:
-        return patch_grid_size(H, W, self.patch, self.short_side)
-
-    @torch.inference_mode()
-    def encode_image_dense(self, rgb: np.ndarray) -> torch.Tensor:
-        """[H,W,3] uint8 RGB -> [h,w,dim] float32 CPU, L2-normalised; grid as base.grid_pixel_centers."""
-        rgb = check_rgb(rgb)
-        h, w = self.grid_size(*rgb.shape[:2])
-        pixels = image_tensor_for_patches(rgb, (h, w), self.patch, self.mean, self.std, self.device)
-        tokens = self.model(pixel_values=pixels).last_hidden_state  # [1, 1 + h*w, dim], layer-normed
-        return l2_normalize(tokens[0, 1:].float().reshape(h, w, -1)).cpu()
+    def dense_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[1,3,h*p,w*p] -> [h, w, dim] last-layer patch tokens (layer-normed, not L2-normalised)."""
+        h, w = pixels.shape[-2] // self.patch, pixels.shape[-1] // self.patch
+        tokens = self.model(pixel_values=pixels).last_hidden_state  # [1, 1 + h*w, dim]: class token first
+        return tokens[0, 1:].reshape(h, w, -1)
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         raise NotImplementedError(

@@ -16,31 +16,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 (the PyTorch idiom)
 
-from m3_core.features._hf import load_hf_model
-from m3_core.features.base import (
-    FEATURES_ALGORITHM_VERSION,
-    FeatureError,
-    check_rgb,
-    check_texts,
-    image_tensor_for_patches,
-    l2_normalize,
-    patch_grid_size,
-    resolve_device,
-    state_dict_hash,
-)
+from m3_core.features._hf import HfPatchFeatureModel
+from m3_core.features.base import FeatureError, check_texts, l2_normalize
 
 DEFAULT_HF_ID = "google/siglip-base-patch16-224"
 NEEDED_FILES = "config.json, model.safetensors and the tokenizer files (spiece.model, tokenizer_config.json)"
 
 
-class SiglipFeatures:
+class SiglipFeatures(HfPatchFeatureModel):
     """SigLIP: dense patch features (pooling head per token) + text features, L2-normalised."""
 
     name = "siglip"
+    algorithm = "siglip-head-value-path"
+    needed_files = NEEDED_FILES
 
     def __init__(
         self,
@@ -55,37 +46,19 @@ class SiglipFeatures:
     ) -> None:
         from transformers import SiglipConfig, SiglipModel
 
-        if short_side is not None and short_side < 1:
-            raise ValueError(f"short_side must be a positive number of pixels or None, got {short_side}")
-        self.device = resolve_device(device)
-        self.short_side = short_side
-        self.hf_id = hf_id
+        self._init_patch_grid(device, short_side)
         # Random init builds the real architecture; SiglipConfig's defaults are siglip-base-patch16-224.
         config = SiglipConfig(**(config_overrides or {}))
-        model, source = load_hf_model(
-            SiglipModel,
-            config,
-            hf_id=hf_id,
-            weights_path=weights_path,
-            allow_random_weights=allow_random_weights,
-            needed_files=NEEDED_FILES,
-            cache_dir=cache_dir,
+        source = self._load_hf(
+            SiglipModel, config, hf_id, weights_path, allow_random_weights, config_overrides, cache_dir
         )
-        if source is not None and config_overrides:
-            raise ValueError(
-                "config_overrides only applies to random weights; real weights bring their config"
-            )
-        self.random_weights = source is None
-        self.model_id = f"transformers:{hf_id}" + ("/random-init" if self.random_weights else "")
-        self.model = model.to(self.device)
-        vcfg = model.config.vision_config
+        vcfg = self.model.config.vision_config
         self.patch = int(vcfg.patch_size)
         self.dim = int(vcfg.hidden_size)
         self.mean, self.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # SigLIP's image normalisation
-        self.text_length = int(model.config.text_config.max_position_embeddings)
-        self.vocab_size = int(model.config.text_config.vocab_size)
+        self.text_length = int(self.model.config.text_config.max_position_embeddings)
+        self.vocab_size = int(self.model.config.text_config.vocab_size)
         self.tokenizer = self._load_tokenizer(source)
-        self._weights_hash: str | None = None
 
     def _load_tokenizer(self, source: str | None) -> Any:
         if source is None:
@@ -114,28 +87,6 @@ class SiglipFeatures:
         ids = open_clip.tokenize(texts, context_length=self.text_length)
         return ids % self.vocab_size
 
-    @property
-    def weights_hash(self) -> str:
-        if self._weights_hash is None:
-            self._weights_hash = state_dict_hash(self.model)
-        return self._weights_hash
-
-    @property
-    def preprocessing(self) -> dict[str, Any]:
-        return {
-            "algorithm": f"siglip-head-value-path/v{FEATURES_ALGORITHM_VERSION}",
-            "hf_id": self.hf_id,
-            "patch": self.patch,
-            "short_side": self.short_side,
-            "resize": "whole-image bicubic antialias, sides rounded to patch multiples",
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "normalize": "l2",
-        }
-
-    def grid_size(self, H: int, W: int) -> tuple[int, int]:
-        return patch_grid_size(H, W, self.patch, self.short_side)
-
     def dense_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """[1,3,h*p,w*p] -> [h, w, dim] per-token pooling-head features (not normalised)."""
         h, w = pixels.shape[-2] // self.patch, pixels.shape[-1] // self.patch
@@ -154,14 +105,6 @@ class SiglipFeatures:
         bias = attn.in_proj_bias[2 * d :] if attn.in_proj_bias is not None else None
         x = attn.out_proj(F.linear(tokens, attn.in_proj_weight[2 * d :], bias))
         return x + head.mlp(head.layernorm(x))
-
-    @torch.inference_mode()
-    def encode_image_dense(self, rgb: np.ndarray) -> torch.Tensor:
-        """[H,W,3] uint8 RGB -> [h,w,dim] float32 CPU, L2-normalised; grid as base.grid_pixel_centers."""
-        rgb = check_rgb(rgb)
-        grid = self.grid_size(*rgb.shape[:2])
-        pixels = image_tensor_for_patches(rgb, grid, self.patch, self.mean, self.std, self.device)
-        return l2_normalize(self.dense_tokens(pixels).float()).cpu()
 
     @torch.inference_mode()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
