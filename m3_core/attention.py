@@ -10,9 +10,10 @@ logits cost P*T*l instead of P*T*d (GPU_FACTS.md). Two similarities, both found 
   from the Gram matrix W_m W_m^T [l, l], so the [P, d] product is never formed.
 W_m is fixed (as the M3 code effectively has it: random init, not optimised) or learned.
 
-Full images are chunked over pixels (an unchunked [P, T] logit matrix is 2*P*T bytes in bf16:
-61 GB at 640x480 and T = 50k); with gradients each chunk is checkpointed, so the backward pass
-recomputes one chunk's softmax instead of keeping all of them. On CUDA the matmuls run in bf16.
+Full images are chunked over pixels (an unchunked [P, T] logit matrix is 4*P*T bytes in fp32:
+123 GB at 640x480 and T = 50k); with gradients each chunk is checkpointed, so the backward pass
+recomputes one chunk's softmax instead of keeping all of them. On CUDA the weighted sum over the
+PSC (the [P, T] x [T, d] product, nearly all the work) runs in bf16; logits stay fp32.
 """
 
 from __future__ import annotations
@@ -137,10 +138,14 @@ class MemoryAttention(nn.Module):
 
     def _chunk(self, queries: torch.Tensor) -> torch.Tensor:
         cfg = self.config
-        use_bf16 = cfg.bf16_on_cuda and queries.is_cuda
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-            out = memory_attention(queries, self.psc, self.w_m, cfg.similarity, cfg.temperature)
-        return out.float()
+        if not (cfg.bf16_on_cuda and queries.is_cuda):
+            return memory_attention(queries, self.psc, self.w_m, cfg.similarity, cfg.temperature)
+        # Logits in float32: they contract only l (~16) dims, so they are cheap, and dot-product
+        # logits reach ~100 where bf16 keeps 2-3 digits (errors of whole units move the softmax;
+        # measured min cosine to fp32 0.94 on an H100). The [P, T] x [T, d] product is the cost: bf16.
+        logits = attention_logits(queries.float(), self.psc, self.w_m, cfg.similarity, cfg.temperature)
+        weights = torch.softmax(logits, dim=1)
+        return (weights.bfloat16() @ self.psc.bfloat16()).float()
 
     def forward(self, queries: torch.Tensor) -> torch.Tensor:  # [..., l] -> [..., d]
         if queries.shape[-1] != self.query_dim:
