@@ -112,6 +112,7 @@ class ReplayNode(Node):
         node_name: str = "m3_replay",
     ) -> None:
         super().__init__(node_name)
+        self._stop_requested = False
         from rosbags.rosbag2 import Reader
 
         if not rate > 0:
@@ -164,6 +165,16 @@ class ReplayNode(Node):
             self._clock_period_s = 1.0 / clock_hz
             self.summary.sent["/clock"] = 0
 
+    # -- stopping ------------------------------------------------------------------------------
+
+    def request_stop(self, *_: object) -> None:
+        """Ctrl-C: finish the message being sent (so `sent` counts exactly what went out), then stop.
+        A signal handler: only sets a flag."""
+        self._stop_requested = True
+
+    def running(self) -> bool:
+        return rclpy.ok(context=self.context) and not self._stop_requested
+
     # -- sending ---------------------------------------------------------------------------------
 
     def _publish(self, topic: str, raw: bytes) -> None:
@@ -203,7 +214,7 @@ class ReplayNode(Node):
         """Block until each wait topic has a subscriber or the timeout passes; returns seconds waited."""
         t0 = time.monotonic()
         pending = list(self.wait_for)
-        while pending and time.monotonic() - t0 < self.wait_timeout_s and rclpy.ok():
+        while pending and time.monotonic() - t0 < self.wait_timeout_s and self.running():
             pending = [t for t in pending if self.publishers_by_topic[t].get_subscription_count() < 1]
             if pending:
                 time.sleep(0.02)
@@ -252,16 +263,16 @@ class ReplayNode(Node):
                 static_sent = True
         self.summary.waited_s = self.wait_for_subscribers()
         try:
-            while rclpy.ok():
+            while self.running():
                 self._play_once(first_ns, skip_static=static_sent)
                 self.summary.loops += 1
                 if not self.loop:
                     break
         finally:
             self.summary.wall_s = time.monotonic() - wall0
-        if rclpy.ok():
+        if self.running():
             self.wait_for_acks()
-        if not rclpy.ok():  # Ctrl-C: rclpy's signal handler shut the context down
+        else:  # Ctrl-C (request_stop) or the context was shut down
             self.summary.interrupted = True
         return self.summary
 
@@ -275,14 +286,14 @@ class ReplayNode(Node):
             start_wall = time.monotonic()
             for conn, t_ns, raw in reader.messages(connections=conns, start=first_ns):
                 due = start_wall + (t_ns - first_ns) / 1e9 / self.rate
-                while rclpy.ok():
+                while self.running():
                     now = time.monotonic()
                     self._tick_clock(first_ns + (now - start_wall) * self.rate * 1e9)
                     delay = due - now
                     if delay <= 0:
                         break
                     time.sleep(min(delay, 0.05, self._clock_period_s or 0.05))
-                if not rclpy.ok():
+                if not self.running():
                     return
                 self._publish(conn.topic, raw)
 
@@ -315,9 +326,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, ros_args: list[str] | None = None) -> int:
-    from rclpy.executors import ExternalShutdownException
+    import signal
 
-    rclpy.init(args=ros_args)
+    from rclpy.executors import ExternalShutdownException
+    from rclpy.signals import SignalHandlerOptions
+
+    # our own SIGINT handling: rclpy's raises KeyboardInterrupt anywhere, e.g. between a publish and
+    # its count, and the summary would then miss a message that was sent
+    rclpy.init(args=ros_args, signal_handler_options=SignalHandlerOptions.NO)
     node = None
     summary = None
     try:
@@ -331,6 +347,7 @@ def run(args: argparse.Namespace, ros_args: list[str] | None = None) -> int:
             wait_timeout_s=args.wait_timeout,
             clock_hz=args.clock,
         )
+        signal.signal(signal.SIGINT, node.request_stop)
         summary = node.play()
     except (KeyboardInterrupt, ExternalShutdownException):
         if node is not None:
