@@ -30,13 +30,14 @@ def _cpu_s() -> float:
 def _render_one_s(spec, spec_dir) -> float:
     import numpy as np
 
+    from m3_core.capture.robot import load_robot_config
     from m3_core.geometry.camera import PinholeCamera
-    from m3_core.sim.generate import _plan, load_robot
+    from m3_core.sim.generate import _plan
     from m3_core.sim.plan import place_objects
     from m3_core.sim.spec import resolved
     from m3_core.sim.world import TabletopWorld
 
-    robot = load_robot(spec_dir / spec.robot_config)
+    robot = load_robot_config(spec_dir / spec.robot_config)
     c = spec.camera
     cam = PinholeCamera(c.fx, c.fy, c.cx, c.cy, c.width, c.height)
     with TabletopWorld(spec) as world:

@@ -30,6 +30,7 @@ except ImportError:  # pragma: no cover - other rclpy layouts
     RCLError = RuntimeError  # type: ignore[misc,assignment]
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from m3_core.capture.robot import load_robot_config
 from m3_core.config import config_dir
 
 log = logging.getLogger(__name__)
@@ -40,13 +41,11 @@ STATIC_TOPICS = ("/tf_static",)
 
 def default_wait_topics() -> list[str]:
     """The camera topics of config/robot_b1z1.yaml (color, depth, camera_info)."""
-    import yaml
-
     try:
-        topics = yaml.safe_load(ROBOT_CONFIG.read_text())["topics"]
-        return [topics["color"], topics["depth"], topics["camera_info"]]
-    except (OSError, KeyError, TypeError):
+        topics = load_robot_config(ROBOT_CONFIG).topics
+    except (OSError, ValueError):
         return []
+    return [topics.color, topics.depth, topics.camera_info]
 
 
 def message_class(msgtype: str):

@@ -17,10 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from m3_core.config import read_yaml, to_dict
+from m3_core.capture.robot import RobotConfig, load_robot_config
+from m3_core.config import to_dict
 from m3_core.geometry.camera import PinholeCamera
-from m3_core.geometry.chain import ArmChainExtrinsics
-from m3_core.geometry.se3 import matrix_from_pose
 from m3_core.scene import atomic_write_json
 from m3_core.sim import bag as bagmsg
 from m3_core.sim import gt as gtio
@@ -44,32 +43,6 @@ def gt_dir_for(bag_dir: Path | str) -> Path:
     """Where the ground truth of a simulated bag lives: `<bag_dir>_gt` next to it."""
     bag_dir = Path(bag_dir)
     return bag_dir.with_name(bag_dir.name + "_gt")
-
-
-@dataclass(frozen=True)
-class RobotSetup:
-    """Topics, frames and the two static extrinsics, from config/robot_b1z1.yaml."""
-
-    topics: dict[str, str]
-    frames: dict[str, str]
-    extrinsics: ArmChainExtrinsics
-
-
-def load_robot(path: Path) -> RobotSetup:
-    data = read_yaml(path)
-    try:
-        ex = data["extrinsics"]
-        extrinsics = ArmChainExtrinsics(
-            lidar_from_armbase=matrix_from_pose(
-                ex["lidar_from_armbase"]["position"], ex["lidar_from_armbase"]["quat_xyzw"]
-            ),
-            ee_from_camera=matrix_from_pose(
-                ex["ee_from_camera"]["position"], ex["ee_from_camera"]["quat_xyzw"]
-            ),
-        )
-        return RobotSetup(dict(data["topics"]), dict(data["frames"]), extrinsics)
-    except KeyError as err:
-        raise ValueError(f"robot config {path} lacks {err}; see config/robot_b1z1.yaml") from err
 
 
 @dataclass
@@ -147,7 +120,7 @@ class _Timeline:
     """Everything decided before rendering: stamps and true/reported poses of every message."""
 
     spec: SimSpec
-    robot: RobotSetup
+    robot: RobotConfig
     camera: PinholeCamera
     t0_ns: int
     cam_poses: ScanPoses
@@ -194,7 +167,7 @@ def generate(
     robot_path = Path(spec.robot_config)
     if not robot_path.is_absolute():
         robot_path = spec_dir / robot_path if (spec_dir / robot_path).exists() else config_dir() / robot_path
-    robot = load_robot(robot_path)
+    robot = load_robot_config(robot_path)
     with TabletopWorld(spec) as world:
         place_objects(spec, world, np.random.default_rng(spec.seed))
         timeline = _plan(spec, robot, world)
@@ -238,7 +211,7 @@ def generate(
     )
 
 
-def _plan(spec: SimSpec, robot: RobotSetup, world: TabletopWorld) -> _Timeline:
+def _plan(spec: SimSpec, robot: RobotConfig, world: TabletopWorld) -> _Timeline:
     """All poses and stamps, checked (reach, views) before anything is written."""
     c = spec.camera
     camera = PinholeCamera(c.fx, c.fy, c.cx, c.cy, c.width, c.height)
@@ -246,9 +219,10 @@ def _plan(spec: SimSpec, robot: RobotSetup, world: TabletopWorld) -> _Timeline:
     t_cam = _grid(c.rate_hz, traj.duration_s)
     t_odom = _grid(spec.odometry_rate_hz, traj.duration_s)
     t_ee = _grid(spec.ee_pose_rate_hz, traj.duration_s)
-    cam_poses = scan_poses(traj, world.world_from_table, robot.extrinsics, t_cam)
-    odom_poses = scan_poses(traj, world.world_from_table, robot.extrinsics, t_odom)
-    ee_poses = scan_poses(traj, world.world_from_table, robot.extrinsics, t_ee)
+    chain = robot.extrinsics.chain()
+    cam_poses = scan_poses(traj, world.world_from_table, chain, t_cam)
+    odom_poses = scan_poses(traj, world.world_from_table, chain, t_odom)
+    ee_poses = scan_poses(traj, world.world_from_table, chain, t_ee)
     for poses in (cam_poses, odom_poses, ee_poses):
         check_reach(traj, poses)
     check_views(world, cam_poses, camera)
@@ -271,7 +245,7 @@ def _plan(spec: SimSpec, robot: RobotSetup, world: TabletopWorld) -> _Timeline:
         cam_true_ns=cam_true_ns,
         cam_stamp_ns=cam_stamp_ns,
         odom_poses=odom_poses,
-        odom_ahead=scan_poses(traj, world.world_from_table, robot.extrinsics, t_odom + 1e-3),
+        odom_ahead=scan_poses(traj, world.world_from_table, chain, t_odom + 1e-3),
         drift=drift,
         ee_poses=ee_poses,
     )
@@ -291,35 +265,32 @@ def _write(tmp: Path, tl: _Timeline, world: TabletopWorld, progress: bool, worke
     try:
         with bagmsg.BagWriter(tmp / "bag") as writer:
             writer.add_topic("/tf_static", bagmsg.TF_MESSAGE, depth=1, transient_local=True)
-            writer.add_topic(topics["odometry"], bagmsg.ODOMETRY, depth=50)
-            writer.add_topic(topics["ee_pose"], bagmsg.POSE_STAMPED, depth=50)
-            writer.add_topic(topics["camera_info"], bagmsg.CAMERA_INFO)
-            writer.add_topic(topics["color"], bagmsg.IMAGE)
-            writer.add_topic(topics["depth"], bagmsg.IMAGE)
+            writer.add_topic(topics.odometry, bagmsg.ODOMETRY, depth=50)
+            writer.add_topic(topics.ee_pose, bagmsg.POSE_STAMPED, depth=50)
+            writer.add_topic(topics.camera_info, bagmsg.CAMERA_INFO)
+            writer.add_topic(topics.color, bagmsg.IMAGE)
+            writer.add_topic(topics.depth, bagmsg.IMAGE)
             static = [
-                (frames["lidar"], frames["arm_base"], tl.robot.extrinsics.lidar_from_armbase),
-                (frames["ee"], frames["camera"], tl.robot.extrinsics.ee_from_camera),
+                *tl.robot.static_transforms(),
             ]
             writer.write("/tf_static", bagmsg.tf_message(static, tl.t0_ns), tl.t0_ns)
             for log_ns, _, kind, i in tl.events():
                 if kind == "odom":
-                    writer.write(topics["odometry"], _odometry(tl, i, log_ns), log_ns)
+                    writer.write(topics.odometry, _odometry(tl, i, log_ns), log_ns)
                 elif kind == "ee":
-                    msg = bagmsg.pose_stamped_msg(tl.ee_poses.armbase_from_ee[i], log_ns, frames["arm_base"])
-                    writer.write(topics["ee_pose"], msg, log_ns)
+                    msg = bagmsg.pose_stamped_msg(tl.ee_poses.armbase_from_ee[i], log_ns, frames.arm_base)
+                    writer.write(topics.ee_pose, msg, log_ns)
                 else:
                     rgb, depth_m, ids = next(rendered)  # frames come in order: this is frame i
                     if tl.spec.realism.depth_noise:
                         depth_m = noisy_depth(depth_m, tl.spec.realism, noise_rng)
-                    stamp, cam_frame = int(tl.cam_stamp_ns[i]), frames["camera"]
+                    stamp, cam_frame = int(tl.cam_stamp_ns[i]), frames.camera
                     writer.write(
-                        topics["camera_info"], bagmsg.camera_info_msg(tl.camera, stamp, cam_frame), log_ns
+                        topics.camera_info, bagmsg.camera_info_msg(tl.camera, stamp, cam_frame), log_ns
                     )
-                    writer.write(topics["color"], bagmsg.image_msg(rgb, "rgb8", stamp, cam_frame), log_ns)
+                    writer.write(topics.color, bagmsg.image_msg(rgb, "rgb8", stamp, cam_frame), log_ns)
                     depth_mm = _depth_mm(depth_m)
-                    writer.write(
-                        topics["depth"], bagmsg.image_msg(depth_mm, "16UC1", stamp, cam_frame), log_ns
-                    )
+                    writer.write(topics.depth, bagmsg.image_msg(depth_mm, "16UC1", stamp, cam_frame), log_ns)
                     ok, buf = cv2.imencode(".png", ids, [cv2.IMWRITE_PNG_COMPRESSION, 1])  # fast, flat
                     if not ok:
                         raise RuntimeError("PNG encoding of an instance mask failed")
@@ -340,7 +311,7 @@ def _odometry(tl: _Timeline, i: int, stamp_ns: int):
     dyaw = np.arctan2(ahead_T[1, 0], ahead_T[0, 0]) - np.arctan2(true_T[1, 0], true_T[0, 0])
     ang = np.array([0.0, 0.0, np.angle(np.exp(1j * dyaw)) / 1e-3])
     frames = tl.robot.frames
-    return bagmsg.odometry_msg(tl.drift[i] @ true_T, lin, ang, stamp_ns, frames["world"], frames["lidar"])
+    return bagmsg.odometry_msg(tl.drift[i] @ true_T, lin, ang, stamp_ns, frames.world, frames.lidar)
 
 
 def _depth_mm(depth_m: np.ndarray) -> np.ndarray:

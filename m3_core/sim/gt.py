@@ -80,8 +80,8 @@ def write_cameras(gt_dir: Path, camera, stamps_ns, capture_ns, poses, robot) -> 
         Path(gt_dir) / CAMERAS_JSON,
         {
             "camera": cam,
-            "world_frame": robot.frames["world"],
-            "camera_frame": robot.frames["camera"],
+            "world_frame": robot.frames.world,
+            "camera_frame": robot.frames.camera,
             "frames": frames,
         },
     )
