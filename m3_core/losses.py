@@ -31,16 +31,14 @@ def ssim(img: torch.Tensor, ref: torch.Tensor, window: int = 11, sigma: float = 
     if img.ndim == 3:
         img, ref = img.permute(2, 0, 1)[None], ref.permute(2, 0, 1)[None]
     c = img.shape[1]
-    win = _gaussian_window(window, sigma, c, img.device, img.dtype)
-    pad = window // 2
-
-    def filt(x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, win, padding=pad, groups=c)
-
-    mu1, mu2 = filt(img), filt(ref)
-    s11 = filt(img * img) - mu1 * mu1
-    s22 = filt(ref * ref) - mu2 * mu2
-    s12 = filt(img * ref) - mu1 * mu2
+    # The five local means in one grouped convolution (per channel the same sums as five separate
+    # calls, bit for bit; one call instead of five is 2.3x faster on the CPU trainer's 24x24 patch).
+    win = _gaussian_window(window, sigma, 5 * c, img.device, img.dtype)
+    stacked = torch.cat([img, ref, img * img, ref * ref, img * ref], dim=1)
+    mu1, mu2, e11, e22, e12 = F.conv2d(stacked, win, padding=window // 2, groups=5 * c).split(c, dim=1)
+    s11 = e11 - mu1 * mu1
+    s22 = e22 - mu2 * mu2
+    s12 = e12 - mu1 * mu2
     c1, c2 = 0.01**2, 0.03**2
     num = (2 * mu1 * mu2 + c1) * (2 * s12 + c2)
     den = (mu1 * mu1 + mu2 * mu2 + c1) * (s11 + s22 + c2)
@@ -61,26 +59,41 @@ def psnr(img: torch.Tensor, ref: torch.Tensor) -> float:
     return float("inf") if mse == 0 else -10.0 * torch.log10(torch.tensor(mse)).item()
 
 
+def prepare_grid(grid: torch.Tensor) -> torch.Tensor:
+    """A feature grid [h, w, d] (zeros = none) -> [1, d + 1, h, w] for sample_prepared_grid: invalid cells
+    zeroed, their validity as the last channel. Constant per view: the trainer prepares it once."""
+    valid_cells = (grid.abs().amax(dim=-1) > 0).to(grid.dtype)  # [h, w]
+    stacked = torch.cat([grid * valid_cells[..., None], valid_cells[..., None]], dim=-1)
+    return stacked.permute(2, 0, 1)[None].contiguous()
+
+
+def sample_prepared_grid(
+    prepared: torch.Tensor,  # [1, d + 1, h, w] from prepare_grid
+    pixels: torch.Tensor,  # [P, 2] (row, col) in pixels of an image of size image_hw
+    image_hw: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """sample_grid on a grid already passed through prepare_grid."""
+    H, W = image_hw
+    rows, cols = pixels[:, 0].float(), pixels[:, 1].float()
+    # grid_sample with align_corners=False: -1 is the left edge of cell 0 and of pixel 0 alike
+    gx = (cols + 0.5) / W * 2 - 1
+    gy = (rows + 0.5) / H * 2 - 1
+    coords = torch.stack([gx, gy], dim=-1).to(prepared.dtype)[None, None]  # [1, 1, P, 2]
+    out = F.grid_sample(prepared, coords, mode="bilinear", padding_mode="border", align_corners=False)[
+        0, :, 0
+    ].T  # [P, d + 1]
+    weight = out[:, -1]
+    valid = weight >= 0.5
+    return out[:, :-1] / weight.clamp_min(1e-6)[:, None], valid
+
+
 def sample_grid(
     grid: torch.Tensor,  # [h, w, d] ground-truth features (zeros = none)
     pixels: torch.Tensor,  # [P, 2] (row, col) in pixels of an image of size image_hw
     image_hw: tuple[int, int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Bilinear samples of the grid at pixel positions -> (features [P, d], valid [P] bool)."""
-    H, W = image_hw
-    rows, cols = pixels[:, 0].float(), pixels[:, 1].float()
-    # grid_sample with align_corners=False: -1 is the left edge of cell 0 and of pixel 0 alike
-    gx = (cols + 0.5) / W * 2 - 1
-    gy = (rows + 0.5) / H * 2 - 1
-    coords = torch.stack([gx, gy], dim=-1).to(grid.dtype)[None, None]  # [1, 1, P, 2]
-    valid_cells = (grid.abs().amax(dim=-1) > 0).to(grid.dtype)  # [h, w]
-    stacked = torch.cat([grid * valid_cells[..., None], valid_cells[..., None]], dim=-1)
-    out = F.grid_sample(
-        stacked.permute(2, 0, 1)[None], coords, mode="bilinear", padding_mode="border", align_corners=False
-    )[0, :, 0].T  # [P, d + 1]
-    weight = out[:, -1]
-    valid = weight >= 0.5
-    return out[:, :-1] / weight.clamp_min(1e-6)[:, None], valid
+    return sample_prepared_grid(prepare_grid(grid), pixels, image_hw)
 
 
 def feature_distances(pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,7 +104,9 @@ def feature_distances(pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tenso
 
 def feature_loss(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Mean cosine distance + mean L2 distance over valid points (0 when none is valid)."""
-    if not bool(valid.any()):
+    keep = valid.nonzero().squeeze(1)
+    if keep.numel() == 0:
         return pred.sum() * 0.0
-    cos_d, l2_d = feature_distances(pred[valid], gt[valid])
+    # index_select, not boolean indexing: the same rows, several times faster (forward and backward) on CPU
+    cos_d, l2_d = feature_distances(pred.index_select(0, keep), gt.index_select(0, keep))
     return cos_d.mean() + l2_d.mean()

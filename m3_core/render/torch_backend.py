@@ -87,8 +87,9 @@ def _tile_candidates(
     device, dtype = xy.device, xy.dtype
     tiles_w = (width + tile_size - 1) // tile_size
     tiles_h = (height + tile_size - 1) // tile_size
-    m2 = proj.means2d.detach()[active] / tile_size
-    r = proj.radii[active].to(dtype) / tile_size
+    # 1-D index_select throughout: the same gathers as advanced indexing, several times faster on CPU.
+    m2 = proj.means2d.detach().index_select(0, active) / tile_size
+    r = proj.radii.index_select(0, active).to(dtype) / tile_size
     tx0 = torch.floor(m2[:, 0] - r[:, 0]).clamp(0, tiles_w).long()
     tx1 = torch.ceil(m2[:, 0] + r[:, 0]).clamp(0, tiles_w).long()
     ty0 = torch.floor(m2[:, 1] - r[:, 1]).clamp(0, tiles_h).long()
@@ -104,19 +105,24 @@ def _tile_candidates(
     n_tiles = nx * ny
     gauss = torch.repeat_interleave(torch.arange(len(active), device=device), n_tiles)
     start = torch.cumsum(n_tiles, 0) - n_tiles
-    k = torch.arange(len(gauss), device=device) - start[gauss]
-    tile = (ty0[gauss] + k // nx[gauss]) * tiles_w + tx0[gauss] + k % nx[gauss]
-    row = lookup[tile]
-    hit = row >= 0
-    row, gauss = row[hit], gauss[hit]
-    # gsplat sorts intersections by (tile, depth); `active` is depth-ordered, so by (row, gauss).
-    order = torch.argsort(row * max(len(active), 1) + gauss)
-    row, gauss = row[order], gauss[order]
+    k = torch.arange(len(gauss), device=device) - start.index_select(0, gauss)
+    nx_g = nx.index_select(0, gauss)
+    k_row = torch.div(k, nx_g, rounding_mode="floor")
+    first_tile = ty0 * tiles_w + tx0
+    tile = first_tile.index_select(0, gauss) + k_row * tiles_w + (k - k_row * nx_g)
+    row = lookup.index_select(0, tile)
+    hit = (row >= 0).nonzero().squeeze(1)
+    row, gauss = row.index_select(0, hit), gauss.index_select(0, hit)
+    # gsplat sorts intersections by (tile, depth); `active` is depth-ordered and `gauss` ascending
+    # here, so a stable sort by row alone gives that (row, gauss) order.
+    order = torch.argsort(row, stable=True)
+    row, gauss = row.index_select(0, order), gauss.index_select(0, order)
     counts = torch.bincount(row, minlength=len(uniq))
     K = max(int(counts.max()) if len(counts) else 0, 1)
     offsets = torch.cumsum(counts, 0) - counts
     table = torch.full((len(uniq), K), -1, dtype=torch.long, device=device)
-    table[row, torch.arange(len(row), device=device) - offsets[row]] = gauss
+    slot = row * K + torch.arange(len(row), device=device) - offsets.index_select(0, row)
+    table.view(-1).index_copy_(0, slot, gauss)
     return pix_tile, table
 
 
@@ -137,42 +143,53 @@ class _Composite(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, packed: Tensor, feats: Tensor, xy: Tensor, pix_tile: Tensor, table: Tensor):
-        P = xy.shape[0]
+        P, K = xy.shape[0], table.shape[1]
         T = xy.new_ones(P)
         alive = torch.arange(P, device=xy.device)
+        # CPU speed (same arithmetic as the plain form, in the same order): the per-Gaussian values as
+        # one contiguous row each (a gather then yields contiguous vectors, not stride-6 views),
+        # 1-D index_select with flat indices instead of advanced indexing, in-place temporaries.
+        cols = packed.detach().t().contiguous()  # [6, A]
+        px, py = xy[:, 0].contiguous(), xy[:, 1].contiguous()
+        table_flat = table.reshape(-1)
         pix_ids, gauss_ids, alphas, T_befores, clamped = [], [], [], [], []
-        k0, block, K = 0, FIRST_BLOCK, table.shape[1]
+        k0, block = 0, FIRST_BLOCK
         # Candidates are visited in depth-ordered blocks of growing size; pixels leave once done
         # (T would drop to <= 1e-4) or out of candidates, as gsplat's threads do.
         while k0 < K:
-            alive = alive[table[pix_tile[alive], k0] >= 0]
-            if alive.numel() == 0:
+            first = table_flat.index_select(0, pix_tile.index_select(0, alive) * K + k0)
+            alive = alive.index_select(0, (first >= 0).nonzero().squeeze(1))
+            n = alive.numel()
+            if n == 0:
                 break
-            block = max(1, min(block, CHUNK_ELEMS // alive.numel()))
-            c = table[pix_tile[alive], k0 : k0 + block]
+            block = max(1, min(block, CHUNK_ELEMS // n))
+            c = table[:, k0 : k0 + block].index_select(0, pix_tile.index_select(0, alive))  # [n, B]
+            B = c.shape[1]
             real = c >= 0
             c.clamp_(min=0)
-            # index_select: much faster than advanced indexing for row gathers on CPU
-            gx, gy, ca, cb, cc, op = packed.index_select(0, c.reshape(-1)).view(*c.shape, 6).unbind(-1)
-            dx = gx - xy[alive, None, 0]
-            dy = gy - xy[alive, None, 1]
-            sigma = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
-            raw = op * torch.exp(-sigma)
+            cf = c.reshape(-1)
+            gx, gy, ca, cb, cc, op = cols.index_select(1, cf).view(6, n, B).unbind(0)
+            dx = gx.sub_(px.index_select(0, alive)[:, None])
+            dy = gy.sub_(py.index_select(0, alive)[:, None])
+            # sigma = 0.5 * (ca dx dx + cc dy dy) + cb dx dy
+            sigma = ca.mul_(dx).mul_(dx).add_(cc.mul_(dy).mul_(dy)).mul_(0.5).add_(cb.mul_(dx).mul_(dy))
+            raw = torch.neg(sigma).exp_().mul_(op)  # opacity * exp(-sigma)
             alpha = raw.clamp(max=MAX_ALPHA)
-            keep = real & (sigma >= 0) & (alpha >= ALPHA_THRESHOLD)
-            alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
-            one_minus = 1.0 - alpha
-            T_after = T[alive][:, None] * torch.cumprod(one_minus, dim=1)
+            keep = real.logical_and_(sigma >= 0).logical_and_(alpha >= ALPHA_THRESHOLD)
+            alpha.masked_fill_(~keep, 0.0)
+            one_minus = torch.rsub(alpha, 1.0)
+            T_alive = T.index_select(0, alive)
+            T_after = torch.cumprod(one_minus, dim=1).mul_(T_alive[:, None])
             included = T_after > T_MIN  # T is monotone: the prefix before the stop
-            p_idx, k_idx = (included & keep).nonzero(as_tuple=True)
-            a = alpha[p_idx, k_idx]
-            pix_ids.append(alive[p_idx])
-            gauss_ids.append(c[p_idx, k_idx])
+            flat = (included & keep).view(-1).nonzero().squeeze(1)
+            a = alpha.view(-1).index_select(0, flat)
+            pix_ids.append(alive.index_select(0, torch.div(flat, B, rounding_mode="floor")))
+            gauss_ids.append(cf.index_select(0, flat))
             alphas.append(a)
-            T_befores.append(T_after[p_idx, k_idx] / (1.0 - a))
-            clamped.append(raw[p_idx, k_idx] > MAX_ALPHA)
-            T[alive] *= torch.where(included, one_minus, torch.ones_like(one_minus)).prod(dim=1)
-            alive = alive[included[:, -1]]
+            T_befores.append(T_after.view(-1).index_select(0, flat) / (1.0 - a))
+            clamped.append(raw.view(-1).index_select(0, flat) > MAX_ALPHA)
+            T.index_copy_(0, alive, T_alive * one_minus.masked_fill_(~included, 1.0).prod(dim=1))
+            alive = alive.index_select(0, included[:, -1].nonzero().squeeze(1))
             k0 += block
             block *= 2
         if not pix_ids:  # no candidates at all
@@ -206,18 +223,19 @@ class _Composite(torch.autograd.Function):
         # Suffix sums over each pixel's later contributions: sort by pixel (stable keeps depth order),
         # then a float64 cumulative sum minus its running value within the segment.
         order = torch.argsort(p, stable=True)
-        v = (w * fg)[order].double()
+        v = (w * fg).index_select(0, order).double()
         csum = torch.cumsum(v, 0)
-        ps = p[order]
+        ps = p.index_select(0, order)
         seg_total = _segment_last(csum, ps, xy.shape[0])
-        suffix = torch.empty_like(v)
-        suffix[order] = seg_total[ps] - csum
+        suffix = torch.empty_like(v).index_copy_(0, order, seg_total.index_select(0, ps) - csum)
         one_minus = 1.0 - a
-        d_alpha = Tb * fg - (suffix.to(a.dtype) + T_final[p] * g_T[p]) / one_minus
-        d_alpha = torch.where(cl, torch.zeros_like(d_alpha), d_alpha)
-        gx, gy, ca, cb, cc, op = packed.index_select(0, g).unbind(-1)
-        pxy = xy.index_select(0, p)
-        dx, dy = gx - pxy[:, 0], gy - pxy[:, 1]
+        d_alpha = (
+            Tb * fg - (suffix.to(a.dtype) + T_final.index_select(0, p) * g_T.index_select(0, p)) / one_minus
+        )
+        d_alpha.masked_fill_(cl, 0.0)
+        gx, gy, ca, cb, cc, op = packed.detach().t().contiguous().index_select(1, g).unbind(0)
+        dx = gx - xy[:, 0].contiguous().index_select(0, p)
+        dy = gy - xy[:, 1].contiguous().index_select(0, p)
         e = a / op  # exp(-sigma) where not clamped
         d_op = d_alpha * e
         d_sigma = -d_alpha * a
