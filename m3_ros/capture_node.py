@@ -126,10 +126,6 @@ class CaptureNode(Node):
             extra={"topics": self.topics},
         )  # fmt: skip
         self.session = CaptureSession(config, writer, world_frame, camera_frame)
-        # The writer's COLMAP model needs pycolmap; import it now, in the main thread, because its glog
-        # takes over SIGTERM on import and spin_node puts rclpy's handlers back after construction.
-        import pycolmap  # noqa: F401
-
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         # Groups: camera inputs, transforms, and the heavy work (decide + PNG writes + save).

@@ -1,23 +1,19 @@
 """One `main` for every long-running node: logging, init, clean exit on Ctrl-C or shutdown.
 
 A node whose constructor rejects its parameters (ValueError, or a missing file) exits with code 2
-and one line on stderr instead of a traceback; the others spin until SIGINT, SIGTERM or external
-shutdown, then `finalize` (if the node has one: the capture node saves its scene) runs before
-teardown. Libraries that install signal handlers on import must be imported by the node's
-constructor (the capture node imports pycolmap there), so that rclpy's handlers are put back after.
+and one line on stderr instead of a traceback; the others spin until SIGINT / external shutdown,
+then `finalize` (if the node has one: the capture node saves its scene) runs before teardown.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 from collections.abc import Callable
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.signals import SignalHandlerOptions, install_signal_handlers, uninstall_signal_handlers
 
 
 def spin_node(
@@ -36,14 +32,6 @@ def spin_node(
         print(f"{prog}: {err}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
-    # A library imported while building the node may have taken over a signal: pycolmap's glog
-    # installs a SIGTERM handler that dumps a stack and kills the process, so `docker stop` or
-    # ros2 launch's SIGTERM would skip `finalize` (the capture's last save). rclpy's handlers again:
-    # rclpy wakes the executor, then chains to the handler it found when installing: make that
-    # Python's Ctrl-C handler for both signals, so SIGTERM ends like SIGINT (KeyboardInterrupt).
-    uninstall_signal_handlers()
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    install_signal_handlers(SignalHandlerOptions.ALL)
     executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
     executor.add_node(node)
     try:

@@ -202,12 +202,10 @@ def run_live_capture(
     timeout_s: float = 180.0,
     capture_params: tuple[str, ...] = (),
     loop_until: str | None = None,
-    stop_signal: int = 2,
 ) -> dict:
     """Replay `bag` at `rate` through m3_pose_chain_node and m3_capture_node (three processes) into
     the scene `out`; waits on graph discovery and on the capture's pending queue, never on sleeps.
     loop_until: replay with --loop until the capture log contains this text twice, then stop it.
-    stop_signal: what stops the capture node at the end (2 = SIGINT like Ctrl-C, 15 = SIGTERM).
     Returns {"save": last ~/save message, "logs": {name: text}, "returncodes": {name: code}}."""
     import re
     import subprocess
@@ -306,8 +304,7 @@ def run_live_capture(
         for name in ("replay", "capture", "pose_chain"):
             p = procs.get(name)
             if p is not None and p.poll() is None:
-                # SIGINT like Ctrl-C (SIGTERM like docker stop): the capture node saves on the way out
-                p.send_signal(stop_signal if name == "capture" else 2)
+                p.send_signal(2)  # SIGINT, like Ctrl-C: the capture node saves on the way out
                 try:
                     p.wait(timeout=20)
                 except subprocess.TimeoutExpired:
