@@ -5,7 +5,7 @@ from the bag's type names, and each message's raw CDR bytes are published as the
 (`Publisher.publish(bytes)`; deserialised first on an rclpy without raw publishing). Timing
 follows the bag's log times scaled by --rate; --start-offset skips the bag's first seconds;
 --loop plays it again; --clock HZ publishes /clock with the bag's time. /tf_static is latched (TRANSIENT_LOCAL, depth 1) and sent once. Before
-playing, the node waits for at least one subscriber on each camera topic (--wait-for, with
+playing, the node waits for at least one subscriber on each camera, odometry and ee-pose topic (--wait-for, with
 --wait-timeout), so a capture node that starts a moment later misses nothing. Header stamps are
 the bag's (no restamping); consumers should use message stamps, not arrival times.
 """
@@ -40,12 +40,13 @@ STATIC_TOPICS = ("/tf_static",)
 
 
 def default_wait_topics() -> list[str]:
-    """The camera topics of config/robot_b1z1.yaml (color, depth, camera_info)."""
+    """The topics of config/robot_b1z1.yaml whose subscribers must be there before playing: the camera
+    (capture) and odometry + end-effector pose (pose chain; without them no frame gets a pose)."""
     try:
         topics = load_robot_config(ROBOT_CONFIG).topics
     except (OSError, ValueError):
         return []
-    return [topics.color, topics.depth, topics.camera_info]
+    return [topics.color, topics.depth, topics.camera_info, topics.odometry, topics.ee_pose]
 
 
 def message_class(msgtype: str):
@@ -310,8 +311,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--wait-for",
         nargs="*",
         default=None,
-        help="topics that need a subscriber before playing (default: the camera topics of "
-        "config/robot_b1z1.yaml; give none to start at once)",
+        help="topics that need a subscriber before playing (default: the camera, odometry and ee pose "
+        "topics of config/robot_b1z1.yaml; give none to start at once)",
     )
     parser.add_argument("--wait-timeout", type=float, default=10.0, help="seconds to wait for subscribers")
     parser.add_argument(
