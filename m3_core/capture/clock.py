@@ -43,6 +43,3 @@ class ClockJumpDetector:
             return Clock.JUMP
         self._newest[stream] = stamp_ns if newest is None else max(newest, stamp_ns)
         return Clock.OK
-
-    def newest(self, stream: str) -> int | None:
-        return self._newest.get(stream)
