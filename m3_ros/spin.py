@@ -8,7 +8,9 @@ then `finalize` (if the node has one: the capture node saves its scene) runs bef
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import threading
 from collections.abc import Callable
 
 import rclpy
@@ -42,7 +44,27 @@ def spin_node(
         finalize = getattr(node, "finalize", None)
         if finalize is not None:
             finalize()
+        # The node's work is saved by now. The multi-threaded executor's teardown has been seen to
+        # hang on a loaded host (a callback that never returns); rather than wait for launch's
+        # SIGKILL, leave after TEARDOWN_TIMEOUT_S with a clear line.
+        watchdog = threading.Timer(TEARDOWN_TIMEOUT_S, _exit_after_hung_teardown, args=(prog,))
+        watchdog.daemon = True
+        watchdog.start()
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
+        watchdog.cancel()
     return 0
+
+
+TEARDOWN_TIMEOUT_S = 10.0
+
+
+def _exit_after_hung_teardown(prog: str) -> None:
+    print(
+        f"{prog}: ROS teardown did not finish {TEARDOWN_TIMEOUT_S:.0f} s after the final save; exiting",
+        file=sys.stderr,
+        flush=True,
+    )
+    logging.shutdown()
+    os._exit(0)
