@@ -55,7 +55,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def load(args):
-    from m3_core.memory import M3Memory
+    from m3_core.model.memory import M3Memory
 
     if args.analytic:
         from tests.conftest_query import CAMERA, WORLD_FROM_CAMERA, build_memory

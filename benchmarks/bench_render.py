@@ -18,8 +18,8 @@ import time
 import numpy as np
 import torch
 
-from m3_core.gaussians import GaussianModel
 from m3_core.geometry import PinholeCamera, matrix_from_pose
+from m3_core.model.gaussians import GaussianModel
 from m3_core.render import rasterize
 
 

@@ -30,8 +30,8 @@ def _cpu_s() -> float:
 def _render_one_s(spec, spec_dir) -> float:
     import numpy as np
 
-    from m3_core.capture.robot import load_robot_config
     from m3_core.geometry.camera import PinholeCamera
+    from m3_core.robot import load_robot_config
     from m3_core.sim.generate import _plan
     from m3_core.sim.plan import place_objects
     from m3_core.sim.spec import resolved

@@ -53,10 +53,10 @@ def main() -> int:
     import torch
 
     from m3_core.config import load_yaml
-    from m3_core.eval import evaluate_memory
     from m3_core.features import load_scene_features
     from m3_core.scene import load_scene
-    from m3_core.train import TrainConfig, train_memory
+    from m3_core.training.eval import evaluate_memory
+    from m3_core.training.trainer import TrainConfig, train_memory
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -27,9 +27,9 @@ from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 
 from m3_core.capture.keyframes import KeyframeConfig
-from m3_core.capture.robot import DEFAULT_ROBOT_YAML, load_robot_config
 from m3_core.capture.session import CaptureConfig, CaptureSession
 from m3_core.capture.writer import SceneWriteError, SceneWriter
+from m3_core.robot import DEFAULT_ROBOT_YAML, load_robot_config
 from m3_ros.conversions import camera_from_info_msg, matrix_from_transform_msg, stamp_ns_from_msg
 from m3_ros.spin import spin_node
 

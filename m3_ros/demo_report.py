@@ -27,7 +27,7 @@ def write_pictures(
     import matplotlib.pyplot as plt
     import torch
 
-    from m3_core.memory import M3Memory
+    from m3_core.model.memory import M3Memory
     from m3_core.scene import atomic_write_png, load_scene
     from m3_core.sim import read_objects
 

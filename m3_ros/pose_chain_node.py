@@ -22,8 +22,8 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from tf2_msgs.msg import TFMessage
 
 from m3_core.capture.pose_chain import PoseChain, StampedTransform
-from m3_core.capture.robot import DEFAULT_ROBOT_YAML, load_robot_config
 from m3_core.errors import StaleStampError, TransformError
+from m3_core.robot import DEFAULT_ROBOT_YAML, load_robot_config
 from m3_ros.conversions import (
     matrix_from_odometry_msg,
     matrix_from_pose_msg,

@@ -34,12 +34,12 @@ from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import Marker, MarkerArray
 
-from m3_core.capture.robot import load_robot_config
 from m3_core.errors import M3Error, TransformError
 from m3_core.geometry import PinholeCamera, TransformBuffer, transform_points
 from m3_core.query import QueryCache, QueryConfig, find_target, robust_extent
 from m3_core.query.overlay import draw_target, overlay_relevance
 from m3_core.query.result import NotFoundError
+from m3_core.robot import load_robot_config
 from m3_ros.conversions import (
     camera_from_info_msg,
     depth_m_from_msg,
@@ -165,7 +165,7 @@ class QueryNode(Node):
         return self.declare_parameter(name, default, descriptor).value
 
     def _load_memory(self) -> None:
-        from m3_core.memory import M3Memory
+        from m3_core.model.memory import M3Memory
 
         try:
             t0 = time.perf_counter()

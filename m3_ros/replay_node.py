@@ -30,8 +30,8 @@ except ImportError:  # pragma: no cover - other rclpy layouts
     RCLError = RuntimeError  # type: ignore[misc,assignment]
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from m3_core.capture.robot import load_robot_config
 from m3_core.config import config_dir
+from m3_core.robot import load_robot_config
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, Qo
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from m3_core.capture.robot import RobotConfig, load_robot_config
 from m3_core.geometry.camera import PinholeCamera
 from m3_core.geometry.se3 import matrix_from_pose, pose_from_matrix
+from m3_core.robot import RobotConfig, load_robot_config
 
 TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
 _T = TYPESTORE.types

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (the usual name)
 
 from m3_core.features.cache import SceneFeatures
-from m3_core.gaussians import GaussianModel
 from m3_core.geometry.camera import PinholeCamera
+from m3_core.model.gaussians import GaussianModel
 from m3_core.render import rasterize
 from m3_core.scene import (
     Frame,
@@ -29,7 +29,7 @@ from m3_core.scene import (
     load_scene,
     save_scene,
 )
-from m3_core.train import TrainConfig, train_memory
+from m3_core.training.trainer import TrainConfig, train_memory
 
 N_OBJECTS = 3
 

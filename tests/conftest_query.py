@@ -60,10 +60,10 @@ def _cylinder(centre, radius, height, n_ring, n_levels):
 
 def build_memory(path: Path) -> Path:
     """Write the analytic memory to `path` (a directory) and return it."""
-    from m3_core.attention import AttentionConfig, MemoryAttention
     from m3_core.features import get_model
-    from m3_core.gaussians import GaussianModel
-    from m3_core.memory import M3Memory
+    from m3_core.model.attention import AttentionConfig, MemoryAttention
+    from m3_core.model.gaussians import GaussianModel
+    from m3_core.model.memory import M3Memory
 
     xs, ys = np.meshgrid(np.arange(-0.30, 0.301, 0.015), np.arange(-0.24, 0.241, 0.015))
     parts = [(np.stack([xs.ravel(), ys.ravel(), np.full(xs.size, TABLE_Z)], 1), 3, (0.6, 0.45, 0.3), 0.01)]

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from m3_core.attention import (
+from m3_core.model.attention import (
     AttentionConfig,
     MemoryAttention,
     memory_attention,
     memory_attention_reference,
 )
-from m3_core.baseline import LinearDecoder
+from m3_core.model.baseline import LinearDecoder
 
 
 def _inputs(seed: int, p: int = 50, t: int = 40, l: int = 8, d: int = 32):

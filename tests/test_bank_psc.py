@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from m3_core.memory_bank import (
+from m3_core.model.memory_bank import (
     default_theta,
     features_from_grids,
     psc_reference,

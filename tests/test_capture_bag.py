@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from m3_core.capture import KeyframeConfig, load_robot_config
+from m3_core.capture import KeyframeConfig
 from m3_core.capture.bag2scene import bag_to_scene
 from m3_core.capture.colmap_align import align_camera_poses
 from m3_core.capture.keyframes import rotation_angle_deg
 from m3_core.geometry.sim3 import Sim3
+from m3_core.robot import load_robot_config
 from m3_core.scene import Frame, load_scene, read_colmap_poses, write_colmap_model
 from m3_ros.cli import main as m3_main
 from tests.conftest_capture import (

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from m3_core.capture import load_robot_config
 from m3_core.capture.bag2scene import bag_to_scene
+from m3_core.robot import load_robot_config
 from m3_core.scene import load_scene
 from tests.conftest import wait_until
 from tests.conftest_capture import run_live_capture, small_sim_bag_path, write_synthetic_bag

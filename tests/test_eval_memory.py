@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from m3_core.eval import evaluate_memory, grid_centre_pixels
-from m3_core.losses import psnr, sample_grid, ssim
-from m3_core.memory import M3Memory
+from m3_core.model.memory import M3Memory
+from m3_core.training.eval import evaluate_memory, grid_centre_pixels
+from m3_core.training.losses import psnr, sample_grid, ssim
 from m3_ros.cli import main as m3_main
 from tests.conftest_memory import make_scene, one_thread, small_memory, small_scene  # noqa: F401
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from m3_core.gaussians import GaussianInitConfig, GaussianModel, init_from_scene, voxel_downsample
 from m3_core.geometry import PinholeCamera, matrix_from_pose
+from m3_core.model.gaussians import GaussianInitConfig, GaussianModel, init_from_scene, voxel_downsample
 from m3_core.render import rasterize
 from m3_core.scene import Frame, Scene, atomic_write_png, depth_png_from_m, load_scene, save_scene
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from m3_core.errors import M3Error
-from m3_core.memory import (
+from m3_core.model.memory import (
     MANIFEST_FILE,
     MEMORY_FORMAT_VERSION,
     TENSORS_FILE,
@@ -107,7 +107,7 @@ def test_failed_save_keeps_the_old_memory(small_memory, saved, monkeypatch) -> N
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("m3_core.memory.save_file", broken)
+    monkeypatch.setattr("m3_core.model.memory.save_file", broken)
     with pytest.raises(OSError, match="disk full"):
         small_memory.memory.save(saved)
     assert (saved / TENSORS_FILE).read_bytes() == before

@@ -33,7 +33,7 @@ def memory_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def memory(memory_dir):
-    from m3_core.memory import M3Memory
+    from m3_core.model.memory import M3Memory
 
     return M3Memory.load(memory_dir).eval()
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from m3_core.gaussians import GaussianModel
 from m3_core.geometry import PinholeCamera, matrix_from_pose
+from m3_core.model.gaussians import GaussianModel
 from m3_core.render import rasterize
 
 pytestmark = [

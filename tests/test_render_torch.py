@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from m3_core.gaussians import GaussianModel
 from m3_core.geometry import PinholeCamera, matrix_from_pose
+from m3_core.model.gaussians import GaussianModel
 from m3_core.render import rasterize
 
 CAM = PinholeCamera(fx=20.0, fy=22.0, cx=11.3, cy=8.7, width=24, height=18)
@@ -266,7 +266,7 @@ def test_cpu_rendering_never_imports_gsplat() -> None:
 
     code = (
         "import sys, numpy as np, torch\n"
-        "from m3_core.gaussians import GaussianModel\n"
+        "from m3_core.model.gaussians import GaussianModel\n"
         "from m3_core.geometry import PinholeCamera\n"
         "from m3_core.render import rasterize\n"
         "g = GaussianModel.from_points(np.array([[0.0, 0.0, 1.0]]), np.ones((1, 3)), ['clip'])\n"

@@ -7,14 +7,14 @@ import shutil
 import pytest
 import torch
 
-from m3_core.attention import MemoryAttention
-from m3_core.baseline import LinearDecoder, latent_dim_for_budget
-from m3_core.densify import Densifier, DensifyConfig
-from m3_core.eval import evaluate_memory
 from m3_core.features.cache import SceneFeatures
-from m3_core.gaussians import GaussianModel
+from m3_core.model.attention import MemoryAttention
+from m3_core.model.baseline import LinearDecoder, latent_dim_for_budget
+from m3_core.model.gaussians import GaussianModel
 from m3_core.scene import load_scene
-from m3_core.train import (
+from m3_core.training.densify import Densifier, DensifyConfig
+from m3_core.training.eval import evaluate_memory
+from m3_core.training.trainer import (
     TrainConfig,
     Trainer,
     TrainError,

@@ -14,7 +14,6 @@ from m3_core.capture.images import (
 from m3_core.capture.keyframes import KeyframeConfig, KeyframeSelector, sharpness, valid_depth_fraction
 from m3_core.capture.pairing import Pair, StampPairer
 from m3_core.capture.pose_chain import PoseChain, StampedTransform
-from m3_core.capture.robot import RobotConfig, load_robot_config
 from m3_core.capture.session import CaptureConfig, CaptureSession, CaptureStats
 from m3_core.capture.writer import SceneWriteError, SceneWriter
 
@@ -27,14 +26,12 @@ __all__ = [
     "KeyframeSelector",
     "Pair",
     "PoseChain",
-    "RobotConfig",
     "SceneWriteError",
     "SceneWriter",
     "StampPairer",
     "StampedTransform",
     "array_from_image_fields",
     "depth_mm_from_array",
-    "load_robot_config",
     "rgb_from_array",
     "sharpness",
     "valid_depth_fraction",

@@ -18,11 +18,11 @@ import numpy as np
 
 from m3_core.capture.keyframes import KeyframeConfig
 from m3_core.capture.pose_chain import PoseChain
-from m3_core.capture.robot import DEFAULT_ROBOT_YAML, RobotConfig, load_robot_config
 from m3_core.capture.session import CaptureConfig, CaptureSession
 from m3_core.capture.writer import SceneWriter
 from m3_core.geometry.camera import PinholeCamera
 from m3_core.geometry.se3 import matrix_from_pose
+from m3_core.robot import DEFAULT_ROBOT_YAML, RobotConfig, load_robot_config
 
 log = logging.getLogger(__name__)
 

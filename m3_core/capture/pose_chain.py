@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from m3_core.capture.clock import Clock, ClockJumpDetector
-from m3_core.capture.robot import RobotConfig
 from m3_core.errors import StaleStampError, TransformError
 from m3_core.geometry.transform_buffer import TransformBuffer
+from m3_core.robot import RobotConfig
 
 log = logging.getLogger(__name__)
 

@@ -160,7 +160,7 @@ def write_outputs(
 
 
 def run(args: argparse.Namespace) -> int:
-    from m3_core.memory import M3Memory
+    from m3_core.model.memory import M3Memory
 
     try:
         config = query_config_from_args(args)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from m3_core.geometry.quaternion import rotmat_from_quat_wxyz
+
 ALPHA_THRESHOLD = 1.0 / 255.0  # gsplat: contributions below this alpha are skipped
 EPS2D = 0.3  # gsplat's screen-space low-pass filter (pixels^2 added to the 2D covariance diagonal)
 
@@ -24,20 +26,6 @@ class Projected:
     conics: Tensor  # [N,3] inverse 2D covariance (a, b, c) = [[a, b], [b, c]]
     depths: Tensor  # [N] camera z, metres
     radii: Tensor  # [N,2] int32 half-extent of the opacity-aware bounding box in x and y (0 = culled)
-
-
-def rotmat_from_quat_wxyz(quats: Tensor) -> Tensor:
-    """[N,4] (w, x, y, z), any norm -> [N,3,3] rotation matrices (normalised as gsplat does)."""
-    q = quats / quats.norm(dim=-1, keepdim=True)
-    w, x, y, z = q.unbind(-1)
-    return torch.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        dim=-1,
-    ).reshape(q.shape[:-1] + (3, 3))  # fmt: skip
 
 
 def covars_from_quats_scales(quats: Tensor, scales: Tensor) -> Tensor:

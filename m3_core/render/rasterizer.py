@@ -17,7 +17,7 @@ from torch import Tensor
 from m3_core.geometry.camera import PinholeCamera
 
 if TYPE_CHECKING:
-    from m3_core.gaussians import GaussianModel
+    from m3_core.model.gaussians import GaussianModel
 
 BACKENDS = ("auto", "gsplat", "torch")
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from m3_core.capture.robot import RobotConfig, load_robot_config
 from m3_core.config import to_dict
 from m3_core.geometry.camera import PinholeCamera
+from m3_core.robot import RobotConfig, load_robot_config
 from m3_core.scene import atomic_write_json
 from m3_core.sim import bag as bagmsg
 from m3_core.sim import gt as gtio

@@ -30,17 +30,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from m3_core.attention import AttentionConfig, MemoryAttention
-from m3_core.baseline import LinearDecoder, latent_dim_for_budget
 from m3_core.config import to_dict
-from m3_core.densify import Densifier, DensifyConfig
 from m3_core.errors import M3Error
-from m3_core.gaussians import GaussianInitConfig, GaussianModel, init_from_scene
 from m3_core.geometry.camera import PinholeCamera
-from m3_core.losses import feature_loss, prepare_grid, rgb_loss, sample_prepared_grid
-from m3_core.memory import M3Memory, render_memory
-from m3_core.memory_bank import default_theta, features_from_grids, select_psc
+from m3_core.model.attention import AttentionConfig, MemoryAttention
+from m3_core.model.baseline import LinearDecoder, latent_dim_for_budget
+from m3_core.model.gaussians import GaussianInitConfig, GaussianModel, init_from_scene
+from m3_core.model.memory import M3Memory, render_memory
+from m3_core.model.memory_bank import default_theta, features_from_grids, select_psc
 from m3_core.scene import Scene
+from m3_core.training.densify import Densifier, DensifyConfig
+from m3_core.training.losses import feature_loss, prepare_grid, rgb_loss, sample_prepared_grid
 
 log = logging.getLogger(__name__)
 
@@ -467,13 +467,13 @@ class Trainer:
 
 
 def _ssim_patch(img: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    from m3_core.losses import ssim
+    from m3_core.training.losses import ssim
 
     return ssim(img, ref)
 
 
 def _known_models() -> set[str]:
-    from m3_core.memory_bank import DEFAULT_THETAS
+    from m3_core.model.memory_bank import DEFAULT_THETAS
 
     return set(DEFAULT_THETAS)
 

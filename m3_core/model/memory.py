@@ -30,11 +30,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from m3_core.attention import AttentionConfig, MemoryAttention
-from m3_core.baseline import LinearDecoder
 from m3_core.config import from_dict, to_dict
 from m3_core.errors import M3Error
 from m3_core.geometry.camera import PinholeCamera
+from m3_core.model.attention import AttentionConfig, MemoryAttention
+from m3_core.model.baseline import LinearDecoder
 from m3_core.scene import atomic_directory
 
 log = logging.getLogger(__name__)
@@ -268,7 +268,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 
 def gaussians_from_tensors(tensors: dict[str, torch.Tensor], query_slices: dict[str, slice]) -> nn.Module:
     """A GaussianModel holding the given parameter tensors."""
-    from m3_core.gaussians import PARAM_NAMES, GaussianModel
+    from m3_core.model.gaussians import PARAM_NAMES, GaussianModel
 
     missing = [n for n in PARAM_NAMES if n not in tensors]
     if missing:

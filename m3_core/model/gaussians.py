@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from m3_core.geometry.camera import points_from_depth
+from m3_core.geometry.quaternion import rotmat_from_quat_wxyz
 
 if TYPE_CHECKING:
     from m3_core.scene import Scene
@@ -234,7 +235,6 @@ class GaussianModel(nn.Module):
     ) -> None:
         """Replace each selected Gaussian by n samples drawn from it with scales / (0.8 n) (3DGS split).
         The new Gaussians are appended at the end; the originals are removed."""
-        from m3_core.render.projection import rotmat_from_quat_wxyz
 
         sel = self._mask(selected)
         rest = ~sel

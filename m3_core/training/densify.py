@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from m3_core.gaussians import GaussianModel
+from m3_core.model.gaussians import GaussianModel
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from m3_core.errors import M3Error
-from m3_core.losses import feature_distances, psnr, ssim
-from m3_core.memory import M3Memory, render_memory
+from m3_core.model.memory import M3Memory, render_memory
 from m3_core.scene import Scene, atomic_write_json, atomic_write_png
-from m3_core.train import load_view
+from m3_core.training.losses import feature_distances, psnr, ssim
+from m3_core.training.trainer import load_view
 
 log = logging.getLogger(__name__)
 

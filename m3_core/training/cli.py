@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from m3_core.features import load_scene_features
     from m3_core.features.base import resolve_device
     from m3_core.scene import load_scene
-    from m3_core.train import TrainConfig, train_memory
+    from m3_core.training.trainer import TrainConfig, train_memory
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not models:
