@@ -84,8 +84,50 @@ class ExtrinsicsConfig:
 
 
 @dataclass(frozen=True)
+class GripperConfig:
+    """Parallel-jaw gripper geometry, in the grasp frame of msg/GraspTarget.msg.
+
+    Grasp frame: origin at the point between the fingertips' centres, +z the approach direction,
+    +x the closing direction, +y = z cross x. The palm lies behind the fingers at z < 0.
+    """
+
+    max_opening_m: float = 0.08
+    """Widest gap between the fingers' inner faces, metres."""
+    min_opening_m: float = 0.005
+    """Narrowest object the fingers can still hold, metres."""
+    finger_length_m: float = 0.06
+    """Finger length along the approach (+z), from the palm to the tip, metres."""
+    finger_width_m: float = 0.02
+    """Finger size along +y (across the closing direction), metres."""
+    finger_thickness_m: float = 0.012
+    """Finger size along +x (the closing direction), metres."""
+    palm_depth_m: float = 0.04
+    """Palm (gripper body) size along +z behind the fingers, metres."""
+    palm_width_m: float = 0.1
+    """Palm size along +x, metres (at least the opening plus both fingers)."""
+    palm_height_m: float = 0.05
+    """Palm size along +y, metres."""
+    tcp_depth_m: float = 0.04
+    """Grasp origin's distance ahead of the palm face along +z (how deep fingers reach over the object)."""
+    approach_distance_m: float = 0.10
+    """Pre-grasp pose: this far back along -z from the grasp pose, metres."""
+    max_force_n: float = 30.0
+    """Finger closing force limit, newtons."""
+
+
+@dataclass(frozen=True)
+class ArmConfig:
+    """What the planner needs to know about the arm that carries the gripper."""
+
+    reach_m: float = 0.74
+    """Maximum reach from the arm base origin to the flange, metres (Unitree Z1: 740 mm)."""
+    flange_from_grasp_m: float = 0.1
+    """Distance from the flange to the grasp origin along the approach, metres (gripper length)."""
+
+
+@dataclass(frozen=True)
 class RobotConfig:
-    """Topics, frames and extrinsics of one robot (one YAML file)."""
+    """Topics, frames, extrinsics, gripper and arm of one robot (one YAML file)."""
 
     topics: TopicsConfig = field(default_factory=TopicsConfig)
     """ROS topic names."""
@@ -93,6 +135,10 @@ class RobotConfig:
     """Frame ids of the pose chain."""
     extrinsics: ExtrinsicsConfig = field(default_factory=ExtrinsicsConfig)
     """Mount and hand-eye calibration."""
+    gripper: GripperConfig = field(default_factory=GripperConfig)
+    """Gripper geometry for grasp planning and the physics check."""
+    arm: ArmConfig = field(default_factory=ArmConfig)
+    """Arm reach for grasp planning."""
 
     def static_transforms(self) -> list[tuple[str, str, np.ndarray]]:
         """[(parent, child, parent_from_child)] of the two static links, for /tf_static."""
@@ -104,11 +150,11 @@ class RobotConfig:
 
 
 def load_robot_config(path: Path | str | None = None) -> RobotConfig:
-    """Read topics/frames/extrinsics from a robot YAML (default: config/robot_b1z1.yaml).
+    """Read topics/frames/extrinsics/gripper/arm from a robot YAML (default: config/robot_b1z1.yaml).
 
     Other top-level sections (used by other tools) are ignored.
     """
     path = Path(path) if path else DEFAULT_ROBOT_YAML
     data = read_yaml(path)
-    wanted = {k: data[k] for k in ("topics", "frames", "extrinsics") if k in data}
+    wanted = {k: data[k] for k in ("topics", "frames", "extrinsics", "gripper", "arm") if k in data}
     return from_dict(RobotConfig, wanted, where=str(path))

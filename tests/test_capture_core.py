@@ -19,13 +19,13 @@ from m3_core.capture import (
     StampPairer,
     array_from_image_fields,
     depth_mm_from_array,
-    load_robot_config,
     rgb_from_array,
     sharpness,
 )
 from m3_core.capture.clock import Clock, ClockJumpDetector
 from m3_core.errors import StaleStampError
 from m3_core.geometry.se3 import matrix_from_pose
+from m3_core.robot import load_robot_config
 from m3_core.scene import load_scene, read_depth_png, read_rgb
 from tests.conftest_capture import textured_rgb
 
