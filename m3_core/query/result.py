@@ -8,6 +8,7 @@ import numpy as np
 
 from m3_core.errors import M3Error
 from m3_core.geometry.camera import PinholeCamera
+from m3_core.grasp.types import Grasp
 
 
 class QueryError(M3Error):
@@ -77,6 +78,8 @@ class QueryResult:
     """[h,w,3] uint8 rendered colour (view queries)."""
     timings_ms: dict[str, float] = field(default_factory=dict)
     """encode, render, locate, total (milliseconds)."""
+    grasps: tuple[Grasp, ...] = ()
+    """Feasible grasps of the object, best first (empty when no planner ran or none is feasible)."""
 
     @property
     def num_points(self) -> int:
