@@ -1,6 +1,6 @@
 """Scene directory: the hand-off between capture (or the simulator, or COLMAP) and the trainer.
 
-Layout (ARCHITECTURE.md, "Scene dir"):
+Layout (docs/architecture.md, "Scene directory"):
 
     scene/
       images/<name>.png       color, 8-bit RGB (PNG; JPEG also read)

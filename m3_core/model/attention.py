@@ -4,7 +4,7 @@ Paper: R_hat = Softmax(Q W_m PSC^T) PSC, with Q [P, l] rendered queries, W_m [l,
 projection and PSC [T, d] the principal scene components of one model (memory_bank).
 
 Computed as Q (PSC W_m^T)^T: the keys K = PSC W_m^T [T, l] are formed once per call, so the
-logits cost P*T*l instead of P*T*d (GPU_FACTS.md). Two similarities, both found in the M3 code:
+logits cost P*T*l instead of P*T*d. Two similarities, both found in the M3 code:
 - "dot": logits = Q W_m PSC^T / temperature (the paper's formula; the temperature is a scale of W_m);
 - "cosine": logits = cos(Q W_m, PSC) / temperature (the M3 code, temperature 0.05). |Q W_m| comes
   from the Gram matrix W_m W_m^T [l, l], so the [P, d] product is never formed.

@@ -1,7 +1,7 @@
 """gsplat CUDA backend: one `gsplat.rasterization` pass renders RGB, queries and expected depth.
 
 gsplat is imported lazily, only when a CUDA tensor is rendered: on a machine without a GPU its first
-import tries to JIT-build the CUDA code and fails (GPU_FACTS.md). Set M3_GSPLAT_CSRC to a prebuilt
+import tries to JIT-build the CUDA code and fails. Set M3_GSPLAT_CSRC to a prebuilt
 `gsplat_cuda.so` (same torch, Python and GPU arch) to skip the ~1 min JIT build on a fresh machine.
 """
 

@@ -1,6 +1,6 @@
 """The pybullet tabletop: load the table and objects, place them, render RGB-D + instance ids.
 
-pybullet runs headless (DIRECT) with its CPU TinyRenderer. Conventions (SIM_FACTS.md): matrices
+pybullet runs headless (DIRECT) with its CPU TinyRenderer. Conventions: matrices
 come column-major; world_from_camera (OpenCV) = inv(V) @ diag(1,-1,-1,1); the projection is built
 from OpenCV intrinsics so the rendered image matches camera_info exactly.
 """
