@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("m3_core.training.cli", "train an M3 memory from a scene directory"),
     "eval": ("m3_core.training.eval", "evaluate a memory on held-out views"),
     "query": ("m3_core.query.cli", "text query -> grasp target without ROS"),
+    "view": ("m3_core.view.cli", "open a memory in the browser: orbit, render, query, see the grasp"),
     "demo": ("m3_ros.demo", "the whole chain on the built-in scene (README main command)"),
     "ros-demo": ("m3_ros.ros_demo", "start the demo's ROS nodes as processes (like demo.launch.py)"),
 }
