@@ -185,6 +185,11 @@ def check_replaceable(path: Path, marker: str, what: str) -> None:
     """Raise OutputExistsError unless `path` is absent, an empty directory, or a directory holding
     `marker` (the file that identifies a `what`, e.g. a memory's manifest.json)."""
     path = Path(path)
+    for parent in path.parents:  # the nearest existing parent must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputExistsError(f"{path} lies under {parent}, which is a file, not a directory")
+            break
     if not path.exists() and not path.is_symlink():
         return
     if path.is_symlink() or not path.is_dir():
