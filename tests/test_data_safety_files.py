@@ -127,6 +127,23 @@ def test_memory_files_have_the_same_plain_permissions(small_memory, tmp_path) ->
     assert modes == {TENSORS_FILE: 0o666 & ~umask, MANIFEST_FILE: 0o666 & ~umask}, modes
 
 
+def test_bag2scene_never_writes_into_or_clears_a_folder_that_is_not_a_scene(bag, tmp_path, capsys) -> None:
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("my notes")
+    assert m3_main(["bag2scene", str(bag), str(notes)]) == 2
+    _one_line_error(capsys.readouterr().out, "m3 bag2scene:")
+    assert sorted(p.name for p in notes.iterdir()) == ["todo.txt"]
+    photos = tmp_path / "photos"
+    (photos / "images").mkdir(parents=True)
+    (photos / "images" / "holiday.png").write_bytes(b"png")
+    assert (
+        m3_main(["bag2scene", str(bag), str(photos), "--overwrite"]) == 0
+    )  # no scene there: nothing cleared
+    capsys.readouterr()
+    assert (photos / "images" / "holiday.png").read_bytes() == b"png"
+
+
 # -- 2. a full disk fails the command with one line; nothing half-written is swapped in --------
 
 
