@@ -144,6 +144,24 @@ def test_bag2scene_never_writes_into_or_clears_a_folder_that_is_not_a_scene(bag,
     assert (photos / "images" / "holiday.png").read_bytes() == b"png"
 
 
+def test_colmap_align_write_replaces_only_a_colmap_model(tmp_path) -> None:
+    from m3_core.capture.colmap_align import write_aligned_reconstruction
+    from m3_core.geometry.sim3 import Sim3
+
+    model = tmp_path / "sfm"
+    write_colmap_model(model, _frames(3), points=np.random.default_rng(0).random((20, 3)))
+    identity = Sim3(1.0, np.eye(3), np.zeros(3))
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("my notes")
+    with pytest.raises(OutputExistsError):
+        write_aligned_reconstruction(model, notes, identity)
+    assert (notes / "todo.txt").read_text() == "my notes"
+    write_aligned_reconstruction(model, tmp_path / "aligned", identity)
+    write_aligned_reconstruction(model, tmp_path / "aligned", identity)  # a model replaces a model
+    assert len(read_colmap_poses(tmp_path / "aligned")) == 3
+
+
 # -- 2. a full disk fails the command with one line; nothing half-written is swapped in --------
 
 
