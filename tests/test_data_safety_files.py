@@ -320,7 +320,7 @@ def test_bag2scene_bad_bag_is_one_line(bad_bags, which, tmp_path, capsys) -> Non
 
 
 @pytest.mark.parametrize("which", ["text file", "truncated mcap", "truncated bag folder"])
-def test_replay_bad_bag_is_one_line(bad_bags, which) -> None:
+def test_replay_bad_bag_is_one_line(bad_bags, which, ros_env) -> None:
     pytest.importorskip("rclpy", reason="rclpy (ROS 2 wheels) is not installed")
     done = subprocess.run(
         [sys.executable, "-P", "-m", "m3_ros.cli", "replay", str(bad_bags[which]), "--wait-for"],
@@ -328,7 +328,7 @@ def test_replay_bad_bag_is_one_line(bad_bags, which) -> None:
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "ROS_DOMAIN_ID": "77", "ROS_LOCALHOST_ONLY": "1"},
+        env=ros_env,
     )
     assert done.returncode == 2, done.stdout + done.stderr
     _one_line_error(done.stderr, "m3 replay:")
