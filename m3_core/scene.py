@@ -26,9 +26,11 @@ scene.json:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -138,7 +140,11 @@ def depth_png_from_m(depth_m: np.ndarray, depth_scale_m: float = 0.001) -> np.nd
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file so that readers see the old or the new content, never half of it."""
+    """Write a file so that readers see the old or the new content, never half of it.
+
+    The temporary file's size is checked after fsync, before the rename: a short write (a full
+    disk that did not raise) fails here instead of leaving a truncated file under the real name.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -147,6 +153,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+            written = os.fstat(fh.fileno()).st_size
+        if written != len(data):
+            raise OSError(
+                errno.ENOSPC, f"short write: {written} of {len(data)} bytes (disk full?)", str(path)
+            )
         # mkstemp makes 0600 files; give the file the permissions a plain open() would have
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
@@ -155,25 +166,59 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def plain_file_mode() -> int:
+    """The mode a plain open() gives a new file (0o666 less the umask), for files that tools made."""
+    return 0o666 & ~_umask()
+
+
 def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return umask
 
 
-@contextlib.contextmanager
-def atomic_directory(path: Path) -> Iterator[Path]:
-    """Yield a fresh temp directory next to `path`; on success it replaces `path` as a whole (readers
-    see the old directory or the new one, never a mix); on an exception it is removed."""
+class OutputExistsError(M3Error):
+    """An output path that holds something this writer must not replace (not its own kind of output)."""
+
+
+def check_replaceable(path: Path, marker: str, what: str) -> None:
+    """Raise OutputExistsError unless `path` is absent, an empty directory, or a directory holding
+    `marker` (the file that identifies a `what`, e.g. a memory's manifest.json)."""
     path = Path(path)
+    for parent in path.parents:  # the nearest existing parent must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputExistsError(f"{path} lies under {parent}, which is a file, not a directory")
+            break
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not path.is_dir():
+        raise OutputExistsError(f"{path} exists and is not a {what} directory; refusing to replace it")
+    if (path / marker).is_file() or not any(path.iterdir()):
+        return
+    raise OutputExistsError(
+        f"{path} exists and is not a {what} (no {marker}); refusing to replace it: pick another output path"
+    )
+
+
+@contextlib.contextmanager
+def atomic_directory(path: Path, *, marker: str, what: str = "output") -> Iterator[Path]:
+    """Yield a fresh temp directory next to `path`; on success it replaces `path` as a whole (readers
+    see the old directory or the new one, never a mix); on an exception it is removed.
+
+    An existing `path` is replaced only when it is a `what` directory, recognised by its `marker`
+    file (or empty): anything else raises OutputExistsError, before and again after the work.
+    """
+    path = Path(path)
+    check_replaceable(path, marker, what)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp."))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 directories
-        old = path.with_name(f".{path.name}.old")
+        check_replaceable(path, marker, what)  # something else may have appeared meanwhile
+        old = tmp.with_name(tmp.name.replace(".tmp.", ".old.", 1))  # unique: never someone's folder
         if path.exists():
-            shutil.rmtree(old, ignore_errors=True)
             path.rename(old)
         tmp.rename(path)
         shutil.rmtree(old, ignore_errors=True)
@@ -234,8 +279,43 @@ def write_colmap_model(
         cols = np.zeros((len(points), 3), np.uint8) if colors is None else np.asarray(colors, np.uint8)
         for p, c in zip(np.asarray(points, np.float64), cols):
             rec.add_point3D(p, pycolmap.Track(), c)
-    with atomic_directory(Path(sparse_dir)) as tmp:
+    with atomic_directory(Path(sparse_dir), marker="cameras.bin", what="COLMAP model") as tmp:
         rec.write_binary(str(tmp))
+        verify_colmap_model(tmp, rec)
+
+
+def colmap_file_sizes(rec: Any) -> dict[str, int]:
+    """Byte sizes of cameras.bin, images.bin and points3D.bin that COLMAP's binary format gives `rec`."""
+    cameras = 8 + sum(24 + 8 * len(cam.params) for cam in rec.cameras.values())
+    images = 8 + sum(
+        73 + len(im.name.encode()) + 24 * len(im.points2D) for im in rec.images.values()
+    )  # id 4, pose 56, camera id 4, name + NUL, count 8, then (x, y, point id) per 2D point
+    points = 8 + sum(51 + 8 * pt.track.length() for pt in rec.points3D.values())
+    return {"cameras.bin": cameras, "images.bin": images, "points3D.bin": points}
+
+
+def verify_colmap_model(model_dir: Path, rec: Any) -> None:
+    """Check the files pycolmap wrote before they replace the old model: pycolmap's writer returns
+    normally on a full disk, leaving short or empty files. Sizes first (a truncated file must not
+    reach the reader), then a read-back of what the model holds."""
+    import pycolmap
+
+    for name, expected in colmap_file_sizes(rec).items():
+        path = Path(model_dir) / name
+        got = path.stat().st_size if path.is_file() else -1
+        if got != expected:
+            raise SceneError(
+                f"writing the COLMAP model failed: {name} has {got} bytes, expected {expected} "
+                "(disk full or not writable?)"
+            )
+    try:
+        back = pycolmap.Reconstruction(str(model_dir))
+    except (RuntimeError, MemoryError, ValueError) as err:
+        raise SceneError(f"the COLMAP model just written cannot be read back: {err}") from err
+    want = (len(rec.cameras), sorted(im.name for im in rec.images.values()), len(rec.points3D))
+    got_model = (len(back.cameras), sorted(im.name for im in back.images.values()), len(back.points3D))
+    if want != got_model:
+        raise SceneError("the COLMAP model read back differs from the one written (disk full?)")
 
 
 def read_colmap_poses(sparse_dir: Path) -> dict[str, tuple[PinholeCamera, np.ndarray]]:
@@ -267,6 +347,30 @@ def read_colmap_poses(sparse_dir: Path) -> dict[str, tuple[PinholeCamera, np.nda
 
 
 # -- scene dir -------------------------------------------------------------------------------
+
+_FRAME_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def path_inside(root: Path, relative: Any, what: str) -> Path:
+    """root / relative, refused (SceneError) unless it is a relative path that stays inside root.
+
+    The check is on the path as written (no `..`, not absolute), so a folder the user linked in on
+    purpose (images/ -> another disk) still works, while a file naming `../outside/x.png` cannot
+    make a reader open files of someone else's choosing.
+    """
+    if not isinstance(relative, str) or not relative:
+        raise SceneError(f"{what}: expected a path relative to {root}, got {relative!r}")
+    rel = Path(relative)
+    normal = os.path.normpath(relative)
+    if rel.is_absolute() or normal == ".." or normal.startswith(("../", "..\\")) or "\x00" in relative:
+        raise SceneError(f"{what}: path {relative!r} leaves the folder {root}; paths must stay inside it")
+    return Path(root) / normal
+
+
+def check_frame_name(name: Any, where: Path) -> None:
+    """Frame names become file names (masks/<name>.png): letters, digits, '_', '-', '.' only."""
+    if not isinstance(name, str) or not _FRAME_NAME.fullmatch(name) or ".." in name:
+        raise SceneError(f"{where}: frame name {name!r} is not a plain file name (e.g. frame_000012)")
 
 
 def write_scene_metadata(root: Path, scene: Scene) -> None:
@@ -317,7 +421,8 @@ def load_scene(root: Path | str) -> Scene:
     poses = read_colmap_poses(root / "sparse" / "0")
     frames = []
     for fm in meta["frames"]:
-        image_path = root / fm["image"]
+        check_frame_name(fm.get("name"), meta_path)
+        image_path = path_inside(root, fm["image"], f"frame {fm['name']} image")
         if image_path.name not in poses:
             raise SceneError(f"frame {fm['name']} has no pose in {root / 'sparse/0'}")
         cam, pose = poses[image_path.name]
@@ -328,7 +433,9 @@ def load_scene(root: Path | str) -> Scene:
                 camera=cam,
                 world_from_camera=pose,
                 image_path=image_path,
-                depth_path=(root / fm["depth"]) if fm.get("depth") else None,
+                depth_path=path_inside(root, fm["depth"], f"frame {fm['name']} depth")
+                if fm.get("depth")
+                else None,
             )
         )
     if not frames:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from m3_ros.graph import SAFE_PATH_FLAGS
+
 log = logging.getLogger(__name__)
 
 
@@ -60,7 +62,7 @@ class Stage:
 
 def _m3(args: list[str], timeout: float) -> None:
     """Run an `m3` subcommand as a child process (what a user would type), failing loudly."""
-    cmd = [sys.executable, "-m", "m3_ros.cli", *args]
+    cmd = [sys.executable, *SAFE_PATH_FLAGS, "-m", "m3_ros.cli", *args]
     result = subprocess.run(cmd, timeout=timeout)
     if result.returncode != 0:
         raise RuntimeError(f"`m3 {' '.join(args)}` failed with exit code {result.returncode}")

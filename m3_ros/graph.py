@@ -16,6 +16,9 @@ from typing import Any
 from m3_core.config import config_dir, read_yaml
 
 DEMO_GRAPH_YAML = config_dir() / "demo_graph.yaml"
+# `python -m` puts the current directory first on sys.path: started from a bag folder, a package
+# shipped in it would be imported instead of the installed one. -P (Python 3.11+) leaves it out.
+SAFE_PATH_FLAGS: tuple[str, ...] = ("-P",) if sys.version_info >= (3, 11) else ()
 _VAR = re.compile(r"\$\{(\w+)\}")
 
 
@@ -31,7 +34,8 @@ class NodeSpec:
 
     def command(self, python: str = sys.executable) -> list[str]:
         """argv to start this node as a process (what `m3 ros-demo` runs)."""
-        args = [python, "-m", self.module, *self.arguments, "--ros-args", "-r", f"__node:={self.name}"]
+        args = [python, *SAFE_PATH_FLAGS, "-m", self.module, *self.arguments]
+        args += ["--ros-args", "-r", f"__node:={self.name}"]
         for key, value in self.parameters.items():
             args += ["-p", f"{key}:={_ros_value(value)}"]
         return args

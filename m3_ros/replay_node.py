@@ -13,7 +13,6 @@ the bag's (no restamping); consumers should use message stamps, not arrival time
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import sys
@@ -32,6 +31,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 
 from m3_core.config import config_dir
 from m3_core.robot import load_robot_config
+from m3_ros.msg_types import BAG_READ_ERRORS, message_class
 
 log = logging.getLogger(__name__)
 
@@ -47,21 +47,6 @@ def default_wait_topics() -> list[str]:
     except (OSError, ValueError):
         return []
     return [topics.color, topics.depth, topics.camera_info, topics.odometry, topics.ee_pose]
-
-
-def message_class(msgtype: str):
-    """rclpy message class from a bag type name like 'sensor_msgs/msg/Image'."""
-    parts = msgtype.split("/")
-    if len(parts) != 3:
-        raise ValueError(f"type name {msgtype!r} is not package/msg/Name")
-    pkg, kind, name = parts
-    try:
-        return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(
-            f"message type {msgtype} is not installed for rclpy (pip install ros-{pkg.replace('_', '-')}); "
-            "or leave its topic out with --topics"
-        ) from err
 
 
 @dataclass
@@ -356,6 +341,9 @@ def run(args: argparse.Namespace, ros_args: list[str] | None = None) -> int:
             summary.interrupted = True
     except ValueError as err:
         print(f"m3 replay: {err}", file=sys.stderr)
+        return 2
+    except BAG_READ_ERRORS as err:  # a truncated or corrupt bag: one line, no traceback
+        print(f"m3 replay: {args.bag} is not a readable ROS 2 bag ({err})", file=sys.stderr)
         return 2
     finally:
         if node is not None:

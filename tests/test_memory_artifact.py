@@ -120,13 +120,13 @@ def test_atomic_directory_swaps_whole_or_keeps_the_old(tmp_path) -> None:
     from m3_core.scene import atomic_directory
 
     target = tmp_path / "memory"
-    with atomic_directory(target) as tmp:
+    with atomic_directory(target, marker="a.txt") as tmp:
         (tmp / "a.txt").write_text("first")
     assert (target / "a.txt").read_text() == "first"
     umask = os.umask(0)
     os.umask(umask)
     assert os.stat(target).st_mode & 0o777 == 0o777 & ~umask  # a plain mkdir's mode, not mkdtemp's 0700
-    with pytest.raises(RuntimeError), atomic_directory(target) as tmp:
+    with pytest.raises(RuntimeError), atomic_directory(target, marker="a.txt") as tmp:
         (tmp / "a.txt").write_text("half")
         raise RuntimeError("crash while writing")
     assert (target / "a.txt").read_text() == "first"  # the old directory is untouched

@@ -20,6 +20,7 @@ from m3_core.capture.keyframes import KeyframeConfig
 from m3_core.capture.pose_chain import PoseChain
 from m3_core.capture.session import CaptureConfig, CaptureSession
 from m3_core.capture.writer import SceneWriter
+from m3_core.errors import M3Error
 from m3_core.geometry.camera import PinholeCamera
 from m3_core.geometry.se3 import matrix_from_pose
 from m3_core.robot import DEFAULT_ROBOT_YAML, RobotConfig, load_robot_config
@@ -203,20 +204,39 @@ def config_from_args(args: argparse.Namespace) -> CaptureConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rosbags.highlevel import AnyReaderError  # local: rosbags loads only for this command
+    from rosbags.rosbag2 import ReaderError
+
     t0 = time.perf_counter()
+    if args.gt is not None and not (args.gt / "objects.json").is_file():
+        print(f"m3 bag2scene: --gt {args.gt} is not a simulator ground-truth folder (no objects.json)")
+        return 2
     try:
         robot = load_robot_config(args.config)
         session = bag_to_scene(args.bag, args.out, robot, config_from_args(args), overwrite=args.overwrite)
-    except (ValueError, FileNotFoundError) as err:
+    except (AnyReaderError, ReaderError) as err:
+        print(f"m3 bag2scene: {args.bag} is not a readable ROS 2 bag ({err})")
+        return 2
+    except (ValueError, M3Error, OSError) as err:  # a bad bag or config, an output that cannot be written
         print(f"m3 bag2scene: {err}")
         return 2
+    lost = session.stats.dropped.get("write_error", 0) + session.stats.save_errors
+    if lost:  # a keyframe or a save that did not reach the disk: the scene is not what the bag holds
+        print(
+            f"m3 bag2scene: {lost} keyframe write(s) failed in {args.out} (disk full?); {session.stats.line()}"
+        )
+        return 1
     if args.gt is not None:
         try:
             from m3_core.sim import write_scene_masks
         except ImportError as err:
             print(f"m3 bag2scene: --gt needs m3_core.sim ({err})")
             return 3
-        write_scene_masks(args.out, args.gt)
+        try:
+            write_scene_masks(args.out, args.gt)
+        except (ValueError, M3Error, OSError) as err:
+            print(f"m3 bag2scene: cannot copy the ground-truth masks from {args.gt}: {err}")
+            return 2
     print(
         f"{args.out}: {session.stats.kept} keyframes in {time.perf_counter() - t0:.1f}s; {session.stats.line()}"
     )

@@ -10,8 +10,6 @@ reconstruction can be rewritten in robot coordinates.
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import numpy as np
 from m3_core.capture.keyframes import rotation_angle_deg
 from m3_core.errors import M3Error
 from m3_core.geometry.sim3 import Sim3, umeyama_sim3_robust
-from m3_core.scene import load_scene, read_colmap_poses
+from m3_core.scene import atomic_directory, load_scene, read_colmap_poses, verify_colmap_model
 
 
 @dataclass(frozen=True)
@@ -94,17 +92,10 @@ def write_aligned_reconstruction(recon_dir: Path, out_dir: Path, robot_from_colm
     rec = pycolmap.Reconstruction(str(recon_dir))
     s = robot_from_colmap
     rec.transform(pycolmap.Sim3d(s.scale, pycolmap.Rotation3d(s.rotation), s.translation.reshape(3, 1)))
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    # replaces only a COLMAP model (never another folder), and only once the files read back whole
+    with atomic_directory(Path(out_dir), marker="cameras.bin", what="COLMAP model") as tmp:
         rec.write_binary(str(tmp))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        verify_colmap_model(tmp, rec)
 
 
 def run_pycolmap_sfm(image_dir: Path, work_dir: Path) -> Path:

@@ -26,11 +26,25 @@ class SceneWriteError(M3Error):
     """The scene directory could not be written (permissions, disk full, ...)."""
 
 
+# What a scene directory holds (m3_core.scene); anything else in an output directory is someone's.
+SCENE_ENTRIES = frozenset({SCENE_JSON, "images", "depth", "sparse", "masks", "features"})
+
+
+def foreign_entries(root: Path) -> list[str]:
+    """Names in an existing output directory that a scene does not hold (hidden temp files aside)."""
+    if not root.is_dir():
+        return []  # absent, or a file: the first keyframe reports it (a node keeps running)
+    return sorted(
+        p.name for p in root.iterdir() if p.name not in SCENE_ENTRIES and not p.name.startswith(".")
+    )
+
+
 class SceneWriter:
     """Appends keyframes to a scene directory.
 
     root: output directory (created on the first keyframe, so a bad path fails there, not at start).
     overwrite: an existing scene at root is an error unless True (then its frames are removed).
+    A directory holding anything but a scene's own entries is never written into (ValueError).
     """
 
     def __init__(
@@ -52,6 +66,12 @@ class SceneWriter:
             raise ValueError(
                 f"{self.root} already holds a scene ({SCENE_JSON}); pick another output directory or "
                 "pass overwrite"
+            )
+        foreign = foreign_entries(self.root)
+        if foreign:
+            raise ValueError(
+                f"{self.root} holds files that are not part of a scene ({', '.join(foreign[:3])}); "
+                "pick a new or empty output directory"
             )
         self.save_every = int(save_every)
         self._overwrite = overwrite
@@ -75,7 +95,7 @@ class SceneWriter:
         if self._prepared:
             return
         try:
-            if self._overwrite:
+            if self._overwrite and (self.root / SCENE_JSON).exists():  # only a scene is cleared
                 for sub in ("images", "depth", "sparse", "masks"):
                     shutil.rmtree(self.root / sub, ignore_errors=True)
                 (self.root / SCENE_JSON).unlink(missing_ok=True)

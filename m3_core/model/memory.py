@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -35,7 +37,7 @@ from m3_core.errors import M3Error
 from m3_core.geometry.camera import PinholeCamera
 from m3_core.model.attention import AttentionConfig, MemoryAttention
 from m3_core.model.baseline import LinearDecoder
-from m3_core.scene import atomic_directory
+from m3_core.scene import atomic_directory, atomic_write_json, plain_file_mode
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,12 @@ MEMORY_FORMAT = "m3-memory"
 MEMORY_FORMAT_VERSION = 1
 TENSORS_FILE = "memory.safetensors"
 MANIFEST_FILE = "manifest.json"
+
+
+# The get_model options a manifest may set: they name an architecture and its preprocessing, never
+# a file or folder (weights_path, model_dir, cache_dir are left out on purpose).
+MEMORY_MODEL_OPTIONS = frozenset({"arch", "pretrained", "quick_gelu", "hf_id", "short_side", "stride"})
+_HF_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 class MemoryFileError(M3Error):
@@ -161,16 +169,26 @@ class M3Memory(nn.Module):
         """[N, d]: the head applied to each Gaussian's own query (3D read-out without a view)."""
         return self.decode(model, self.gaussians.queries)
 
-    def text_encoder(self, model: str, device: str | torch.device = "cpu"):
-        """The feature model that encodes text into this memory's feature space (`.encode_text`)."""
+    def text_encoder(
+        self, model: str, device: str | torch.device = "cpu", options: dict[str, Any] | None = None
+    ):
+        """The feature model that encodes text into this memory's feature space (`.encode_text`).
+
+        The manifest only says which architecture to rebuild (MEMORY_MODEL_OPTIONS): which file
+        holds its weights is never the memory's choice, since loading a checkpoint can run code.
+        Weights come from the local install / cache, or from `options` (e.g. weights_path), which
+        must come from the user, never from a memory.
+        """
         from m3_core.features.registry import get_model, model_options  # local: loads model code on demand
 
         self._check_models([model])
         entry = self.manifest["models"][model]
-        valid = set(model_options(model))
-        options = {k: v for k, v in entry.get("preprocessing", {}).items() if k in valid}
+        rebuild = memory_model_options(entry.get("preprocessing", {}), set(model_options(model)))
         encoder = get_model(
-            model, device=device, allow_random_weights=bool(entry.get("random_weights")), **options
+            model,
+            device=device,
+            allow_random_weights=bool(entry.get("random_weights")),
+            **{**rebuild, **(options or {})},
         )
         if entry.get("model_id") and encoder.model_id != entry["model_id"]:
             raise M3Error(
@@ -205,9 +223,10 @@ class M3Memory(nn.Module):
         """Write the memory directory atomically (temp dir + rename); returns its path."""
         path = Path(path)
         manifest = self.full_manifest()
-        with atomic_directory(path) as tmp:
-            save_file(self.state_tensors(), str(tmp / TENSORS_FILE), metadata={"format": MEMORY_FORMAT})
-            (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
+        tensors = self.state_tensors()
+        with atomic_directory(path, marker=MANIFEST_FILE, what="memory") as tmp:
+            write_tensors_file(tmp / TENSORS_FILE, tensors)
+            atomic_write_json(tmp / MANIFEST_FILE, manifest)
         log.info(
             "memory written to %s (%d Gaussians, models %s)", path, manifest["num_gaussians"], self.models
         )
@@ -239,6 +258,50 @@ class M3Memory(nn.Module):
                 f"{path}: manifest says {manifest['num_gaussians']} Gaussians, file has {n}"
             )
         return cls(gaussians, heads, manifest).to(device)
+
+
+def memory_model_options(preprocessing: Any, valid: set[str]) -> dict[str, Any]:
+    """The options of a manifest's `preprocessing` that may rebuild its text encoder (see
+    MEMORY_MODEL_OPTIONS); a path-like option is dropped with a warning, a bad value refused."""
+    if not isinstance(preprocessing, dict):
+        raise MemoryFileError(f"manifest preprocessing must be a mapping, got {type(preprocessing).__name__}")
+    ignored = sorted(k for k in preprocessing if k in valid and k not in MEMORY_MODEL_OPTIONS)
+    if ignored:
+        log.warning(
+            "memory manifest names %s for its text encoder: ignored (weights come from this machine's "
+            "install or cache, or from an explicit option)",
+            ignored,
+        )
+    options = {k: v for k, v in preprocessing.items() if k in valid and k in MEMORY_MODEL_OPTIONS}
+    for key in ("arch", "pretrained", "hf_id"):
+        value = options.get(key)
+        if value is not None and not isinstance(value, str):
+            raise MemoryFileError(f"manifest option {key} must be a string, got {value!r}")
+    if "hf_id" in options and not _HF_ID.fullmatch(options["hf_id"]):
+        raise MemoryFileError(f"manifest hf_id {options['hf_id']!r} is not a hub id like org/name")
+    return options
+
+
+def write_tensors_file(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """safetensors file with the permissions of a plain file (its writer makes 0600), read back."""
+    try:
+        save_file(tensors, str(path), metadata={"format": MEMORY_FORMAT})
+    except SafetensorError as err:  # the writer reports I/O errors (ENOSPC, EFBIG) this way
+        raise MemoryFileError(f"cannot write the memory's {path.name}: {err}") from err
+    os.chmod(path, plain_file_mode())
+    verify_tensors_file(path, tensors)
+
+
+def verify_tensors_file(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Read back the header of a safetensors file just written: every tensor with its shape, and a
+    file exactly as long as the header says (a short write on a full disk fails here)."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            shapes = {k: list(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as err:
+        raise MemoryFileError(f"writing {path.name} failed, the file does not read back: {err}") from err
+    if shapes != {k: list(v.shape) for k, v in tensors.items()}:
+        raise MemoryFileError(f"writing {path.name} failed: the tensors read back differ from those written")
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:

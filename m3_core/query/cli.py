@@ -26,11 +26,14 @@ from m3_core.config import from_dict
 from m3_core.errors import M3Error
 from m3_core.geometry import PinholeCamera, matrix_from_pose
 from m3_core.query.config import QueryConfig
-from m3_core.query.locate import SEARCH_3D_MODES, QueryCache, find_target
+from m3_core.query.locate import SEARCH_3D_MODES, QueryCache, find_target, render_camera_for
 from m3_core.query.overlay import draw_target, heatmap, mask_image, overlay_relevance
 from m3_core.query.result import NotFoundError, QueryResult
 
 log = logging.getLogger(__name__)
+
+# 1920 x 1200 (2.3 MP): above the robot's cameras; a render of CLIP features at this size takes ~5 GB
+MAX_RENDER_PIXELS = 1920 * 1200
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,6 +102,39 @@ def _scene_path(args: argparse.Namespace, manifest: dict[str, Any]) -> Path | No
     return Path(scene) if scene and Path(scene).exists() else None
 
 
+def camera_from_intrinsics(values: list[float]) -> PinholeCamera:
+    """The --intrinsics camera; W and H must be whole pixel counts."""
+    fx, fy, cx, cy, w, h = values
+    if not (w >= 1 and h >= 1 and w == int(w) and h == int(h)):
+        raise ValueError(f"--intrinsics W H must be positive whole pixel counts, got {w:g} x {h:g}")
+    return PinholeCamera(fx, fy, cx, cy, int(w), int(h))
+
+
+def check_render_size(camera: PinholeCamera, config: QueryConfig) -> None:
+    """Refuse (ValueError) a render past MAX_RENDER_PIXELS: each pixel holds colour, depth, the
+    queries and a feature vector, so a typo such as 64000 for 640 would ask for tens of GB."""
+    render = render_camera_for(camera, config)
+    if render.width * render.height > MAX_RENDER_PIXELS:
+        raise ValueError(
+            f"the view would be rendered at {render.width} x {render.height} pixels; at most "
+            f"{MAX_RENDER_PIXELS / 1e6:.1f} megapixels are rendered (check --intrinsics W H, or "
+            "render smaller with --width)"
+        )
+
+
+def check_out_dir(out: Path | None) -> None:
+    """--out must be a directory or a path that can become one (checked before the query runs)."""
+    if out is None:
+        return
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory; give a directory for the outputs")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--out {out} lies under {parent}, which is a file, not a directory")
+            break
+
+
 def resolve_view(args: argparse.Namespace, manifest: dict[str, Any]):
     """(world_from_camera, camera, depth_m or None, description) for the requested view."""
     from m3_core.scene import load_scene
@@ -108,8 +144,7 @@ def resolve_view(args: argparse.Namespace, manifest: dict[str, Any]):
     if args.pose is not None:
         world_from_camera = matrix_from_pose(np.array(args.pose[:3]), np.array(args.pose[3:]))
         if args.intrinsics:
-            fx, fy, cx, cy, w, h = args.intrinsics
-            camera = PinholeCamera(fx, fy, cx, cy, int(w), int(h))
+            camera = camera_from_intrinsics(args.intrinsics)
         elif scene is not None:
             camera = scene.frames[0].camera
         else:
@@ -163,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
     from m3_core.model.memory import M3Memory
 
     try:
+        check_out_dir(args.out)
         config = query_config_from_args(args)
         memory = M3Memory.load(args.memory, device=args.device)
         memory.eval()
@@ -175,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
             call = lambda: locate_3d(memory, args.text, model=model, config=config, cache=cache)  # noqa: E731
         else:
             world_from_camera, camera, depth, where = resolve_view(args, memory.manifest)
+            check_render_size(camera, config)
             call = lambda: find_target(  # noqa: E731
                 memory,
                 args.text,
@@ -200,8 +237,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"m3 query: {err}", file=sys.stderr)
         return 2
     if args.out:
-        for path in write_outputs(args.out, result, error, summary):
-            log.info("wrote %s", path)
+        try:
+            for path in write_outputs(args.out, result, error, summary):
+                log.info("wrote %s", path)
+        except (OSError, M3Error) as err:
+            print(f"m3 query: cannot write the outputs to {args.out}: {err}", file=sys.stderr)
+            return 2
     if args.json:
         print(json.dumps(summary, indent=1))
     elif result is not None:

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from m3_core.errors import M3Error
+from m3_core.scene import OutputExistsError, check_replaceable
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +34,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def check_output(scene: Path, out: Path, marker: str) -> None:
+    """Refuse (OutputExistsError) an --out that is the scene, holds the scene, or exists and is not a
+    memory (recognised by its `marker` file): replacing it would delete someone's files."""
+    scene_abs, out_abs = scene.resolve(), out.resolve()
+    if out_abs == scene_abs or out_abs in scene_abs.parents:
+        raise OutputExistsError(
+            f"--out {out} would replace the scene {scene} it trains from; pick another path"
+        )
+    check_replaceable(out, marker, "memory")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from m3_core.config import load_yaml
     from m3_core.features import load_scene_features
     from m3_core.features.base import resolve_device
+    from m3_core.model.memory import MANIFEST_FILE
     from m3_core.scene import load_scene
     from m3_core.training.trainer import TrainConfig, train_memory
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not models:
         print("m3 train: --models is empty; e.g. --models language,clip")
+        return 2
+    try:  # before any work: an --out that is not a memory is never replaced
+        check_output(Path(args.scene), Path(args.out), MANIFEST_FILE)
+    except M3Error as err:
+        print(f"m3 train: {err}")
         return 2
     try:
         if args.threads:
@@ -71,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         result = train_memory(
             scene, features, config, device=device, out_dir=Path(args.out), progress=not args.quiet
         )
-    except (M3Error, ValueError, FileNotFoundError) as err:
+    except (M3Error, ValueError, OSError) as err:
         print(f"m3 train: {err}")
         return 1
     stats = dict(result.stats, seconds_features=round(t_features, 3))
