@@ -31,6 +31,7 @@ from m3_ros.conversions import (
     stamp_ns_from_msg,
     transform_msg_from_matrix,
 )
+from m3_ros.ready import ReadinessReporter
 from m3_ros.spin import spin_node
 
 _PARAMS: dict[str, tuple[object, str]] = {
@@ -78,8 +79,12 @@ class PoseChainNode(Node):
                     transforms=[transform_msg_from_matrix(T, a, b) for a, b, T in robot.static_transforms()]
                 )
             )
-        self.create_subscription(Odometry, odom_topic, self._on_odometry, in_qos)
-        self.create_subscription(PoseStamped, ee_topic, self._on_ee_pose, in_qos)
+        inputs = [
+            self.create_subscription(Odometry, odom_topic, self._on_odometry, in_qos),
+            self.create_subscription(PoseStamped, ee_topic, self._on_ee_pose, in_qos),
+        ]
+        self.readiness = ReadinessReporter(self, inputs, outputs=[self.tf_pub])
+        self.malformed = 0
         self.get_logger().info(
             f"{odom_topic} + {ee_topic} -> /tf{' + /tf_static' if p['publish_static'] else ''} and {camera_topic}"
         )
@@ -96,7 +101,11 @@ class PoseChainNode(Node):
             )
 
     def _on_odometry(self, msg: Odometry) -> None:
-        world_from_lidar, parent, child, stamp_ns = matrix_from_odometry_msg(msg)
+        try:
+            world_from_lidar, parent, child, stamp_ns = matrix_from_odometry_msg(msg)
+        except ValueError as err:  # zero quaternion, NaN: drop it, count it, keep running
+            self._malformed("odometry", err)
+            return
         try:
             tf = self.chain.odometry_transform(parent, child, world_from_lidar, stamp_ns)
             self._publish(tf, self.chain.add_odometry(tf))
@@ -105,12 +114,23 @@ class PoseChainNode(Node):
 
     def _on_ee_pose(self, msg: PoseStamped) -> None:
         try:
+            armbase_from_ee = matrix_from_pose_msg(msg)
+        except ValueError as err:
+            self._malformed("end-effector pose", err)
+            return
+        try:
             tf = self.chain.ee_transform(
-                msg.header.frame_id, matrix_from_pose_msg(msg), stamp_ns_from_msg(msg.header.stamp)
+                msg.header.frame_id, armbase_from_ee, stamp_ns_from_msg(msg.header.stamp)
             )
             self._publish(tf, self.chain.add_ee(tf))
         except (ValueError, TransformError, StaleStampError) as err:
             self.get_logger().warning(f"end-effector pose ignored: {err}", throttle_duration_sec=5.0)
+
+    def _malformed(self, what: str, err: Exception) -> None:
+        self.malformed += 1
+        self.get_logger().warning(
+            f"malformed {what} dropped ({self.malformed} so far): {err}", throttle_duration_sec=5.0
+        )
 
 
 def main(args: list[str] | None = None) -> int:

@@ -1,14 +1,23 @@
-"""One `main` for every long-running node: logging, init, clean exit on Ctrl-C or shutdown.
+"""One `main` for every long-running node: logging, init, clean exit on SIGINT, SIGTERM or shutdown.
 
 A node whose constructor rejects its parameters (ValueError, or a missing file) exits with code 2
-and one line on stderr instead of a traceback; the others spin until SIGINT / external shutdown,
-then `finalize` (if the node has one: the capture node saves its scene) runs before teardown.
+and one line on stderr instead of a traceback; the others spin until SIGINT / SIGTERM (what Ctrl-C,
+`ros2 launch`, systemd and docker send) or an external shutdown, then stop their executor, run
+`finalize` (if the node has one: the capture node saves its scene), and exit 0.
+
+Why not rclpy's own signal handling: it turns SIGINT into a KeyboardInterrupt raised wherever the
+main thread happens to be, which can be inside the executor's wait while it holds entity handles
+(teardown then waited forever on them), and a library that installs its own SIGTERM handler on
+import (pycolmap's glog: a stack dump and a kill) silently replaces it. Here the handlers only set
+an event, the main thread checks it between short waits, and libraries named in `preload` are
+imported before the handlers are installed.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
-import os
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -16,18 +25,33 @@ from collections.abc import Callable
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+WAKE_PERIOD_S = 0.1
+"""Longest wait of the main thread before it looks at the stop event again (s)."""
 
 
 def spin_node(
-    make_node: Callable[[], Node], prog: str, args: list[str] | None = None, threads: int = 1
+    make_node: Callable[[], Node],
+    prog: str,
+    args: list[str] | None = None,
+    threads: int = 1,
+    preload: tuple[str, ...] = (),
 ) -> int:
     """Run the node that `make_node` builds; returns the process exit code.
 
     threads > 1: a MultiThreadedExecutor (nodes with callback groups that must not block each
-    other, e.g. a service that renders while /tf keeps arriving).
+    other, e.g. a service that renders while /tf keeps arriving). preload: modules to import before
+    the signal handlers are installed (ones that take signals over on import).
     """
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(name)s: %(message)s")
-    rclpy.init(args=args)
+    for module in preload:
+        importlib.import_module(module)
+    stop = threading.Event()
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda *_: stop.set())
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = make_node()
     except (ValueError, FileNotFoundError) as err:  # bad parameters / robot YAML / paths
@@ -37,34 +61,17 @@ def spin_node(
     executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
     executor.add_node(node)
     try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=WAKE_PERIOD_S)
+    except ExternalShutdownException:
         pass
     finally:
+        # No callback starts after this, and the ones running finish first (the pool's threads are
+        # joined): finalize then has the node to itself, and nothing holds a handle at destroy time.
+        executor.shutdown()
         finalize = getattr(node, "finalize", None)
         if finalize is not None:
             finalize()
-        # The node's work is saved by now. The multi-threaded executor's teardown has been seen to
-        # hang on a loaded host (a callback that never returns); rather than wait for launch's
-        # SIGKILL, leave after TEARDOWN_TIMEOUT_S with a clear line.
-        watchdog = threading.Timer(TEARDOWN_TIMEOUT_S, _exit_after_hung_teardown, args=(prog,))
-        watchdog.daemon = True
-        watchdog.start()
-        executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
-        watchdog.cancel()
     return 0
-
-
-TEARDOWN_TIMEOUT_S = 10.0
-
-
-def _exit_after_hung_teardown(prog: str) -> None:
-    print(
-        f"{prog}: ROS teardown did not finish {TEARDOWN_TIMEOUT_S:.0f} s after the final save; exiting",
-        file=sys.stderr,
-        flush=True,
-    )
-    logging.shutdown()
-    os._exit(0)
