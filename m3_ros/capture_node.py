@@ -31,6 +31,7 @@ from m3_core.capture.session import CaptureConfig, CaptureSession
 from m3_core.capture.writer import SceneWriteError, SceneWriter
 from m3_core.robot import DEFAULT_ROBOT_YAML, load_robot_config
 from m3_ros.conversions import camera_from_info_msg, stamp_ns_from_msg, transforms_from_tf_msg
+from m3_ros.drops import DropCounter
 from m3_ros.ready import ReadinessReporter
 from m3_ros.spin import spin_node
 
@@ -169,6 +170,7 @@ class CaptureNode(Node):
         )
         # /tf_static is not required: a robot may publish its fixed transforms on /tf
         self.readiness = ReadinessReporter(self, inputs)
+        self.drops = DropCounter(self.get_logger())
         self.create_timer(float(p["poll_period_s"]), self._on_poll, callback_group=heavy_group)
         self.create_service(Trigger, "~/save", self._on_save, callback_group=heavy_group)
         if float(p["diagnostics_period_s"]) > 0:
@@ -203,11 +205,7 @@ class CaptureNode(Node):
     def _malformed(self, topic: str, error: str) -> None:
         """Count a message that cannot be used (drop reason 'malformed') and warn, throttled."""
         self.session.count_malformed()
-        self.get_logger().warning(
-            f"malformed message on {topic} dropped ({self.session.stats.dropped['malformed']} so far): "
-            f"{error}",
-            throttle_duration_sec=5.0,
-        )
+        self.drops.drop(topic, error)
 
     def _on_tf(self, msg: TFMessage) -> None:
         self._feed_tf(msg, static=False)

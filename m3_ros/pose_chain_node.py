@@ -31,6 +31,7 @@ from m3_ros.conversions import (
     stamp_ns_from_msg,
     transform_msg_from_matrix,
 )
+from m3_ros.drops import DropCounter
 from m3_ros.ready import ReadinessReporter
 from m3_ros.spin import spin_node
 
@@ -58,6 +59,7 @@ class PoseChainNode(Node):
         odom_topic = p["odometry_topic"] or robot.topics.odometry
         ee_topic = p["ee_pose_topic"] or robot.topics.ee_pose
         camera_topic = p["camera_pose_topic"] or robot.topics.camera_pose
+        self.input_topics = (odom_topic, ee_topic)
 
         reliability = ReliabilityPolicy.RELIABLE if p["reliable_inputs"] else ReliabilityPolicy.BEST_EFFORT
         in_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=reliability)
@@ -84,7 +86,7 @@ class PoseChainNode(Node):
             self.create_subscription(PoseStamped, ee_topic, self._on_ee_pose, in_qos),
         ]
         self.readiness = ReadinessReporter(self, inputs, outputs=[self.tf_pub])
-        self.malformed = 0
+        self.drops = DropCounter(self.get_logger())
         self.get_logger().info(
             f"{odom_topic} + {ee_topic} -> /tf{' + /tf_static' if p['publish_static'] else ''} and {camera_topic}"
         )
@@ -104,7 +106,7 @@ class PoseChainNode(Node):
         try:
             world_from_lidar, parent, child, stamp_ns = matrix_from_odometry_msg(msg)
         except ValueError as err:  # zero quaternion, NaN: drop it, count it, keep running
-            self._malformed("odometry", err)
+            self.drops.drop(self.input_topics[0], err)
             return
         try:
             tf = self.chain.odometry_transform(parent, child, world_from_lidar, stamp_ns)
@@ -116,7 +118,7 @@ class PoseChainNode(Node):
         try:
             armbase_from_ee = matrix_from_pose_msg(msg)
         except ValueError as err:
-            self._malformed("end-effector pose", err)
+            self.drops.drop(self.input_topics[1], err)
             return
         try:
             tf = self.chain.ee_transform(
@@ -126,11 +128,6 @@ class PoseChainNode(Node):
         except (ValueError, TransformError, StaleStampError) as err:
             self.get_logger().warning(f"end-effector pose ignored: {err}", throttle_duration_sec=5.0)
 
-    def _malformed(self, what: str, err: Exception) -> None:
-        self.malformed += 1
-        self.get_logger().warning(
-            f"malformed {what} dropped ({self.malformed} so far): {err}", throttle_duration_sec=5.0
-        )
 
 
 def main(args: list[str] | None = None) -> int:

@@ -50,6 +50,7 @@ from m3_ros.conversions import (
     time_msg_from_ns,
     transforms_from_tf_msg,
 )
+from m3_ros.drops import DropCounter
 from m3_ros.spin import spin_node
 from m3_ros.text_cache import TextCachingQueryCache
 
@@ -147,7 +148,7 @@ class QueryNode(Node):
         self._serve_lock = threading.Lock()
         self._waiting = 0
         self._answered = 0
-        self.malformed = 0
+        self.drops = DropCounter(self.get_logger())
         self.create_subscription(TFMessage, "/tf", self._on_tf, 100, callback_group=sensors)
         self.create_subscription(TFMessage, "/tf_static", self._on_tf_static, LATCHED, callback_group=sensors)
         self.create_subscription(
@@ -235,12 +236,7 @@ class QueryNode(Node):
         return good
 
     def _malformed(self, topic: str, error: object) -> None:
-        with self._lock:
-            self.malformed += 1
-            n = self.malformed
-        self.get_logger().warning(
-            f"malformed message on {topic} dropped ({n} so far): {error}", throttle_duration_sec=5.0
-        )
+        self.drops.drop(topic, error)
 
     def _on_info(self, msg: CameraInfo) -> None:
         try:

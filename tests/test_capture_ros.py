@@ -5,6 +5,7 @@ The scene made live must be the one `m3 bag2scene` makes offline: same keyframes
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -277,3 +278,100 @@ def test_capture_node_survives_bad_input_and_unwritable_dir(rclpy_node, start_pr
     assert "bad_encoding" in out and "write_error" in out and "depth image must be one of" in out
     assert proc.popen.poll() is None, "the node must keep running"
     assert not (blocker / "scene").exists()
+
+
+def test_malformed_messages_are_dropped_counted_and_survived(rclpy_node, start_process, tmp_path):
+    """A /tf with a zero quaternion or a NaN position, odometry with a zero quaternion, an ee pose with
+    a NaN position, a CameraInfo with NaN focal lengths: each node drops and counts the message and
+    keeps serving (they used to die on the first one with a ValueError from conversions.py)."""
+    from geometry_msgs.msg import PoseStamped
+    from nav_msgs.msg import Odometry
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import CameraInfo
+    from std_srvs.srv import Trigger
+    from tf2_msgs.msg import TFMessage
+
+    from m3_core.geometry.camera import PinholeCamera
+    from m3_ros.conversions import (
+        info_msg_from_camera,
+        odometry_msg_from_matrix,
+        pose_msg_from_matrix,
+        transform_msg_from_matrix,
+    )
+
+    robot = load_robot_config()
+    f = robot.frames
+    node = rclpy_node
+    executor = SingleThreadedExecutor(context=node.context)
+    executor.add_node(node)
+    chain = start_process([sys.executable, "-m", "m3_ros.pose_chain_node"], name="pose_chain")
+    capture = start_process(
+        [sys.executable, "-m", "m3_ros.capture_node", "--ros-args", "-p", f"output_dir:={tmp_path / 'scene'}"],
+        name="capture",
+    )  # fmt: skip
+    tf_pub = node.create_publisher(TFMessage, "/tf", 100)
+    odom_pub = node.create_publisher(Odometry, robot.topics.odometry, 100)
+    ee_pub = node.create_publisher(PoseStamped, robot.topics.ee_pose, 100)
+    info_pub = node.create_publisher(CameraInfo, robot.topics.camera_info, 10)
+    chain_tf: list = []
+    node.create_subscription(
+        TFMessage, "/tf", lambda m: chain_tf.extend(t for t in m.transforms if t.child_frame_id == f.lidar), 100
+    )
+    client = node.create_client(Trigger, "/m3_capture/save")
+    spin = lambda: executor.spin_once(timeout_sec=0.05)  # noqa: E731
+    wait_until(
+        lambda: tf_pub.get_subscription_count() >= 1 and odom_pub.get_subscription_count() >= 1
+        and client.service_is_ready(),
+        120, spin, "capture and pose-chain endpoints",
+    )  # fmt: skip
+
+    def bad_transform(position, quat):
+        tf = transform_msg_from_matrix(np.eye(4), "odom", "bad_child", 1_000_000_000)
+        tf.transform.translation.x, tf.transform.translation.y, tf.transform.translation.z = position
+        r = tf.transform.rotation
+        r.x, r.y, r.z, r.w = quat
+        return tf
+
+    good = transform_msg_from_matrix(np.eye(4), "odom", "good_child", 1_000_000_000)
+    zero_quat = bad_transform((0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 0.0))
+    nan_position = bad_transform((float("nan"), 0.0, 0.0), (0.0, 0.0, 0.0, 1.0))
+    bad_odom = odometry_msg_from_matrix(np.eye(4), f.world, f.lidar, 1_000_000_000)
+    bad_odom.pose.pose.orientation.w = 0.0
+    bad_ee = pose_msg_from_matrix(np.eye(4), 1_000_000_000, f.arm_base)
+    bad_ee.pose.position.y = float("inf")
+    bad_info = info_msg_from_camera(PinholeCamera(100.0, 100.0, 79.5, 59.5, 160, 120))
+    bad_info.k = [float("nan")] * 9
+
+    def logs_show_drops() -> bool:
+        c, p = capture.output(), chain.output()
+        return (
+            "malformed message on /tf dropped" in c and "camera_info ignored" in c
+            and f"malformed message on {robot.topics.odometry} dropped" in p
+            and f"malformed message on {robot.topics.ee_pose} dropped" in p
+        )  # fmt: skip
+
+    # until every node has logged its drops: the first messages after discovery may still be lost
+    deadline = time.monotonic() + 60
+    while not logs_show_drops():
+        assert capture.popen.poll() is None and chain.popen.poll() is None, capture.output() + chain.output()
+        assert time.monotonic() < deadline, capture.output() + chain.output()
+        tf_pub.publish(TFMessage(transforms=[zero_quat, good, nan_position]))
+        odom_pub.publish(bad_odom)
+        ee_pub.publish(bad_ee)
+        info_pub.publish(bad_info)
+        for _ in range(4):
+            spin()
+
+    # still working: the pose chain turns good odometry into /tf, the capture saves and counts
+    t0 = 5_000_000_000
+    for k in range(3):
+        odom_pub.publish(odometry_msg_from_matrix(np.eye(4), f.world, f.lidar, t0 + k * 100_000_000))
+    wait_until(lambda: len(chain_tf) >= 3, 30, spin, "the pose chain's /tf after the bad messages")
+    future = client.call_async(Trigger.Request())
+    executor.spin_until_future_complete(future, timeout_sec=60)
+    answer = future.result()
+    assert answer is not None and answer.success, answer
+    malformed = int(re.search(r"malformed=(\d+)", answer.message).group(1))
+    assert malformed >= 3, answer.message  # zero quaternion, NaN position, bad camera_info
+    assert capture.popen.poll() is None and chain.popen.poll() is None
+    assert capture.stop() == 0 and chain.stop() == 0, capture.output() + chain.output()
