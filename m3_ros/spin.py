@@ -20,6 +20,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 import rclpy
@@ -30,6 +31,9 @@ from rclpy.signals import SignalHandlerOptions
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 WAKE_PERIOD_S = 0.1
 """Longest wait of the main thread before it looks at the stop event again (s)."""
+DRAIN_TIMEOUT_S = 60.0
+"""Longest wait for callbacks already running when the node is asked to stop (s)."""
+log = logging.getLogger(__name__)
 
 
 def spin_node(
@@ -66,8 +70,12 @@ def spin_node(
     except ExternalShutdownException:
         pass
     finally:
-        # No callback starts after this, and the ones running finish first (the pool's threads are
-        # joined): finalize then has the node to itself, and nothing holds a handle at destroy time.
+        # No callback starts after the loop; the ones already handed to the thread pool finish
+        # first. rclpy's Executor.shutdown (9.x) does not wait for them before destroying its guard
+        # condition: a queued callback then took its message and died on the destroyed guard
+        # ("cannot use Destroyable because destruction was requested"), the message lost. So drain
+        # first; then finalize has the node to itself and nothing holds a handle at destroy time.
+        _wait_for_callbacks(executor, DRAIN_TIMEOUT_S)
         executor.shutdown()
         finalize = getattr(node, "finalize", None)
         if finalize is not None:
@@ -75,3 +83,14 @@ def spin_node(
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def _wait_for_callbacks(executor: SingleThreadedExecutor | MultiThreadedExecutor, timeout_s: float) -> None:
+    """Wait until the callbacks a MultiThreadedExecutor has handed to its threads are done."""
+    pending = list(getattr(executor, "_futures", []))  # the handlers submitted to the pool
+    deadline = time.monotonic() + timeout_s
+    while any(not f.done() for f in pending):
+        if time.monotonic() > deadline:
+            log.error("callbacks still running %.0f s after the stop request; tearing down anyway", timeout_s)
+            return
+        time.sleep(0.01)
