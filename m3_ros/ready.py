@@ -10,13 +10,15 @@ receiving node therefore publishes its own view on READY_TOPIC (std_msgs/String,
 
 `inputs` counts the publishers each required subscription has matched, `outputs` the subscribers
 each required publisher has matched; `ready` is true once none is 0. The status is re-published
-whenever it changes. `m3 replay --wait-ready NODE...` starts only when every named node says
+whenever it changes, and every HEARTBEAT_S anyway (a late reader that missed the latched sample under
+heavy load still hears it). `m3 replay --wait-ready NODE...` starts only when every named node says
 ready, i.e. both sides of every needed connection have matched.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from rclpy.node import Node
@@ -31,6 +33,7 @@ READY_QOS = QoSProfile(
     durability=DurabilityPolicy.TRANSIENT_LOCAL,
 )
 CHECK_PERIOD_S = 0.1
+HEARTBEAT_S = 1.0
 
 
 class ReadinessReporter:
@@ -43,6 +46,7 @@ class ReadinessReporter:
         self.outputs = list(outputs)
         self._pub = node.create_publisher(String, READY_TOPIC, READY_QOS)
         self._last: dict | None = None
+        self._last_sent = 0.0
         node.create_timer(CHECK_PERIOD_S, self.check)
 
     def status(self) -> dict:
@@ -59,8 +63,9 @@ class ReadinessReporter:
 
     def check(self) -> None:
         status = self.status()
-        if status != self._last:
-            self._last = status
+        now = time.monotonic()
+        if status != self._last or now - self._last_sent >= HEARTBEAT_S:
+            self._last, self._last_sent = status, now
             self._pub.publish(String(data=json.dumps(status, sort_keys=True)))
 
 
