@@ -32,6 +32,14 @@ READY_QOS = QoSProfile(
     reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.TRANSIENT_LOCAL,
 )
+# Readers keep many samples: the topic has no key, so with depth 1 the latched statuses of two
+# nodes arriving together overwrote each other and one node was never heard (seen under load).
+READY_READER_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=100,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
 CHECK_PERIOD_S = 0.1
 HEARTBEAT_S = 1.0
 

@@ -36,7 +36,7 @@ from std_msgs.msg import String
 
 from m3_core.config import config_dir
 from m3_core.robot import load_robot_config
-from m3_ros.ready import READY_QOS, READY_TOPIC, node_matches, parse_status
+from m3_ros.ready import READY_READER_QOS, READY_TOPIC, node_matches, parse_status
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ class ReplayNode(Node):
         self.wait_ready = list(wait_ready or [])
         self._ready: dict[str, dict] = {}  # fully qualified node name -> its latest status
         if self.wait_ready:
-            self.create_subscription(String, READY_TOPIC, self._on_status, READY_QOS)
+            self.create_subscription(String, READY_TOPIC, self._on_status, READY_READER_QOS)
         self.summary = ReplaySummary(bag=str(self.bag), rate=self.rate, types=dict(self.types))
         self.summary.sent = {t: 0 for t in self.types}
         # /clock (rosgraph_msgs/Clock) with the bag's time, for nodes with use_sim_time, as
