@@ -86,6 +86,7 @@ _PARAMS: dict[str, tuple[object, str, bool]] = {
     "diagnostics_period_s": (5.0, "period of the diagnostics log line, s (0: off)", True),
     "poll_period_s": (0.02, "how often pending frames are checked, s", True),
 }
+TF_QUEUE_DEPTH = 1000
 _KEYFRAME_PARAMS = {
     "min_translation_m", "min_rotation_deg", "max_interval_s", "min_interval_s", "min_sharpness",
     "min_valid_depth_fraction",
@@ -145,8 +146,11 @@ class CaptureNode(Node):
         sensor_qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST, depth=int(p["qos_depth"]), reliability=camera_reliability
         )
+        # /tf is small but fast (odometry + arm pose, 120 messages/s at a 2x replay): a tf callback
+        # starved for a second on a loaded host overflowed a 100-deep queue, and a lost sample moves
+        # the interpolated pose by millimetres. 1000 holds ~8 s.
         tf_qos = QoSProfile(
-            history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE
+            history=HistoryPolicy.KEEP_LAST, depth=TF_QUEUE_DEPTH, reliability=ReliabilityPolicy.RELIABLE
         )
         tf_static_qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,

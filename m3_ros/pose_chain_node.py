@@ -62,9 +62,11 @@ class PoseChainNode(Node):
         self.input_topics = (odom_topic, ee_topic)
 
         reliability = ReliabilityPolicy.RELIABLE if p["reliable_inputs"] else ReliabilityPolicy.BEST_EFFORT
-        in_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=reliability)
+        # deep queues: a lost odometry or ee sample moves interpolated camera poses by millimetres,
+        # and on a loaded host a 100-deep queue overflowed at a 2x replay (120 messages/s)
+        in_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000, reliability=reliability)
         out_qos = QoSProfile(
-            history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE
+            history=HistoryPolicy.KEEP_LAST, depth=1000, reliability=ReliabilityPolicy.RELIABLE
         )
         static_qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST,
