@@ -6,11 +6,13 @@ and one line on stderr instead of a traceback; the others spin until SIGINT / SI
 `finalize` (if the node has one: the capture node saves its scene), and exit 0.
 
 Why not rclpy's own signal handling: it turns SIGINT into a KeyboardInterrupt raised wherever the
-main thread happens to be, which can be inside the executor's wait while it holds entity handles
-(teardown then waited forever on them), and a library that installs its own SIGTERM handler on
-import (pycolmap's glog: a stack dump and a kill) silently replaces it. Here the handlers only set
-an event, the main thread checks it between short waits, and libraries named in `preload` are
-imported before the handlers are installed.
+main thread happens to be (inside the executor's wait, between a take and its callback, inside
+finalize), and a library that installs its own SIGTERM handler on import (pycolmap's glog: a stack
+dump and a kill) silently replaces it. Here the handlers only set an event, the main thread checks
+it between short waits, and libraries named in `preload` are imported before the handlers are
+installed. Teardown is ordered: callbacks already running finish, then the executor stops, then
+`finalize`, then the node is destroyed (the old order ran finalize and the executor's shutdown
+while callbacks were still running; that is where teardown was seen to hang).
 """
 
 from __future__ import annotations
