@@ -30,7 +30,9 @@ from m3_core.capture.keyframes import KeyframeConfig
 from m3_core.capture.session import CaptureConfig, CaptureSession
 from m3_core.capture.writer import SceneWriteError, SceneWriter
 from m3_core.robot import DEFAULT_ROBOT_YAML, load_robot_config
-from m3_ros.conversions import camera_from_info_msg, matrix_from_transform_msg, stamp_ns_from_msg
+from m3_ros.conversions import camera_from_info_msg, stamp_ns_from_msg, transforms_from_tf_msg
+from m3_ros.drops import DropCounter
+from m3_ros.ready import ReadinessReporter
 from m3_ros.spin import spin_node
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,7 @@ _PARAMS: dict[str, tuple[object, str, bool]] = {
     "diagnostics_period_s": (5.0, "period of the diagnostics log line, s (0: off)", True),
     "poll_period_s": (0.02, "how often pending frames are checked, s", True),
 }
+TF_QUEUE_DEPTH = 1000
 _KEYFRAME_PARAMS = {
     "min_translation_m", "min_rotation_deg", "max_interval_s", "min_interval_s", "min_sharpness",
     "min_valid_depth_fraction",
@@ -128,8 +131,11 @@ class CaptureNode(Node):
         self.session = CaptureSession(config, writer, world_frame, camera_frame)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        # Groups: camera inputs, transforms, and the heavy work (decide + PNG writes + save).
-        camera_group = MutuallyExclusiveCallbackGroup()
+        # Groups: one per input stream, so that a burst on one stream cannot starve the other (the
+        # executor serves ready subscriptions in creation order: with color and depth in one
+        # mutually exclusive group, 100 colors could be taken before the first depth), and the heavy
+        # work (decide + PNG writes + save). The session's inputs are thread-safe.
+        color_group, depth_group, info_group = (MutuallyExclusiveCallbackGroup() for _ in range(3))
         tf_group = MutuallyExclusiveCallbackGroup()
         heavy_group = MutuallyExclusiveCallbackGroup()
         # sensor-data QoS (best effort) matches any camera driver; reliable resends lost fragments of
@@ -140,37 +146,41 @@ class CaptureNode(Node):
         sensor_qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST, depth=int(p["qos_depth"]), reliability=camera_reliability
         )
+        # /tf is small but fast (odometry + arm pose, 120 messages/s at a 2x replay): a tf callback
+        # starved for a second on a loaded host overflowed a 100-deep queue, and a lost sample moves
+        # the interpolated pose by millimetres. 1000 holds ~8 s.
         tf_qos = QoSProfile(
-            history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE
+            history=HistoryPolicy.KEEP_LAST, depth=TF_QUEUE_DEPTH, reliability=ReliabilityPolicy.RELIABLE
         )
         tf_static_qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
             durability=DurabilityPolicy.TRANSIENT_LOCAL,
         )  # fmt: skip
-        self.create_subscription(
-            Image, self.topics["color"], self._on_color, sensor_qos, callback_group=camera_group
-        )
-        self.create_subscription(
-            Image, self.topics["depth"], self._on_depth, sensor_qos, callback_group=camera_group
-        )
-        self.create_subscription(
-            CameraInfo,
-            self.topics["camera_info"],
-            self._on_camera_info,
-            sensor_qos,
-            callback_group=camera_group,
-        )
-        self.create_subscription(TFMessage, "/tf", self._on_tf, tf_qos, callback_group=tf_group)
+        inputs = [
+            self.create_subscription(
+                Image, self.topics["color"], self._on_color, sensor_qos, callback_group=color_group
+            ),
+            self.create_subscription(
+                Image, self.topics["depth"], self._on_depth, sensor_qos, callback_group=depth_group
+            ),
+            self.create_subscription(
+                CameraInfo, self.topics["camera_info"], self._on_camera_info, sensor_qos,
+                callback_group=info_group,
+            ),  # fmt: skip
+            self.create_subscription(TFMessage, "/tf", self._on_tf, tf_qos, callback_group=tf_group),
+        ]
         self.create_subscription(
             TFMessage, "/tf_static", self._on_tf_static, tf_static_qos, callback_group=tf_group
         )
+        # /tf_static is not required: a robot may publish its fixed transforms on /tf
+        self.readiness = ReadinessReporter(self, inputs)
+        self.drops = DropCounter(self.get_logger())
         self.create_timer(float(p["poll_period_s"]), self._on_poll, callback_group=heavy_group)
         self.create_service(Trigger, "~/save", self._on_save, callback_group=heavy_group)
         if float(p["diagnostics_period_s"]) > 0:
             self.create_timer(
                 float(p["diagnostics_period_s"]), self._on_diagnostics, callback_group=heavy_group
             )
-        self._info_error_logged = False
         self.get_logger().info(
             f"capturing {self.topics['color']} + {self.topics['depth']} with poses {world_frame}<-{camera_frame} "
             f"into {out}"
@@ -187,16 +197,19 @@ class CaptureNode(Node):
         try:
             self.session.set_camera(camera_from_info_msg(msg))
         except ValueError as err:
-            if not self._info_error_logged:
-                self._info_error_logged = True
-                self.get_logger().error(f"camera_info on {self.topics['camera_info']} ignored: {err}")
+            self._malformed(self.topics["camera_info"], f"camera_info ignored: {err}")
 
     def _feed_tf(self, msg: TFMessage, static: bool) -> None:
-        for tf in msg.transforms:
-            self.session.add_transform(
-                tf.header.frame_id, tf.child_frame_id, matrix_from_transform_msg(tf),
-                stamp_ns_from_msg(tf.header.stamp), static=static,
-            )  # fmt: skip
+        good, errors = transforms_from_tf_msg(msg)
+        for error in errors:  # a malformed transform is dropped alone; the rest of the message is used
+            self._malformed("/tf_static" if static else "/tf", error)
+        for parent, child, matrix, stamp_ns in good:
+            self.session.add_transform(parent, child, matrix, stamp_ns, static=static)
+
+    def _malformed(self, topic: str, error: str) -> None:
+        """Count a message that cannot be used (drop reason 'malformed') and warn, throttled."""
+        self.session.count_malformed()
+        self.drops.drop(topic, error)
 
     def _on_tf(self, msg: TFMessage) -> None:
         self._feed_tf(msg, static=False)
@@ -219,7 +232,8 @@ class CaptureNode(Node):
         response.success = True
         # pending frames wait for transforms (tf_wait_s / tf_timeout_s); a caller may save again later
         response.message = (
-            f"saved {n} keyframes to {self.session.writer.root} ({self.session.pending} pending)"
+            f"saved {n} keyframes to {self.session.writer.root} ({self.session.pending} pending); "
+            f"{self.session.stats.line()}"
         )
         self.get_logger().info(response.message)
         return response
@@ -256,7 +270,9 @@ class CaptureNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    return spin_node(CaptureNode, "m3_capture_node", args, threads=4)
+    # pycolmap (the writer's COLMAP model) takes SIGTERM over when imported: import it before
+    # spin_node installs its handlers, so SIGTERM saves and exits like Ctrl-C
+    return spin_node(CaptureNode, "m3_capture_node", args, threads=4, preload=("pycolmap",))
 
 
 if __name__ == "__main__":

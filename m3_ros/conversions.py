@@ -109,6 +109,8 @@ def camera_from_info_msg(msg: CameraInfo) -> PinholeCamera:
     if msg.width == 0 or msg.height == 0:
         raise ValueError("CameraInfo has zero width/height; is the camera driver configured?")
     K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+    if not np.all(np.isfinite(K)):
+        raise ValueError(f"CameraInfo K has non-finite values: {K.reshape(-1).tolist()}")
     if K[0, 0] <= 0 or K[1, 1] <= 0:
         raise ValueError(f"CameraInfo K has non-positive focal lengths: {K[0, 0]}, {K[1, 1]}")
     return PinholeCamera.from_matrix(K, int(msg.width), int(msg.height))
@@ -132,12 +134,23 @@ def info_msg_from_camera(camera: PinholeCamera, stamp_ns: int = 0, frame_id: str
 # -- poses and transforms ----------------------------------------------------------------------
 
 
+def _checked_matrix(position: np.ndarray, quat_xyzw: np.ndarray, what: str) -> np.ndarray:
+    """4x4 from a message's position and quaternion; ValueError for NaN/inf or a zero quaternion
+    (a malformed message: callers drop it and keep running)."""
+    if not np.all(np.isfinite(position)):
+        raise ValueError(f"{what} has a non-finite position {position.tolist()}")
+    try:
+        return core_matrix_from_pose(position, quat_xyzw)
+    except ValueError as err:
+        raise ValueError(f"{what}: {err}") from err
+
+
 def matrix_from_pose_msg(pose: Pose | PoseStamped) -> np.ndarray:
-    """4x4 `<header frame>_from_<pose's frame>` from a Pose or PoseStamped."""
+    """4x4 `<header frame>_from_<pose's frame>` from a Pose or PoseStamped (ValueError if malformed)."""
     if isinstance(pose, PoseStamped):
         pose = pose.pose
     p, q = pose.position, pose.orientation
-    return core_matrix_from_pose(np.array([p.x, p.y, p.z]), np.array([q.x, q.y, q.z, q.w]))
+    return _checked_matrix(np.array([p.x, p.y, p.z]), np.array([q.x, q.y, q.z, q.w]), "pose")
 
 
 def pose_from_matrix_msg(T: np.ndarray) -> Pose:
@@ -159,9 +172,13 @@ def pose_msg_from_matrix(T: np.ndarray, stamp_ns: int = 0, frame_id: str = "") -
 
 
 def matrix_from_transform_msg(msg: TransformStamped) -> np.ndarray:
-    """4x4 `header.frame_id _from_ child_frame_id`."""
+    """4x4 `header.frame_id _from_ child_frame_id` (ValueError if malformed)."""
     t, q = msg.transform.translation, msg.transform.rotation
-    return core_matrix_from_pose(np.array([t.x, t.y, t.z]), np.array([q.x, q.y, q.z, q.w]))
+    return _checked_matrix(
+        np.array([t.x, t.y, t.z]),
+        np.array([q.x, q.y, q.z, q.w]),
+        f"transform {msg.header.frame_id!r} -> {msg.child_frame_id!r}",
+    )
 
 
 def transform_msg_from_matrix(T: np.ndarray, parent: str, child: str, stamp_ns: int = 0) -> TransformStamped:
@@ -197,14 +214,28 @@ def odometry_msg_from_matrix(T: np.ndarray, parent: str, child: str, stamp_ns: i
     return msg
 
 
-def feed_buffer_from_tf_msg(buffer: TransformBuffer, msg: TFMessage, static: bool) -> int:
-    """Insert every transform of a tf2_msgs/TFMessage into a m3_core TransformBuffer; returns how many."""
+def transforms_from_tf_msg(msg: TFMessage) -> tuple[list[tuple[str, str, np.ndarray, int]], list[str]]:
+    """The well-formed transforms of a tf2_msgs/TFMessage as (parent, child, parent_from_child,
+    stamp_ns), and one error line per malformed one (zero quaternion, NaN, empty frame id)."""
+    good, errors = [], []
     for tf in msg.transforms:
-        buffer.set_transform(
-            tf.header.frame_id,
-            tf.child_frame_id,
-            matrix_from_transform_msg(tf),
-            stamp_ns_from_msg(tf.header.stamp),
-            static=static,
-        )
-    return len(msg.transforms)
+        parent, child = tf.header.frame_id, tf.child_frame_id
+        if not parent or not child or parent == child:
+            errors.append(f"transform {parent!r} -> {child!r} needs two different non-empty frame ids")
+            continue
+        try:
+            good.append((parent, child, matrix_from_transform_msg(tf), stamp_ns_from_msg(tf.header.stamp)))
+        except ValueError as err:
+            errors.append(str(err))
+    return good, errors
+
+
+def feed_buffer_from_tf_msg(buffer: TransformBuffer, msg: TFMessage, static: bool) -> int:
+    """Insert every transform of a tf2_msgs/TFMessage into a m3_core TransformBuffer; returns how many.
+    Raises ValueError on a malformed one (nodes use transforms_from_tf_msg to skip those instead)."""
+    good, errors = transforms_from_tf_msg(msg)
+    if errors:
+        raise ValueError("; ".join(errors))
+    for parent, child, matrix, stamp_ns in good:
+        buffer.set_transform(parent, child, matrix, stamp_ns, static=static)
+    return len(good)

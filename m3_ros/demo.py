@@ -81,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import rclpy
 
+    from m3_core.scene import load_scene
     from m3_core.sim import gt_dir_for, read_objects, write_scene_masks
     from m3_ros.demo_client import DemoClient
     from m3_ros.graph import load_group
@@ -119,8 +120,15 @@ def _run(args: argparse.Namespace) -> int:
             code = nodes.wait("m3_replay", timeout=args.timeout)
             if code != 0:
                 raise RuntimeError(f"replay exited with {code}; see {logs / 'm3_replay.log'}")
-            print(f"   capture: {client.save_scene(timeout=60.0)}")
+            saved = client.save_scene(timeout=60.0)
             exit_codes.update(nodes.stop())
+            # what the capture received, paired and kept (every frame sent should be received and paired)
+            capture_stats = load_scene(scene_dir).extra.get("capture_stats", {})
+            print(f"   capture: {saved.split(';')[0]}")
+            print(
+                "   capture counts: received color={received_color} depth={received_depth}, "
+                "paired={paired}, kept={kept}, dropped={dropped}".format(**capture_stats)
+            )
 
         with Stage(timings, "3/6 instance masks + captions for the language-mask model"):
             n = write_scene_masks(scene_dir, gt_dir)
@@ -169,6 +177,7 @@ def _run(args: argparse.Namespace) -> int:
             "success": bool(answer_odom.success and answer_arm.success),
             "message": answer_arm.message,
             "exit_codes": exit_codes,
+            "capture_stats": capture_stats,
             "timings_s": timings,
         }
         if report["success"]:

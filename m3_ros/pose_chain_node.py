@@ -31,6 +31,8 @@ from m3_ros.conversions import (
     stamp_ns_from_msg,
     transform_msg_from_matrix,
 )
+from m3_ros.drops import DropCounter
+from m3_ros.ready import ReadinessReporter
 from m3_ros.spin import spin_node
 
 _PARAMS: dict[str, tuple[object, str]] = {
@@ -57,11 +59,14 @@ class PoseChainNode(Node):
         odom_topic = p["odometry_topic"] or robot.topics.odometry
         ee_topic = p["ee_pose_topic"] or robot.topics.ee_pose
         camera_topic = p["camera_pose_topic"] or robot.topics.camera_pose
+        self.input_topics = (odom_topic, ee_topic)
 
         reliability = ReliabilityPolicy.RELIABLE if p["reliable_inputs"] else ReliabilityPolicy.BEST_EFFORT
-        in_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=reliability)
+        # deep queues: a lost odometry or ee sample moves interpolated camera poses by millimetres,
+        # and on a loaded host a 100-deep queue overflowed at a 2x replay (120 messages/s)
+        in_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000, reliability=reliability)
         out_qos = QoSProfile(
-            history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE
+            history=HistoryPolicy.KEEP_LAST, depth=1000, reliability=ReliabilityPolicy.RELIABLE
         )
         static_qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST,
@@ -78,8 +83,12 @@ class PoseChainNode(Node):
                     transforms=[transform_msg_from_matrix(T, a, b) for a, b, T in robot.static_transforms()]
                 )
             )
-        self.create_subscription(Odometry, odom_topic, self._on_odometry, in_qos)
-        self.create_subscription(PoseStamped, ee_topic, self._on_ee_pose, in_qos)
+        inputs = [
+            self.create_subscription(Odometry, odom_topic, self._on_odometry, in_qos),
+            self.create_subscription(PoseStamped, ee_topic, self._on_ee_pose, in_qos),
+        ]
+        self.readiness = ReadinessReporter(self, inputs, outputs=[self.tf_pub])
+        self.drops = DropCounter(self.get_logger())
         self.get_logger().info(
             f"{odom_topic} + {ee_topic} -> /tf{' + /tf_static' if p['publish_static'] else ''} and {camera_topic}"
         )
@@ -96,7 +105,11 @@ class PoseChainNode(Node):
             )
 
     def _on_odometry(self, msg: Odometry) -> None:
-        world_from_lidar, parent, child, stamp_ns = matrix_from_odometry_msg(msg)
+        try:
+            world_from_lidar, parent, child, stamp_ns = matrix_from_odometry_msg(msg)
+        except ValueError as err:  # zero quaternion, NaN: drop it, count it, keep running
+            self.drops.drop(self.input_topics[0], err)
+            return
         try:
             tf = self.chain.odometry_transform(parent, child, world_from_lidar, stamp_ns)
             self._publish(tf, self.chain.add_odometry(tf))
@@ -105,12 +118,18 @@ class PoseChainNode(Node):
 
     def _on_ee_pose(self, msg: PoseStamped) -> None:
         try:
+            armbase_from_ee = matrix_from_pose_msg(msg)
+        except ValueError as err:
+            self.drops.drop(self.input_topics[1], err)
+            return
+        try:
             tf = self.chain.ee_transform(
-                msg.header.frame_id, matrix_from_pose_msg(msg), stamp_ns_from_msg(msg.header.stamp)
+                msg.header.frame_id, armbase_from_ee, stamp_ns_from_msg(msg.header.stamp)
             )
             self._publish(tf, self.chain.add_ee(tf))
         except (ValueError, TransformError, StaleStampError) as err:
             self.get_logger().warning(f"end-effector pose ignored: {err}", throttle_duration_sec=5.0)
+
 
 
 def main(args: list[str] | None = None) -> int:

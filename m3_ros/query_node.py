@@ -26,7 +26,7 @@ from geometry_msgs.msg import Point, PoseStamped
 from m3_grasp.msg import GraspTarget
 from m3_grasp.srv import Query
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
@@ -43,15 +43,22 @@ from m3_core.robot import load_robot_config
 from m3_ros.conversions import (
     camera_from_info_msg,
     depth_m_from_msg,
-    feed_buffer_from_tf_msg,
     matrix_from_pose_msg,
     msg_from_image,
     pose_msg_from_matrix,
     stamp_ns_from_msg,
     time_msg_from_ns,
+    transforms_from_tf_msg,
 )
+from m3_ros.drops import DropCounter
 from m3_ros.spin import spin_node
+from m3_ros.text_cache import TextCachingQueryCache
 
+# The default service QoS keeps 10 requests: more callers at once lost requests (20 clients x 5
+# calls got 90 answers). Keep every request until it is taken.
+SERVICE_QOS = QoSProfile(
+    depth=1000, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE
+)
 LATCHED = QoSProfile(
     depth=1,
     durability=DurabilityPolicy.TRANSIENT_LOCAL,
@@ -135,7 +142,13 @@ class QueryNode(Node):
         self._load_error = "still loading" if self.memory_path else "parameter memory_path is empty"
 
         sensors = ReentrantCallbackGroup()
-        heavy = MutuallyExclusiveCallbackGroup()  # one query at a time; sensors keep flowing meanwhile
+        # Requests: taken as they come (reentrant group), then answered one at a time behind
+        # _serve_lock; the node knows how many wait and says so in its log.
+        requests = ReentrantCallbackGroup()
+        self._serve_lock = threading.Lock()
+        self._waiting = 0
+        self._answered = 0
+        self.drops = DropCounter(self.get_logger())
         self.create_subscription(TFMessage, "/tf", self._on_tf, 100, callback_group=sensors)
         self.create_subscription(TFMessage, "/tf_static", self._on_tf_static, LATCHED, callback_group=sensors)
         self.create_subscription(
@@ -149,7 +162,9 @@ class QueryNode(Node):
         self.target_pub = self.create_publisher(GraspTarget, "/m3/grasp_target", LATCHED)
         self.marker_pub = self.create_publisher(MarkerArray, "/m3/target_markers", LATCHED)
         self.overlay_pub = self.create_publisher(Image, "/m3/relevance_overlay", LATCHED)
-        self.create_service(Query, self.service_name, self._on_query, callback_group=heavy)
+        self.create_service(
+            Query, self.service_name, self._on_query, qos_profile=SERVICE_QOS, callback_group=requests
+        )
         if self.memory_path:
             # Loading (and the first text encoder) takes seconds: never in __init__'s thread.
             threading.Thread(target=self._load_memory, name="m3_memory_loader", daemon=True).start()
@@ -171,7 +186,7 @@ class QueryNode(Node):
             t0 = time.perf_counter()
             memory = M3Memory.load(self.memory_path, device=self.device)
             memory.eval()
-            cache = QueryCache(memory)
+            cache = TextCachingQueryCache(memory)
             model = self._model_name(memory, "")
             cache.negatives(model, tuple(self._query_config().negatives))  # loads the encoder
             with self._lock:
@@ -203,22 +218,31 @@ class QueryNode(Node):
 
     # -- sensor callbacks --------------------------------------------------------------------
     def _on_tf(self, msg: TFMessage) -> None:
-        feed_buffer_from_tf_msg(self.buffer, msg, static=False)
-        with self._lock:
-            for tf in msg.transforms:
-                stamp_ns = stamp_ns_from_msg(tf.header.stamp)
-                child = tf.child_frame_id
+        for parent, child, matrix, stamp_ns in self._good_transforms(msg, "/tf"):
+            self.buffer.set_transform(parent, child, matrix, stamp_ns)
+            with self._lock:
                 self._newest_by_child[child] = max(self._newest_by_child.get(child, 0), stamp_ns)
                 self._newest_tf_ns = max(self._newest_tf_ns, stamp_ns)
 
     def _on_tf_static(self, msg: TFMessage) -> None:
-        feed_buffer_from_tf_msg(self.buffer, msg, static=True)
+        for parent, child, matrix, stamp_ns in self._good_transforms(msg, "/tf_static"):
+            self.buffer.set_transform(parent, child, matrix, stamp_ns, static=True)
+
+    def _good_transforms(self, msg: TFMessage, topic: str) -> list:
+        """The message's well-formed transforms; a malformed one is dropped, counted and logged."""
+        good, errors = transforms_from_tf_msg(msg)
+        for error in errors:
+            self._malformed(topic, error)
+        return good
+
+    def _malformed(self, topic: str, error: object) -> None:
+        self.drops.drop(topic, error)
 
     def _on_info(self, msg: CameraInfo) -> None:
         try:
             camera = camera_from_info_msg(msg)
         except ValueError as err:
-            self.get_logger().warn(f"ignoring CameraInfo: {err}", throttle_duration_sec=5.0)
+            self._malformed("camera_info", f"ignoring CameraInfo: {err}")
             return
         with self._lock:
             self._camera = camera
@@ -227,13 +251,27 @@ class QueryNode(Node):
         try:
             depth = depth_m_from_msg(msg)
         except ValueError as err:
-            self.get_logger().warn(f"ignoring depth image: {err}", throttle_duration_sec=5.0)
+            self._malformed("depth", f"ignoring depth image: {err}")
             return
         with self._lock:
             self._depth = (stamp_ns_from_msg(msg.header.stamp), depth)
 
     # -- the service -------------------------------------------------------------------------
     def _on_query(self, request: Query.Request, response: Query.Response) -> Query.Response:
+        with self._lock:
+            self._waiting += 1
+            ahead = self._waiting - 1
+        if ahead:
+            self.get_logger().info(f"query {request.text[:60]!r} queued behind {ahead} request(s)")
+        with self._serve_lock:  # one query at a time: rendering is the bottleneck
+            with self._lock:
+                self._waiting -= 1
+            self._serve(request, response)
+            with self._lock:
+                self._answered += 1
+        return response
+
+    def _serve(self, request: Query.Request, response: Query.Response) -> Query.Response:
         t0 = time.perf_counter()
         try:
             self._answer(request, response)
@@ -249,7 +287,12 @@ class QueryNode(Node):
             self._fail(response, f"internal error ({type(err).__name__}: {err}); see the node's log")
         response.total_ms = float((time.perf_counter() - t0) * 1e3)
         level = self.get_logger().info if response.success else self.get_logger().warn
-        level(f"query {request.text[:60]!r}: {response.message} ({response.total_ms:.0f} ms)")
+        with self._lock:
+            waiting = self._waiting
+        level(
+            f"query {request.text[:60]!r}: {response.message} ({response.total_ms:.0f} ms; "
+            f"{waiting} waiting)"
+        )
         return response
 
     def _fail(self, response: Query.Response, message: str) -> None:
@@ -417,7 +460,9 @@ class QueryNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    return spin_node(QueryNode, "m3_query_node", args, threads=4)
+    # queued requests each hold an executor thread while they wait their turn: enough threads that
+    # /tf and the camera keep flowing meanwhile
+    return spin_node(QueryNode, "m3_query_node", args, threads=8)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,13 @@ A real rclpy node: the bag is read with `rosbags` (no rosbag2_py here), publishe
 from the bag's type names, and each message's raw CDR bytes are published as they are
 (`Publisher.publish(bytes)`; deserialised first on an rclpy without raw publishing). Timing
 follows the bag's log times scaled by --rate; --start-offset skips the bag's first seconds;
---loop plays it again; --clock HZ publishes /clock with the bag's time. /tf_static is latched (TRANSIENT_LOCAL, depth 1) and sent once. Before
-playing, the node waits for at least one subscriber on each camera, odometry and ee-pose topic (--wait-for, with
---wait-timeout), so a capture node that starts a moment later misses nothing. Header stamps are
-the bag's (no restamping); consumers should use message stamps, not arrival times.
+--loop plays it again; --clock HZ publishes /clock with the bag's time. /tf_static is latched
+(TRANSIENT_LOCAL, depth 1) and sent once. Before playing, the node waits for at least one
+subscriber on each camera, odometry and ee-pose topic (--wait-for, with --wait-timeout), and with
+--wait-ready NODE... until each named node reports on /m3/node_status that it has matched its own
+inputs (m3_ros.ready: DDS discovery is not symmetric, so our subscriber count alone does not mean
+the subscriber will receive the first messages). Header stamps are the bag's (no restamping);
+consumers should use message stamps, not arrival times.
 """
 
 from __future__ import annotations
@@ -28,15 +31,19 @@ try:  # where rclpy raises its C-layer errors from (no public alias in rclpy.exc
 except ImportError:  # pragma: no cover - other rclpy layouts
     RCLError = RuntimeError  # type: ignore[misc,assignment]
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import String
 
 from m3_core.config import config_dir
 from m3_core.robot import load_robot_config
 from m3_ros.msg_types import BAG_READ_ERRORS, message_class
 
+from m3_ros.ready import READY_READER_QOS, READY_TOPIC, node_matches, parse_status
+
 log = logging.getLogger(__name__)
 
 ROBOT_CONFIG = config_dir() / "robot_b1z1.yaml"
 STATIC_TOPICS = ("/tf_static",)
+PUBLISHER_DEPTH = 100
 
 
 def default_wait_topics() -> list[str]:
@@ -62,6 +69,7 @@ class ReplaySummary:
     bag_span_s: float = 0.0
     waited_s: float = 0.0
     missing_subscribers: list[str] = field(default_factory=list)
+    not_ready: list[str] = field(default_factory=list)
     interrupted: bool = False
 
     def to_json(self) -> dict:
@@ -77,6 +85,8 @@ class ReplaySummary:
             lines.append(f"  {topic:55s} {self.types.get(topic, ''):32s} {n}")
         if self.missing_subscribers:
             lines.append(f"  no subscriber appeared on: {', '.join(self.missing_subscribers)}")
+        if self.not_ready:
+            lines.append(f"  never reported ready: {', '.join(self.not_ready)}")
         return "\n".join(lines)
 
 
@@ -94,6 +104,7 @@ class ReplayNode(Node):
         wait_for: list[str] | None = None,
         wait_timeout_s: float = 10.0,
         clock_hz: float = 0.0,
+        wait_ready: list[str] | None = None,
         node_name: str = "m3_replay",
     ) -> None:
         super().__init__(node_name)
@@ -128,9 +139,11 @@ class ReplayNode(Node):
         for topic, msgtype in self.types.items():
             cls = message_class(msgtype)
             static = topic in STATIC_TOPICS
+            # A reliable writer keeps unacknowledged samples only up to its depth: with 10, a reader
+            # slowed by a loaded host lost 14 of 300 colour frames (0.9 MB each) at 2x. 100 is ~3 s.
             qos = QoSProfile(
                 history=HistoryPolicy.KEEP_LAST,
-                depth=1 if static else 10,
+                depth=1 if static else PUBLISHER_DEPTH,
                 reliability=ReliabilityPolicy.RELIABLE,
                 durability=DurabilityPolicy.TRANSIENT_LOCAL if static else DurabilityPolicy.VOLATILE,
             )
@@ -138,6 +151,10 @@ class ReplayNode(Node):
         self.wait_for = [
             t for t in (wait_for if wait_for is not None else default_wait_topics()) if t in self.types
         ]
+        self.wait_ready = list(wait_ready or [])
+        self._ready: dict[str, dict] = {}  # fully qualified node name -> its latest status
+        if self.wait_ready:
+            self.create_subscription(String, READY_TOPIC, self._on_status, READY_READER_QOS)
         self.summary = ReplaySummary(bag=str(self.bag), rate=self.rate, types=dict(self.types))
         self.summary.sent = {t: 0 for t in self.types}
         # /clock (rosgraph_msgs/Clock) with the bag's time, for nodes with use_sim_time, as
@@ -195,23 +212,44 @@ class ReplayNode(Node):
         self.summary.sent["/clock"] += 1
         self._next_clock = time.monotonic() + self._clock_period_s
 
+    def _on_status(self, msg: String) -> None:
+        status = parse_status(msg.data)
+        if status is not None:
+            self._ready[status["node"]] = status
+
+    def _unready(self) -> list[str]:
+        """The --wait-ready nodes that have not (yet) reported every input matched."""
+        return [
+            name
+            for name in self.wait_ready
+            if not any(node_matches(name, fq) and s.get("ready") for fq, s in self._ready.items())
+        ]
+
     def wait_for_subscribers(self) -> float:
-        """Block until each wait topic has a subscriber or the timeout passes; returns seconds waited."""
+        """Block until each wait topic has a subscriber and each --wait-ready node reports ready, or
+        the timeout passes; returns seconds waited."""
         t0 = time.monotonic()
-        pending = list(self.wait_for)
-        while pending and time.monotonic() - t0 < self.wait_timeout_s and self.running():
+        pending, unready = list(self.wait_for), self._unready()
+        while (pending or unready) and time.monotonic() - t0 < self.wait_timeout_s and self.running():
             pending = [t for t in pending if self.publishers_by_topic[t].get_subscription_count() < 1]
-            if pending:
-                time.sleep(0.02)
+            unready = self._unready()
+            if pending or unready:
+                rclpy.spin_once(self, timeout_sec=0.02)  # the status subscription
         if pending:
             self.get_logger().warning(
                 f"no subscriber on {pending} after {self.wait_timeout_s:.1f} s; playing anyway"
             )
-        self.summary.missing_subscribers = pending
-        if len(pending) < len(self.wait_for):
-            # Our writer has matched the reader, but the reader may not have matched us yet (DDS
-            # discovery is not symmetric in time): give it a moment before the first image (0.5 s lost
-            # the first 7 of 45 frames on a loaded 2-core runner).
+        if unready:
+            waiting = {n: s.get("waiting") for n, s in self._ready.items()}
+            self.get_logger().warning(
+                f"{unready} not ready after {self.wait_timeout_s:.1f} s (statuses: {waiting}); playing anyway"
+            )
+        self.summary.missing_subscribers, self.summary.not_ready = pending, unready
+        if not self.wait_ready and len(pending) < len(self.wait_for):
+            # Without a readiness report: our writer has matched the reader, but the reader may not have
+            # matched us yet (DDS discovery is not symmetric in time): give it a moment before the first
+            # image (0.5 s lost the first 7 of 45 frames on a loaded 2-core runner). --wait-ready
+            # replaces this guess with the receiving node's own word.
             time.sleep(2.0)
         return time.monotonic() - t0
 
@@ -300,7 +338,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="topics that need a subscriber before playing (default: the camera, odometry and ee pose "
         "topics of config/robot_b1z1.yaml; give none to start at once)",
     )
-    parser.add_argument("--wait-timeout", type=float, default=10.0, help="seconds to wait for subscribers")
+    parser.add_argument(
+        "--wait-ready",
+        nargs="*",
+        default=[],
+        metavar="NODE",
+        help="nodes (e.g. m3_capture m3_pose_chain) that must report on /m3/node_status that they "
+        "matched their inputs before playing",
+    )
+    parser.add_argument(
+        "--wait-timeout", type=float, default=10.0, help="seconds to wait for subscribers / ready nodes"
+    )
     parser.add_argument(
         "--clock",
         type=float,
@@ -332,6 +380,7 @@ def run(args: argparse.Namespace, ros_args: list[str] | None = None) -> int:
             wait_for=args.wait_for,
             wait_timeout_s=args.wait_timeout,
             clock_hz=args.clock,
+            wait_ready=args.wait_ready,
         )
         signal.signal(signal.SIGINT, node.request_stop)
         summary = node.play()

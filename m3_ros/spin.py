@@ -1,33 +1,63 @@
-"""One `main` for every long-running node: logging, init, clean exit on Ctrl-C or shutdown.
+"""One `main` for every long-running node: logging, init, clean exit on SIGINT, SIGTERM or shutdown.
 
 A node whose constructor rejects its parameters (ValueError, or a missing file) exits with code 2
-and one line on stderr instead of a traceback; the others spin until SIGINT / external shutdown,
-then `finalize` (if the node has one: the capture node saves its scene) runs before teardown.
+and one line on stderr instead of a traceback; the others spin until SIGINT / SIGTERM (what Ctrl-C,
+`ros2 launch`, systemd and docker send) or an external shutdown, then stop their executor, run
+`finalize` (if the node has one: the capture node saves its scene), and exit 0.
+
+Why not rclpy's own signal handling: it turns SIGINT into a KeyboardInterrupt raised wherever the
+main thread happens to be (inside the executor's wait, between a take and its callback, inside
+finalize), and a library that installs its own SIGTERM handler on import (pycolmap's glog: a stack
+dump and a kill) silently replaces it. Here the handlers only set an event, the main thread checks
+it between short waits, and libraries named in `preload` are imported before the handlers are
+installed. Teardown is ordered: callbacks already running finish, then the executor stops, then
+`finalize`, then the node is destroyed (the old order ran finalize and the executor's shutdown
+while callbacks were still running; that is where teardown was seen to hang).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
-import os
+import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+WAKE_PERIOD_S = 0.1
+"""Longest wait of the main thread before it looks at the stop event again (s)."""
+DRAIN_TIMEOUT_S = 60.0
+"""Longest wait for callbacks already running when the node is asked to stop (s)."""
+log = logging.getLogger(__name__)
 
 
 def spin_node(
-    make_node: Callable[[], Node], prog: str, args: list[str] | None = None, threads: int = 1
+    make_node: Callable[[], Node],
+    prog: str,
+    args: list[str] | None = None,
+    threads: int = 1,
+    preload: tuple[str, ...] = (),
 ) -> int:
     """Run the node that `make_node` builds; returns the process exit code.
 
     threads > 1: a MultiThreadedExecutor (nodes with callback groups that must not block each
-    other, e.g. a service that renders while /tf keeps arriving).
+    other, e.g. a service that renders while /tf keeps arriving). preload: modules to import before
+    the signal handlers are installed (ones that take signals over on import).
     """
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(name)s: %(message)s")
-    rclpy.init(args=args)
+    for module in preload:
+        importlib.import_module(module)
+    stop = threading.Event()
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda *_: stop.set())
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = make_node()
     except (ValueError, FileNotFoundError) as err:  # bad parameters / robot YAML / paths
@@ -37,34 +67,32 @@ def spin_node(
     executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
     executor.add_node(node)
     try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=WAKE_PERIOD_S)
+    except ExternalShutdownException:
         pass
     finally:
+        # No callback starts after the loop; the ones already handed to the thread pool finish
+        # first. rclpy's Executor.shutdown (9.x) does not wait for them before destroying its guard
+        # condition: a queued callback then took its message and died on the destroyed guard
+        # ("cannot use Destroyable because destruction was requested"), the message lost. So drain
+        # first; then finalize has the node to itself and nothing holds a handle at destroy time.
+        _wait_for_callbacks(executor, DRAIN_TIMEOUT_S)
+        executor.shutdown()
         finalize = getattr(node, "finalize", None)
         if finalize is not None:
             finalize()
-        # The node's work is saved by now. The multi-threaded executor's teardown has been seen to
-        # hang on a loaded host (a callback that never returns); rather than wait for launch's
-        # SIGKILL, leave after TEARDOWN_TIMEOUT_S with a clear line.
-        watchdog = threading.Timer(TEARDOWN_TIMEOUT_S, _exit_after_hung_teardown, args=(prog,))
-        watchdog.daemon = True
-        watchdog.start()
-        executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
-        watchdog.cancel()
     return 0
 
 
-TEARDOWN_TIMEOUT_S = 10.0
-
-
-def _exit_after_hung_teardown(prog: str) -> None:
-    print(
-        f"{prog}: ROS teardown did not finish {TEARDOWN_TIMEOUT_S:.0f} s after the final save; exiting",
-        file=sys.stderr,
-        flush=True,
-    )
-    logging.shutdown()
-    os._exit(0)
+def _wait_for_callbacks(executor: SingleThreadedExecutor | MultiThreadedExecutor, timeout_s: float) -> None:
+    """Wait until the callbacks a MultiThreadedExecutor has handed to its threads are done."""
+    pending = list(getattr(executor, "_futures", []))  # the handlers submitted to the pool
+    deadline = time.monotonic() + timeout_s
+    while any(not f.done() for f in pending):
+        if time.monotonic() > deadline:
+            log.error("callbacks still running %.0f s after the stop request; tearing down anyway", timeout_s)
+            return
+        time.sleep(0.01)

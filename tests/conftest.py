@@ -75,7 +75,7 @@ class Process:
         self._log.flush()
         return self.log_path.read_text()
 
-    def stop(self, timeout: float = 10.0) -> int:
+    def stop(self, timeout: float = 30.0) -> int:
         """SIGINT (like Ctrl-C / ros2 launch), then wait; returns the exit code."""
         if self.popen.poll() is None:
             self.popen.send_signal(2)

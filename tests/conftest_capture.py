@@ -207,6 +207,7 @@ def run_live_capture(
     the scene `out`; waits on graph discovery and on the capture's pending queue, never on sleeps.
     loop_until: replay with --loop until the capture log contains this text twice, then stop it.
     Returns {"save": last ~/save message, "logs": {name: text}, "returncodes": {name: code}}."""
+    import json
     import re
     import subprocess
     import sys
@@ -216,8 +217,6 @@ def run_live_capture(
     from rclpy.executors import SingleThreadedExecutor
     from std_srvs.srv import Trigger
 
-    robot = load_robot_config()
-    t = robot.topics
     py = sys.executable
     repo = Path(__file__).resolve().parents[1]
     cmds = {
@@ -252,25 +251,18 @@ def run_live_capture(
     try:
         for name, cmd in cmds.items():
             start(name, cmd)
-        deadline = time.monotonic() + 60
-        # discovery: capture subscribes the camera and /tf; pose chain publishes /tf and subscribes odometry
-        while not (
-            node.count_subscribers(t.color) >= 1
-            and node.count_publishers("/tf") >= 1
-            and node.count_subscribers("/tf") >= 1
-            and node.count_subscribers(t.odometry) >= 1
-            and node.count_subscribers(t.ee_pose) >= 1
-            and client.service_is_ready()
-        ):
+        # the nodes are up once the capture's ~/save service is there; the replay itself waits until
+        # both nodes report (m3_ros.ready) that they have matched every input they need
+        deadline = time.monotonic() + 120
+        while not client.service_is_ready():
             check_alive()
             if time.monotonic() > deadline:
-                raise AssertionError("capture/pose-chain nodes not discovered within 60 s")
+                raise AssertionError("capture node's ~/save service not discovered within 120 s")
             executor.spin_once(timeout_sec=0.05)
-        wait_for = [t.color, t.depth, t.camera_info, t.odometry, t.ee_pose]
         start(
             "replay",
             [py, "-m", "m3_ros.cli", "replay", str(bag), "--rate", str(rate), *(["--loop"] if loop_until else []),
-             "--wait-for", *wait_for],
+             "--wait-ready", "m3_capture", "m3_pose_chain", "--wait-timeout", "120", "--json"],
         )  # fmt: skip
         if loop_until:
             deadline = time.monotonic() + timeout_s
@@ -281,14 +273,18 @@ def run_live_capture(
                 executor.spin_once(timeout_sec=0.1)
             procs["replay"].send_signal(2)
         procs["replay"].wait(timeout=timeout_s)
+        replay_log = logs["replay"].read_text()
         if procs["replay"].returncode != 0:
-            raise AssertionError(f"replay failed:\n{logs['replay'].read_text()}")
+            raise AssertionError(f"replay failed:\n{replay_log}")
+        replay = json.loads(replay_log[replay_log.index("{\n") :])
+        if replay["not_ready"] or replay["missing_subscribers"]:
+            raise AssertionError(f"replay started before its receivers were ready:\n{replay_log}")
         # the capture decides the last frames once their transform wait times out; ask until none pend
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while True:
             check_alive()
             future = client.call_async(Trigger.Request())
-            executor.spin_until_future_complete(future, timeout_sec=10)
+            executor.spin_until_future_complete(future, timeout_sec=60)
             response = future.result()
             assert response is not None and response.success, f"~/save failed: {response}"
             save_message = response.message
@@ -315,6 +311,7 @@ def run_live_capture(
         rclpy.try_shutdown(context=context)
     return {
         "save": save_message,
+        "replay": replay,
         "logs": {n: p.read_text() for n, p in logs.items()},
         "returncodes": {n: p.returncode for n, p in procs.items()},
     }

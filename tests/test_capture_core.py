@@ -105,6 +105,38 @@ def test_pairer_out_of_order_and_bounded():
     assert p.unpaired_color >= 3  # bounded queue: old colors are dropped and counted
 
 
+def test_pairer_waits_for_a_late_stream_whatever_the_burst():
+    """On a loaded host one stream's callbacks can run in a burst before the other's: 100 colors, then
+    100 depths. Every frame must still pair (the old pairer kept 30 and dropped the rest)."""
+    p = StampPairer(slop_ns=15_000_000)
+    stamps = [1_000_000_000 + i * 33_333_333 for i in range(100)]
+    pairs = []
+    for s in stamps:
+        pairs += p.add_color(s, f"c{s}")
+    for s in stamps:
+        pairs += p.add_depth(s + 1_000_000, f"d{s}")  # depth stamped 1 ms later
+    assert [x.stamp_ns for x in pairs] == stamps
+    assert all(x.depth == f"d{x.stamp_ns}" for x in pairs)
+    assert p.unpaired_color == p.unpaired_depth == 0 and p.waiting == 0
+    # and the other way round, in bursts of 7 and 13
+    p = StampPairer(slop_ns=15_000_000)
+    pairs, c, d = [], list(stamps), list(stamps)
+    while c or d:
+        pairs += [x for s in d[:13] for x in p.add_depth(s, s)]
+        pairs += [x for s in c[:7] for x in p.add_color(s, s)]
+        d, c = d[13:], c[7:]
+    assert sorted(x.stamp_ns for x in pairs) == stamps and p.unpaired_color == p.unpaired_depth == 0
+
+
+def test_session_pairs_every_frame_of_a_burst(tmp_path):
+    session = make_session(tmp_path)
+    for i in range(60):
+        session.add_color(S + i * S // 30, textured_rgb(120, 160, i), "rgb8")
+    for i in range(60):
+        session.add_depth(S + i * S // 30, np.full((120, 160), 900, np.uint16), "16UC1")
+    assert session.stats.paired == 60 and session.stats.dropped["unpaired"] == 0
+
+
 # -- image decoding --------------------------------------------------------------------------
 
 
@@ -228,7 +260,10 @@ def test_session_clock_jump_clears_and_continues(tmp_path):
     feed_frame(session, 100 * S + S // 10, 0)
     session.poll(flush=True)
     assert session.stats.kept == 1
-    # the bag loops: stamps go back 100 s; old dynamic transforms must not be used any more
+    # the bag loops: stamps go back 100 s; old dynamic transforms must not be used any more. The
+    # first message back in time is only a suspect; the second one confirms the jump.
+    session.add_transform("odom", "lidar_link", pose(5.0), 1 * S - S // 10)
+    assert session.stats.clock_jumps == 0
     session.add_transform("odom", "lidar_link", pose(5.0), 1 * S)
     assert session.stats.clock_jumps == 1
     assert "lidar_link" in session.buffer.frames  # statics stay
@@ -334,7 +369,8 @@ def test_clock_detector_jump_and_stale_messages_of_the_previous_pass():
     clock = ClockJumpDetector(S)
     assert clock.check("odom", 100 * S) is Clock.OK
     assert clock.check("ee", 99 * S) is Clock.OK  # lagging another stream is no jump
-    assert clock.check("odom", 1 * S) is Clock.JUMP  # the bag looped
+    assert clock.check("odom", 1 * S) is Clock.SUSPECT  # far back: an outlier, or the bag looped
+    assert clock.check("odom", 1 * S + 1) is Clock.JUMP  # the next one confirms: the bag looped
     # still in flight on the other stream from the previous pass: must not enter the new pass
     assert clock.check("ee", 100 * S) is Clock.STALE
     assert clock.check("ee", 101 * S - 1) is Clock.STALE  # in flight, ahead of the old pass's newest
@@ -346,6 +382,40 @@ def test_clock_detector_jump_and_stale_messages_of_the_previous_pass():
         ClockJumpDetector(0)
 
 
+def test_clock_detector_drops_a_single_outlier_stamp_alone():
+    clock = ClockJumpDetector(S)
+    for k in range(5):
+        assert clock.check("tf", 100 * S + k * S // 10) is Clock.OK
+        assert clock.check("color", 100 * S + k * S // 10) is Clock.OK
+    assert clock.check("color", 90 * S) is Clock.SUSPECT  # one image stamped 10 s in the past
+    assert clock.check("tf", 100 * S + S // 2) is Clock.OK  # other streams carry on: no jump
+    assert clock.check("color", 100 * S + S // 2) is Clock.OK  # so does its own: it was an outlier
+    assert clock.jumps == 0 and clock.outliers == 1
+    # two outliers far apart do not confirm each other
+    assert clock.check("color", 50 * S) is Clock.SUSPECT
+    assert clock.check("tf", 80 * S) is Clock.SUSPECT
+    assert clock.jumps == 0
+    # a jump confirmed by another stream going back to the same time
+    assert clock.check("tf", 1 * S) is Clock.SUSPECT
+    assert clock.check("color", 1 * S + S // 30) is Clock.JUMP
+    assert clock.jumps == 1
+
+
+def test_session_drops_one_image_stamped_in_the_past_alone(tmp_path):
+    """One colour image 10 s in the past used to be taken for a bag loop: the transform buffer was
+    cleared and the next good frames had no pose."""
+    session = make_session(tmp_path)
+    for k in range(31):
+        session.add_transform("odom", "lidar_link", pose(0.1 * k), 100 * S + k * S // 10)
+    feed_frame(session, 100 * S + S // 10, 0)
+    session.add_color(90 * S, textured_rgb(120, 160, 7), "rgb8")  # the outlier
+    for i, t in enumerate((1, 2), start=1):
+        feed_frame(session, 100 * S + t * S, i)
+    session.poll(flush=True)
+    assert session.stats.clock_jumps == 0 and session.stats.dropped["stamp_outlier"] == 1
+    assert session.stats.kept == 3 and session.stats.dropped["no_transform"] == 0
+
+
 def test_pose_chain_ignores_previous_pass_after_a_clock_jump():
     """The looping-bag race: an ee pose from the old pass arriving after odometry jumped back would
     be interpolated towards (wrong camera poses by centimetres); it is refused instead."""
@@ -355,6 +425,8 @@ def test_pose_chain_ignores_previous_pass_after_a_clock_jump():
     for k in range(10):
         chain.add_odometry(chain.odometry_transform("", "", pose(0.1 * k), 100 * S + k * S // 10))
     chain.add_ee(chain.ee_transform("", ee, 100 * S + S // 2))
+    with pytest.raises(StaleStampError):  # far back: a suspect until the next message confirms
+        chain.add_odometry(chain.odometry_transform("", "", pose(0.0), 1 * S - S // 20))
     chain.add_odometry(chain.odometry_transform("", "", pose(0.0), 1 * S))  # loop: jump back
     with pytest.raises(StaleStampError):
         chain.add_ee(chain.ee_transform("", ee, 100 * S + S // 2 + S // 10))

@@ -31,5 +31,10 @@ def test_demo_finds_the_duck_through_real_nodes(tmp_path, ros_env):
     assert summary["error_m"] <= 0.03, summary
     assert summary["exit_codes"] and all(code == 0 for code in summary["exit_codes"].values()), summary
     assert len(summary["target_arm_base"]) == 3
+    # the demo prints what the capture received / paired / kept; nothing received is left unpaired
+    assert "capture counts: received color=" in result.stdout, result.stdout
+    stats = summary["capture_stats"]
+    assert stats["paired"] == stats["received_color"] == stats["received_depth"] > 0, stats
+    assert stats["kept"] >= 10 and "unpaired" not in stats["dropped"], stats
     for picture in summary["pictures"]:
         assert (out / picture).stat().st_size > 1000

@@ -157,3 +157,92 @@ def test_query_node_answers_good_and_bad_requests(rclpy_node, start_process, tmp
     executor.shutdown()
     for proc in (main, bad_memory, no_camera):
         assert proc.stop() == 0, proc.output()
+
+
+def test_query_node_drops_malformed_input_and_answers_every_queued_request(rclpy_node, start_process, tmp_path):
+    """Zero-quaternion / NaN transforms and a NaN CameraInfo are dropped and counted (the node used
+    to die on the first /tf one); then 20 clients x 5 calls at once all get an answer (the default
+    service queue of 10 lost 10 of 100)."""
+    from m3_grasp.srv import Query
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import DurabilityPolicy, QoSProfile
+    from sensor_msgs.msg import CameraInfo
+    from tf2_msgs.msg import TFMessage
+
+    from m3_core.geometry.camera import PinholeCamera
+    from m3_ros.conversions import info_msg_from_camera, pose_msg_from_matrix, transform_msg_from_matrix
+
+    memory = str(build_memory(tmp_path / "memory"))
+    proc = start_process(_node_args("query_load", "/m3/query_load", memory), name="query_load")
+    node = rclpy_node
+    executor = SingleThreadedExecutor(context=node.context)
+    executor.add_node(node)
+    spin = lambda: executor.spin_once(timeout_sec=0.05)  # noqa: E731
+    tf_pub = node.create_publisher(TFMessage, "/tf", 10)
+    static_pub = node.create_publisher(
+        TFMessage, "/tf_static", QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    )
+    info_pub = node.create_publisher(CameraInfo, "/query_test/camera_info", 10)
+    zero_quat = transform_msg_from_matrix(np.eye(4), "odom", "bad_child", 1_000_000_000)
+    zero_quat.transform.rotation.w = 0.0
+    nan_position = transform_msg_from_matrix(np.eye(4), "odom", "bad_child", 1_000_000_000)
+    nan_position.transform.translation.z = float("nan")
+    bad_info = info_msg_from_camera(PinholeCamera(150.0, 150.0, 79.5, 59.5, 160, 120))
+    bad_info.k = [float("nan")] * 9
+    wait_until(
+        lambda: tf_pub.get_subscription_count() >= 1 and info_pub.get_subscription_count() >= 1,
+        120, spin, "query node subscriptions",
+    )  # fmt: skip
+    # one bad transform among good ones: only it is dropped
+    good = transform_msg_from_matrix(WORLD_FROM_ARMBASE, "odom", "arm_base_link")
+    static_pub.publish(TFMessage(transforms=[nan_position, good]))
+    deadline = time.monotonic() + 60
+    expected = ("on /tf dropped", "on /tf_static dropped", "on camera_info dropped")
+    while not all(text in proc.output() for text in expected):
+        assert proc.popen.poll() is None, proc.output()
+        assert time.monotonic() < deadline, proc.output()
+        tf_pub.publish(TFMessage(transforms=[zero_quat, nan_position]))
+        info_pub.publish(bad_info)
+        for _ in range(4):
+            spin()
+
+    pose = pose_msg_from_matrix(WORLD_FROM_CAMERA, 0, "odom")
+    clients = [node.create_client(Query, "/m3/query_load") for _ in range(20)]
+    assert all(c.wait_for_service(timeout_sec=60.0) for c in clients), proc.output()
+
+    def ask(client, text):
+        return client.call_async(Query.Request(text=text, target_frame="odom", camera_pose=pose))
+
+    deadline = time.monotonic() + 120  # the memory loads in the background: wait until it answers
+    while True:
+        future = ask(clients[0], "cup")
+        executor.spin_until_future_complete(future, timeout_sec=120.0)
+        assert future.done(), proc.output()
+        if "still loading" not in future.result().message or time.monotonic() > deadline:
+            break
+    assert future.result().success, future.result().message
+
+    texts = ("cup", "yellow bath duck", "mug")
+    futures = [ask(c, texts[(i + k) % 3]) for k in range(5) for i, c in enumerate(clients)]
+    deadline = time.monotonic() + 600
+    while not all(f.done() for f in futures) and time.monotonic() < deadline:
+        executor.spin_once(timeout_sec=0.1)
+    answered = [f.result() for f in futures if f.done()]
+    assert len(answered) == 100, f"{len(answered)} of 100 answered\n{proc.output()[-3000:]}"
+    assert all(a.success for a in answered), {a.message for a in answered if not a.success}
+    assert "waiting)" in proc.output() and proc.popen.poll() is None
+    assert proc.stop() == 0, proc.output()
+
+
+def test_repeated_query_texts_are_encoded_once(tmp_path):
+    from m3_core.model.memory import M3Memory
+    from m3_ros.text_cache import TextCachingQueryCache
+
+    cache = TextCachingQueryCache(M3Memory.load(build_memory(tmp_path / "memory")), max_texts=2)
+    first = cache.encode("language", ["yellow bath duck"])
+    assert cache.encode("language", ["yellow bath duck"]) is first and (cache.hits, cache.misses) == (1, 1)
+    cache.encode("language", ["cup"])
+    cache.encode("language", ["mug"])  # the least recently used text is dropped past max_texts
+    assert cache.encode("language", ["yellow bath duck"]) is not first and cache.misses == 4
+    torch = pytest.importorskip("torch")
+    torch.testing.assert_close(cache.encode("language", ["yellow bath duck"]), first)

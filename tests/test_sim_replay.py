@@ -63,7 +63,7 @@ def _replay(bag: Path, env: dict, *extra: str, timeout: float = 120) -> subproce
     return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _summary(proc: subprocess.Popen, timeout: float = 120) -> dict:
+def _summary(proc: subprocess.Popen, timeout: float = 240) -> dict:
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, f"replay failed ({proc.returncode}):\n{err}"
     return json.loads(out[out.index("{") :])
@@ -73,6 +73,7 @@ def test_two_process_replay_delivers_every_message(bag, ros_env, monkeypatch):
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
+    from m3_ros.ready import ReadinessReporter
     from m3_ros.replay_node import message_class
 
     for key in ("ROS_DOMAIN_ID", "ROS_LOCALHOST_ONLY"):
@@ -99,6 +100,7 @@ def test_two_process_replay_delivers_every_message(bag, ros_env, monkeypatch):
 
         return cb
 
+    subscriptions = []
     for topic, msgtype in types.items():
         static = topic == "/tf_static"
         qos = QoSProfile(
@@ -106,12 +108,14 @@ def test_two_process_replay_delivers_every_message(bag, ros_env, monkeypatch):
             reliability=ReliabilityPolicy.RELIABLE,
             durability=DurabilityPolicy.TRANSIENT_LOCAL if static else DurabilityPolicy.VOLATILE,
         )
-        node.create_subscription(message_class(msgtype), topic, make_cb(topic), qos)
+        subscriptions.append(node.create_subscription(message_class(msgtype), topic, make_cb(topic), qos))
+    # this sink says (m3_ros.ready) when it has matched the replay's publishers; the replay waits for it
+    ReadinessReporter(node, subscriptions)
     executor = SingleThreadedExecutor(context=ctx)
     executor.add_node(node)
-    proc = _replay(bag, ros_env, "--wait-timeout", "60")
+    proc = _replay(bag, ros_env, "--wait-ready", "sim_replay_test_sink", "--wait-timeout", "120")
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.1)
             with lock:
@@ -126,7 +130,7 @@ def test_two_process_replay_delivers_every_message(bag, ros_env, monkeypatch):
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown(context=ctx)
-    assert summary["missing_subscribers"] == []
+    assert summary["missing_subscribers"] == [] and summary["not_ready"] == []
     assert summary["sent"] == expected
     assert received == expected, f"received {received}, bag has {expected}"
     assert stamps == _bag_color_stamps(bag)  # every frame, in order, bytes decoded by rclpy

@@ -111,6 +111,11 @@ class PoseChain:
             raise StaleStampError(
                 f"{stream} stamp {stamp_ns * 1e-9:.3f}s is from before the clock jumped back (still in flight)"
             )
+        if verdict is Clock.SUSPECT:
+            raise StaleStampError(
+                f"{stream} stamp {stamp_ns * 1e-9:.3f}s is far behind the stream's newest; dropped unless "
+                "the next message confirms a clock jump"
+            )
         if verdict is Clock.JUMP:
             log.warning("clock jumped back on %s (looping bag?): clearing the pose buffer", stream)
             self.buffer.clear()

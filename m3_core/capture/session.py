@@ -46,6 +46,8 @@ DROP_REASONS = (
     "depth_invalid",
     "write_error",
     "clock_jump",
+    "stamp_outlier",
+    "malformed",
     "queue_full",
 )
 
@@ -64,6 +66,9 @@ class CaptureConfig:
     """Live only: decide anyway after waiting this long in wall time (s); then a missing pose drops it."""
     max_pending: int = 30
     """Frames waiting for transforms at most; beyond it the oldest is decided at once."""
+    pair_queue: int = 150
+    """Images of one stream waiting for their color/depth partner at most (a memory bound for a
+    stream whose partner stopped, ~5 s at 30 Hz); a partner that is merely late is waited for."""
     max_extrapolation_s: float = 0.0
     """How far a frame's stamp may lie outside the transforms held (s; the nearest sample is taken).
     0: keyframe poses are interpolated only. A frame decided on timeout past the newest odometry
@@ -80,8 +85,8 @@ class CaptureConfig:
             raise ValueError("pair_slop_s and tf_wait_s must be >= 0 and tf_timeout_s > 0")
         if self.max_extrapolation_s < 0:
             raise ValueError(f"max_extrapolation_s must be >= 0, got {self.max_extrapolation_s}")
-        if self.max_pending < 1 or self.save_every < 1 or self.clock_jump_s <= 0:
-            raise ValueError("max_pending and save_every must be >= 1, clock_jump_s > 0")
+        if self.max_pending < 1 or self.pair_queue < 1 or self.save_every < 1 or self.clock_jump_s <= 0:
+            raise ValueError("max_pending, pair_queue and save_every must be >= 1, clock_jump_s > 0")
 
 
 @dataclass
@@ -141,7 +146,7 @@ class CaptureSession:
         self.buffer = buffer or TransformBuffer(tolerance_ns=int(config.max_extrapolation_s * 1e9))
         self.stats = CaptureStats()
         self.selector = KeyframeSelector(config.keyframes)
-        self._pairer = StampPairer(int(config.pair_slop_s * 1e9), max_queue=config.max_pending)
+        self._pairer = StampPairer(int(config.pair_slop_s * 1e9), max_queue=config.pair_queue)
         self._pending: list[_Pending] = []
         self._camera: PinholeCamera | None = None
         self._parents: dict[str, str] = {}  # child -> parent of every edge seen
@@ -159,12 +164,12 @@ class CaptureSession:
         self, parent: str, child: str, parent_from_child: np.ndarray, stamp_ns: int, static: bool = False
     ) -> None:
         with self._lock:
-            if not static and not self._check_clock(f"tf:{child}", stamp_ns):
+            if not static and self._check_clock(f"tf:{child}", stamp_ns) is not None:
                 return
             try:
                 self.buffer.set_transform(parent, child, parent_from_child, stamp_ns, static)
             except ValueError as err:
-                self._warn_once("bad_transform", f"ignoring transform {parent}->{child}: {err}")
+                self._drop("malformed", f"ignoring transform {parent}->{child}: {err}")
                 return
             self._parents[child] = parent
             if static:
@@ -175,8 +180,9 @@ class CaptureSession:
     def add_color(self, stamp_ns: int, array: np.ndarray, encoding: str) -> None:
         with self._lock:
             self.stats.received_color += 1
-            if not self._check_clock("color", stamp_ns):
-                self.stats.dropped["clock_jump"] += 1
+            refused = self._check_clock("color", stamp_ns)
+            if refused is not None:
+                self._drop(refused, f"color image at {stamp_ns * 1e-9:.3f}s dropped ({refused})")
                 return
             try:
                 rgb = rgb_from_array(array, encoding)
@@ -188,8 +194,9 @@ class CaptureSession:
     def add_depth(self, stamp_ns: int, array: np.ndarray, encoding: str) -> None:
         with self._lock:
             self.stats.received_depth += 1
-            if not self._check_clock("depth", stamp_ns):
-                self.stats.dropped["clock_jump"] += 1
+            refused = self._check_clock("depth", stamp_ns)
+            if refused is not None:
+                self._drop(refused, f"depth image at {stamp_ns * 1e-9:.3f}s dropped ({refused})")
                 return
             try:
                 depth_mm = depth_mm_from_array(array, encoding, self.config.depth_scale_m)
@@ -216,6 +223,11 @@ class CaptureSession:
         """Count an input that could not even be converted (e.g. a malformed message)."""
         with self._lock:
             self._drop(reason, message)
+
+    def count_malformed(self) -> None:
+        """Count a message its node could not convert (drop reason 'malformed'); the node logs it."""
+        with self._lock:
+            self.stats.dropped["malformed"] += 1
 
     # -- deciding (one thread) ---------------------------------------------------------------
     def poll(self, now_s: float | None = None, flush: bool = False) -> int:
@@ -339,14 +351,16 @@ class CaptureSession:
                 log.error("%s (will retry at the next save)", err)
         return 1
 
-    def _check_clock(self, stream: str, stamp_ns: int) -> bool:
-        """Reset on a backwards jump of one input stream (a looping bag); caller holds the lock.
-
-        Returns False for a message from before a jump that arrives after it (see capture.clock).
-        """
+    def _check_clock(self, stream: str, stamp_ns: int) -> str | None:
+        """Reset on a confirmed backwards jump of the input streams (a looping bag); caller holds the
+        lock. Returns the drop reason for a message not to take: 'clock_jump' for one from before a
+        jump that arrives after it, 'stamp_outlier' for one far behind its stream that no other
+        message confirms (yet) as a jump (see capture.clock); None to take it."""
         verdict = self._clock.check(stream, stamp_ns)
         if verdict is Clock.STALE:
-            return False
+            return "clock_jump"
+        if verdict is Clock.SUSPECT:
+            return "stamp_outlier"
         if verdict is Clock.JUMP:
             log.warning(
                 "clock jumped back on %s (to %.3fs; looping bag?): clearing transforms and queues",
@@ -361,7 +375,7 @@ class CaptureSession:
             self.buffer.clear()
             self._newest_edge_ns.clear()
             self.selector.reset_time()
-        return True
+        return None
 
     def _drop(self, reason: str, message: str, level: int = logging.WARNING) -> None:
         self.stats.dropped[reason] += 1
@@ -371,8 +385,3 @@ class CaptureSession:
             log.log(level, "%s (reason %r; further ones are counted in the diagnostics)", message, reason)
         else:
             log.debug("%s", message)
-
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._logged:
-            self._logged.add(key)
-            log.warning("%s", message)
