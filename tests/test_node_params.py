@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +110,7 @@ def test_query_node_uses_the_robot_yaml_frames_and_publishes_clouds(rclpy_node, 
 
     from m3_core.geometry import invert, transform_points
     from m3_core.model.memory import M3Memory
-    from m3_ros.conversions import array_from_cloud_msg, colors_from_packed_rgb, transform_msg_from_matrix
+    from m3_ros.conversions import matrix_from_pose_msg, transform_msg_from_matrix
 
     home_dir, env = home
     _robot_yaml(home_dir, "qry")
@@ -141,7 +142,22 @@ def test_query_node_uses_the_robot_yaml_frames_and_publishes_clouds(rclpy_node, 
         client = node.create_client(Query, "/frames_test/query")
         assert client.wait_for_service(timeout_sec=120.0), log.read_text()
 
-        # the memory, latched, as soon as it is loaded: Gaussian centres with their colour, in "map"
+        wait_until(lambda: tf_static.get_subscription_count() >= 1, 30.0, what="/tf_static subscriber")
+        for _ in range(600):  # the memory and the encoder load in the node's own thread
+            future = client.call_async(Query.Request(text="yellow bath duck"))
+            executor.spin_until_future_complete(future, timeout_sec=120.0)
+            answer = future.result()
+            if "still loading" not in answer.message:
+                break
+            time.sleep(0.2)
+        assert answer.success, answer.message + "\n" + log.read_text()
+        assert answer.target.pose.header.frame_id == "base_arm"  # frames.arm_base of the YAML
+        expected = transform_points(invert(WORLD_FROM_ARMBASE), OBJECTS["duck"][1][None])[0]
+        assert np.linalg.norm(matrix_from_pose_msg(answer.target.pose)[:3, 3] - expected) < 0.015
+
+        from m3_ros.conversions import array_from_cloud_msg, colors_from_packed_rgb
+
+        # the memory, latched since it was loaded: Gaussian centres with their colour, in "map"
         wait_until(
             lambda: "/m3/memory_cloud" in received, 180.0, lambda: executor.spin_once(0.1), "memory cloud"
         )
@@ -154,20 +170,6 @@ def test_query_node_uses_the_robot_yaml_frames_and_publishes_clouds(rclpy_node, 
         np.testing.assert_allclose(np.stack([points["x"], points["y"], points["z"]], 1), means, atol=1e-6)
         colors = np.clip(memory.gaussians.colors.detach().numpy()[opaque], 0, 1)
         np.testing.assert_allclose(colors_from_packed_rgb(points["rgb"]) / 255.0, colors, atol=1 / 255)
-
-        wait_until(lambda: tf_static.get_subscription_count() >= 1, 30.0, what="/tf_static subscriber")
-        for _ in range(600):  # the memory and the encoder load in the node's own thread
-            future = client.call_async(Query.Request(text="yellow bath duck"))
-            executor.spin_until_future_complete(future, timeout_sec=120.0)
-            answer = future.result()
-            if "still loading" not in answer.message:
-                break
-        assert answer.success, answer.message + "\n" + log.read_text()
-        assert answer.target.pose.header.frame_id == "base_arm"  # frames.arm_base of the YAML
-        from m3_ros.conversions import matrix_from_pose_msg
-
-        expected = transform_points(invert(WORLD_FROM_ARMBASE), OBJECTS["duck"][1][None])[0]
-        assert np.linalg.norm(matrix_from_pose_msg(answer.target.pose)[:3, 3] - expected) < 0.015
 
         # the answer's relevance per Gaussian: highest at the duck
         wait_until(
