@@ -123,7 +123,10 @@ def load_group(
     args.update({k: str(v) for k, v in (values or {}).items()})
     for arg in group_arguments([group], path):
         if arg.required and not args[arg.name].strip():
-            raise ValueError(f"argument {arg.name} is required ({arg.description}): give {arg.name}:=...")
+            raise ValueError(
+                f"argument {arg.name} is required: {arg.description} "
+                f"(ros2 launch: {arg.name}:=VALUE; m3 ros-demo: --{arg.name.replace('_', '-')} VALUE)"
+            )
 
     def fill(text: str) -> str:
         return _VAR.sub(lambda m: args[m.group(1)], text)

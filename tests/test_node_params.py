@@ -98,6 +98,46 @@ def _latched_cloud(node, topic: str, received: dict):
     return node.create_subscription(PointCloud2, topic, lambda msg: received.__setitem__(topic, msg), qos)
 
 
+def _check_memory_cloud(received: dict, memory_dir: Path, spin) -> None:
+    """The memory, latched since it was loaded: Gaussian centres with their colour, in "map"."""
+    from m3_core.model.memory import M3Memory
+    from m3_ros.conversions import array_from_cloud_msg, colors_from_packed_rgb
+
+    wait_until(lambda: "/m3/memory_cloud" in received, 180.0, spin, "the memory cloud")
+    cloud = received["/m3/memory_cloud"]
+    gaussians = M3Memory.load(memory_dir).gaussians
+    points = array_from_cloud_msg(cloud)
+    opaque = gaussians.opacities.detach().numpy() >= 0.1
+    assert cloud.header.frame_id == "map" and len(points) == int(opaque.sum()) > 100
+    means = gaussians.means.detach().numpy()[opaque]
+    np.testing.assert_allclose(np.stack([points["x"], points["y"], points["z"]], 1), means, atol=1e-6)
+    colors = np.clip(gaussians.colors.detach().numpy()[opaque], 0, 1)
+    np.testing.assert_allclose(colors_from_packed_rgb(points["rgb"]) / 255.0, colors, atol=1 / 255)
+
+
+def _check_relevance_cloud(received: dict, spin) -> None:
+    """The answer's relevance per Gaussian: highest at the duck."""
+    from m3_ros.conversions import array_from_cloud_msg
+
+    wait_until(lambda: "/m3/relevance_cloud" in received, 30.0, spin, "the relevance cloud")
+    rel = array_from_cloud_msg(received["/m3/relevance_cloud"])
+    assert received["/m3/relevance_cloud"].header.frame_id == "map" and rel["relevance"].max() > 0.8
+    best = np.stack([rel["x"], rel["y"], rel["z"]], 1)[rel["relevance"] > 0.8]
+    assert np.linalg.norm(np.median(best, 0) - OBJECTS["duck"][1]) < 0.05
+
+
+def _check_rviz_topics(node, query_node: str) -> None:
+    """The RViz config shows what the query node publishes, latched as it is published."""
+    rviz = yaml.safe_load((REPO / "config" / "m3_demo.rviz").read_text())
+    topics = {
+        d["Topic"]["Value"]: d["Topic"] for d in rviz["Visualization Manager"]["Displays"] if "Topic" in d
+    }
+    published = {name for name, _ in node.get_publisher_names_and_types_by_node(query_node, "/")}
+    shown = set(topics) & published
+    assert {"/m3/memory_cloud", "/m3/relevance_cloud", "/m3/target_markers", "/m3/target_pose"} <= shown
+    assert all(topics[t]["Durability Policy"] == "Transient Local" for t in shown)
+
+
 def test_query_node_uses_the_robot_yaml_frames_and_publishes_clouds(rclpy_node, home, tmp_path):
     """Regression: the query node had no robot description and answered in the B1+Z1 frames."""
     pytest.importorskip(
@@ -109,7 +149,6 @@ def test_query_node_uses_the_robot_yaml_frames_and_publishes_clouds(rclpy_node, 
     from tf2_msgs.msg import TFMessage
 
     from m3_core.geometry import invert, transform_points
-    from m3_core.model.memory import M3Memory
     from m3_ros.conversions import matrix_from_pose_msg, transform_msg_from_matrix
 
     home_dir, env = home
@@ -155,40 +194,10 @@ def test_query_node_uses_the_robot_yaml_frames_and_publishes_clouds(rclpy_node, 
         expected = transform_points(invert(WORLD_FROM_ARMBASE), OBJECTS["duck"][1][None])[0]
         assert np.linalg.norm(matrix_from_pose_msg(answer.target.pose)[:3, 3] - expected) < 0.015
 
-        from m3_ros.conversions import array_from_cloud_msg, colors_from_packed_rgb
-
-        # the memory, latched since it was loaded: Gaussian centres with their colour, in "map"
-        wait_until(
-            lambda: "/m3/memory_cloud" in received, 180.0, lambda: executor.spin_once(0.1), "memory cloud"
-        )
-        cloud = received["/m3/memory_cloud"]
-        memory = M3Memory.load(home_dir / "mem")
-        points = array_from_cloud_msg(cloud)
-        opaque = memory.gaussians.opacities.detach().numpy() >= 0.1
-        assert cloud.header.frame_id == "map" and len(points) == int(opaque.sum()) > 100
-        means = memory.gaussians.means.detach().numpy()[opaque]
-        np.testing.assert_allclose(np.stack([points["x"], points["y"], points["z"]], 1), means, atol=1e-6)
-        colors = np.clip(memory.gaussians.colors.detach().numpy()[opaque], 0, 1)
-        np.testing.assert_allclose(colors_from_packed_rgb(points["rgb"]) / 255.0, colors, atol=1 / 255)
-
-        # the answer's relevance per Gaussian: highest at the duck
-        wait_until(
-            lambda: "/m3/relevance_cloud" in received, 30.0, lambda: executor.spin_once(0.1), "relevance"
-        )
-        rel = array_from_cloud_msg(received["/m3/relevance_cloud"])
-        assert received["/m3/relevance_cloud"].header.frame_id == "map" and rel["relevance"].max() > 0.8
-        best = np.stack([rel["x"], rel["y"], rel["z"]], 1)[rel["relevance"] > 0.8]
-        assert np.linalg.norm(np.median(best, 0) - OBJECTS["duck"][1]) < 0.05
-
-        # the RViz config shows what the node publishes, latched as it is published
-        rviz = yaml.safe_load((REPO / "config" / "m3_demo.rviz").read_text())
-        topics = {
-            d["Topic"]["Value"]: d["Topic"] for d in rviz["Visualization Manager"]["Displays"] if "Topic" in d
-        }
-        published = {name for name, _ in node.get_publisher_names_and_types_by_node("m3_query_frames", "/")}
-        shown = set(topics) & published
-        assert {"/m3/memory_cloud", "/m3/relevance_cloud", "/m3/target_markers", "/m3/target_pose"} <= shown
-        assert all(topics[t]["Durability Policy"] == "Transient Local" for t in shown)
+        spin = lambda: executor.spin_once(timeout_sec=0.1)  # noqa: E731
+        _check_memory_cloud(received, home_dir / "mem", spin)
+        _check_relevance_cloud(received, spin)
+        _check_rviz_topics(node, "m3_query_frames")
         for sub in subs:
             node.destroy_subscription(sub)
     finally:

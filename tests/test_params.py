@@ -162,3 +162,17 @@ def test_each_group_declares_only_the_arguments_it_uses():
     for group in ("capture", "query", "replay", "replay_loop"):
         for spec in load_group(group, values):  # every parameter names a declared one, typed
             assert spec.parameters.get("robot_config") == "", (group, spec.name)
+
+
+def test_ros_demo_without_a_required_argument_says_so_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "m3_ros.cli", "ros-demo", "query"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "--memory VALUE" in done.stderr
