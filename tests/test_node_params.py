@@ -205,3 +205,23 @@ def test_query_node_uses_the_robot_yaml_frames_and_publishes_clouds(rclpy_node, 
         code = _stop(proc)
     assert code == 0, log.read_text()
     assert not os.path.exists(tmp_path / "~")
+
+
+def test_replay_takes_its_options_as_parameters(home, tmp_path):
+    """The launch files start the replay with parameters (bag via `~`, its wait topics from robot_config)."""
+    import json
+
+    from tests.conftest_sim import make_tiny
+
+    home_dir, env = home
+    _robot_yaml(home_dir, "rep")  # camera topics that the bag does not have: only odometry/ee are waited for
+    make_tiny(home_dir / "bag", frames=8, size=(160, 120))
+    args = [PYTHON, "-m", "m3_ros.replay_node", "--json", "--ros-args"]
+    for item in ("bag:=~/bag", "robot_config:=~/robot.yaml", "rate:=4", "wait_timeout_s:=0.5"):
+        args += ["-p", item]
+    done = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout[done.stdout.index("{") :])
+    assert summary["bag"] == str(home_dir / "bag") and summary["rate"] == 4.0
+    assert summary["missing_subscribers"] == ["/lidar_odometry", "/z1/ee_pose"]
+    assert summary["sent"]["/camera/camera/color/image_raw"] == 8
