@@ -113,6 +113,9 @@ class QueryNode(Node):
         self.memory_cloud_pub = self.create_publisher(PointCloud2, "/m3/memory_cloud", LATCHED)
         self.relevance_cloud_pub = self.create_publisher(PointCloud2, "/m3/relevance_cloud", LATCHED)
         self.create_service(Query, self.service_name, self._on_query, callback_group=heavy)
+        self._cloud_request: tuple[QueryCache, str, str, QueryConfig] | None = None
+        if self._publish_clouds:  # same group as the service: never while a query runs
+            self.create_timer(0.2, self._on_relevance_cloud, callback_group=heavy)
         if self.memory_path:
             # Loading (and the first text encoder) takes seconds: never in __init__'s thread.
             threading.Thread(target=self._load_memory, name="m3_memory_loader", daemon=True).start()
@@ -286,8 +289,8 @@ class QueryNode(Node):
                 result.world_from_grasp,
             )
             self._publish_overlay(image, None, None, stamp_ns)
-        if self._publish_clouds:
-            self.relevance_cloud_pub.publish(self._relevance_cloud(cache, model, request.text, config))
+        if self._publish_clouds:  # after the response: encoding the text again takes ~1 s on a CPU
+            self._cloud_request = (cache, model, request.text, config)
 
     def _depth_is_fresh(self, depth_stamp_ns: int, stamp_ns: int) -> bool:
         """Live depth belongs to a pose when their stamps are at most depth_max_age_s apart."""
@@ -374,6 +377,15 @@ class QueryNode(Node):
         colors = memory.gaussians.colors.detach().cpu().numpy()[keep]
         rgb = (np.clip(colors, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
         return xyzrgb_cloud_msg(means.detach().cpu().numpy()[keep], rgb, 0, self.world_frame)
+
+    def _on_relevance_cloud(self) -> None:
+        request, self._cloud_request = self._cloud_request, None
+        if request is None:
+            return
+        try:
+            self.relevance_cloud_pub.publish(self._relevance_cloud(*request))
+        except Exception as err:  # a picture for RViz must not take the node down
+            self.get_logger().error(f"relevance cloud of {request[2]!r} failed: {err}")
 
     def _relevance_cloud(self, cache: QueryCache, model: str, text: str, config: QueryConfig) -> PointCloud2:
         """Every Gaussian centre coloured by its relevance to `text` (turbo), with a relevance channel."""
