@@ -7,7 +7,8 @@ description, so the node, the CLI and YAML cannot drift apart.
 
 Types are explicit (`ParamType`), never inferred from a value: ROS reads `-p output_dir:=20250101`
 as an integer, and an empty list as a byte array. A value of the wrong type is refused at start-up
-with one line saying how to write it (`declare_parameters`). Path parameters have `~` expanded.
+with one line saying how to write it (`declare_parameters`); the one leniency is that a DOUBLE
+takes an integer (`-p rate:=2`). Path parameters have `~` expanded.
 """
 
 from __future__ import annotations
