@@ -206,3 +206,33 @@ def test_launch_passes_a_number_like_string_as_a_string(prefix, tmp_path):
         code = proc.wait(60)
     assert code == 0, log.read_text()
     assert (tmp_path / "20250101" / "images").is_dir()
+
+
+def test_demo_launch_replays_a_bag_into_a_scene(prefix, tmp_path):
+    """demo.launch.py for real: replay (bag, rate as parameters) -> pose chain -> capture -> scene."""
+    _need_launch()
+    from tests.conftest_sim import make_tiny
+
+    make_tiny(tmp_path / "bag", frames=8, size=(160, 120))
+    log = tmp_path / "launch.log"
+    args = [
+        f"bag:={tmp_path / 'bag'}",
+        f"scene_dir:={tmp_path / 'scene'}",
+        "rate:=2",
+        "camera_reliable:=true",
+    ]
+    proc = _launch(prefix, "demo.launch.py", args, tmp_path, log)
+    try:
+        deadline = time.monotonic() + 240.0
+        while "replayed " not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "replayed " in log.read_text(), log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        code = proc.wait(90)
+    text = log.read_text()
+    assert code == 0, text
+    assert "no subscriber appeared" not in text, text
+    assert (tmp_path / "scene" / "scene.json").is_file(), text
+    assert len(list((tmp_path / "scene" / "images").iterdir())) >= 2, text
