@@ -1,7 +1,11 @@
-"""ros2 launch m3_grasp capture.launch.py [arg:=value ...]: nodes of config/demo_graph.yaml group(s) ["capture"].
+"""Scan: pose chain + capture node -> a keyframed scene directory (camera, odometry, arm pose live).
 
-Arguments and node parameters are declared in config/demo_graph.yaml (the same description
-`m3 ros-demo` starts), e.g. robot_config:=/path/robot.yaml scene_dir:=~/scans/table1.
+    ros2 launch m3_grasp capture.launch.py scene_dir:=~/scans/table1 [robot_config:=~/robot.yaml]
+    ros2 service call /m3_capture/save std_srvs/srv/Trigger      # save now (also saved on Ctrl-C)
+
+Starts `m3_pose_chain_node` and `m3_capture_node` (`ros2 run m3_grasp <executable>`), as the group
+"capture" of config/demo_graph.yaml describes them (the same description `m3 ros-demo capture`
+starts). `--show-args` lists the arguments.
 """
 
 import sys

@@ -6,7 +6,9 @@ a timer in its own callback group decides pending frames and writes PNGs; ~/save
 rewrites scene.json + sparse/0; a diagnostics line is logged periodically. The scene is saved again
 on shutdown.
 
-    ros2 run m3_grasp m3_capture_node --ros-args -p output_dir:=/data/scan1
+    ros2 run m3_grasp m3_capture_node --ros-args -p output_dir:=~/scans/table1 -p robot_config:=~/robot.yaml
+
+Parameters: m3_ros.params.CAPTURE_PARAMS (`ros2 param describe /m3_capture <name>`).
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import datetime
 from pathlib import Path
 
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -29,81 +31,24 @@ from tf2_msgs.msg import TFMessage
 from m3_core.capture.keyframes import KeyframeConfig
 from m3_core.capture.session import CaptureConfig, CaptureSession
 from m3_core.capture.writer import SceneWriteError, SceneWriter
-from m3_core.robot import DEFAULT_ROBOT_YAML, load_robot_config
+from m3_core.robot import load_robot_config
 from m3_ros.conversions import camera_from_info_msg, stamp_ns_from_msg, transforms_from_tf_msg
 from m3_ros.drops import DropCounter
+from m3_ros.params import CAPTURE_PARAMS, dataclass_kwargs, declare_parameters
 from m3_ros.ready import ReadinessReporter
 from m3_ros.spin import spin_node
 
 log = logging.getLogger(__name__)
 
-# name: (default, description, read_only). Empty strings mean "take it from the robot YAML".
-_PARAMS: dict[str, tuple[object, str, bool]] = {
-    "config": (str(DEFAULT_ROBOT_YAML), "robot YAML with topics, frames and extrinsics", True),
-    "output_dir": ("", "scene directory to write (default: ./m3_scene_<date>_<time>)", True),
-    "overwrite": (False, "replace an existing scene in output_dir", True),
-    "color_topic": ("", "sensor_msgs/Image rgb8 (empty: topics.color of the YAML)", True),
-    "depth_topic": ("", "aligned depth 16UC1 mm or 32FC1 m (empty: topics.depth)", True),
-    "camera_info_topic": ("", "sensor_msgs/CameraInfo of the color camera (empty: topics.camera_info)", True),
-    "world_frame": ("", "fixed frame of the poses (empty: frames.world)", True),
-    "camera_frame": ("", "color optical frame (empty: frames.camera)", True),
-    "min_translation_m": (
-        KeyframeConfig.min_translation_m,
-        "keyframe when the camera moved this far, m",
-        False,
-    ),
-    "min_rotation_deg": (
-        KeyframeConfig.min_rotation_deg,
-        "keyframe when the camera turned this much, deg",
-        False,
-    ),
-    "max_interval_s": (KeyframeConfig.max_interval_s, "keyframe at least this often, s (0: off)", False),
-    "min_interval_s": (KeyframeConfig.min_interval_s, "never two keyframes closer than this, s", False),
-    "min_sharpness": (
-        KeyframeConfig.min_sharpness,
-        "reject blur: variance of the Laplacian below this",
-        False,
-    ),
-    "min_valid_depth_fraction": (
-        KeyframeConfig.min_valid_depth_fraction,
-        "reject frames with less depth",
-        False,
-    ),
-    "pair_slop_s": (CaptureConfig.pair_slop_s, "largest color/depth stamp difference that pairs, s", True),
-    "tf_wait_s": (CaptureConfig.tf_wait_s, "decide a frame once /tf reached its stamp + this, s", True),
-    "tf_timeout_s": (CaptureConfig.tf_timeout_s, "wall time to wait for transforms before skipping, s", True),
-    "max_pending": (CaptureConfig.max_pending, "frames waiting for transforms at most", True),
-    "max_extrapolation_s": (
-        CaptureConfig.max_extrapolation_s,
-        "how far a frame may lie past the transforms held, s (0: interpolated poses only)",
-        True,
-    ),
-    "clock_jump_s": (CaptureConfig.clock_jump_s, "backwards stamp jump (s) that resets the buffer", True),
-    "save_every": (CaptureConfig.save_every, "rewrite scene.json + sparse/0 every N keyframes", True),
-    "depth_scale_m": (CaptureConfig.depth_scale_m, "metres per 16UC1 depth unit", True),
-    "qos_depth": (10, "history depth of the camera subscriptions", True),
-    "camera_reliable": (False, "subscribe the camera RELIABLE (default: sensor-data best effort)", True),
-    "diagnostics_period_s": (5.0, "period of the diagnostics log line, s (0: off)", True),
-    "poll_period_s": (0.02, "how often pending frames are checked, s", True),
-}
 TF_QUEUE_DEPTH = 1000
-_KEYFRAME_PARAMS = {
-    "min_translation_m", "min_rotation_deg", "max_interval_s", "min_interval_s", "min_sharpness",
-    "min_valid_depth_fraction",
-}  # fmt: skip
+_KEYFRAME_PARAMS = {f.name for f in fields(KeyframeConfig)}  # tunable while capturing
 
 
 class CaptureNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("m3_capture", **kwargs)
-        for name, (default, description, read_only) in _PARAMS.items():
-            # floats typed dynamically so that `-p min_translation_m:=1` (an int) is accepted too
-            descriptor = ParameterDescriptor(
-                description=description, read_only=read_only, dynamic_typing=isinstance(default, float)
-            )
-            self.declare_parameter(name, default, descriptor)
-        p = {name: self.get_parameter(name).value for name in _PARAMS}
-        robot = load_robot_config(p["config"])
+        p = declare_parameters(self, CAPTURE_PARAMS)
+        robot = load_robot_config(p["robot_config"])
         self.topics = {
             "color": p["color_topic"] or robot.topics.color,
             "depth": p["depth_topic"] or robot.topics.depth,
@@ -112,17 +57,10 @@ class CaptureNode(Node):
         world_frame = p["world_frame"] or robot.frames.world
         camera_frame = p["camera_frame"] or robot.frames.camera
         config = CaptureConfig(
-            keyframes=KeyframeConfig(**{k: float(p[k]) for k in _KEYFRAME_PARAMS}),
-            pair_slop_s=float(p["pair_slop_s"]),
-            tf_wait_s=float(p["tf_wait_s"]),
-            tf_timeout_s=float(p["tf_timeout_s"]),
-            max_pending=int(p["max_pending"]),
-            max_extrapolation_s=float(p["max_extrapolation_s"]),
-            clock_jump_s=float(p["clock_jump_s"]),
-            save_every=int(p["save_every"]),
-            depth_scale_m=float(p["depth_scale_m"]),
+            keyframes=KeyframeConfig(**dataclass_kwargs(p, CAPTURE_PARAMS, KeyframeConfig)),
+            **dataclass_kwargs(p, CAPTURE_PARAMS, CaptureConfig),
         )
-        out = Path(p["output_dir"] or f"m3_scene_{datetime.now():%Y%m%d_%H%M%S}").expanduser()
+        out = Path(p["output_dir"] or f"m3_scene_{datetime.now():%Y%m%d_%H%M%S}")
         writer = SceneWriter(
             out, world_frame=world_frame, camera_frame=camera_frame, source="live",
             depth_scale_m=config.depth_scale_m, save_every=config.save_every, overwrite=bool(p["overwrite"]),

@@ -2,6 +2,8 @@
 
 Images: rgb8, bgr8, mono8, 16UC1, 32FC1 (and rgba8/bgra8 -> RGB), honouring `step` (row padding)
 and `is_bigendian`. Poses: ROS quaternions are (x, y, z, w); matrices are `<parent>_from_<child>`.
+Point clouds: numpy structured arrays <-> sensor_msgs/PointCloud2 (no sensor_msgs_py needed), with
+colour packed into a float32 `rgb` field as RViz and PCL read it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Pose, PoseStamped, TransformStamped
 from nav_msgs.msg import Odometry
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from tf2_msgs.msg import TFMessage
 
 from m3_core.capture.images import (
@@ -239,3 +241,107 @@ def feed_buffer_from_tf_msg(buffer: TransformBuffer, msg: TFMessage, static: boo
     for parent, child, matrix, stamp_ns in good:
         buffer.set_transform(parent, child, matrix, stamp_ns, static=static)
     return len(good)
+
+
+# -- point clouds ------------------------------------------------------------------------------
+
+# PointField datatype <-> numpy scalar type (little endian on the wire)
+_CLOUD_DTYPES = {
+    PointField.INT8: np.dtype("i1"), PointField.UINT8: np.dtype("u1"),
+    PointField.INT16: np.dtype("<i2"), PointField.UINT16: np.dtype("<u2"),
+    PointField.INT32: np.dtype("<i4"), PointField.UINT32: np.dtype("<u4"),
+    PointField.FLOAT32: np.dtype("<f4"), PointField.FLOAT64: np.dtype("<f8"),
+}  # fmt: skip
+_CLOUD_TYPES = {dtype.newbyteorder("<"): code for code, dtype in _CLOUD_DTYPES.items()}
+
+
+def cloud_msg_from_array(points: np.ndarray, stamp_ns: int = 0, frame_id: str = "") -> PointCloud2:
+    """An unorganised PointCloud2 (height 1) from a structured array [N] of scalar fields.
+
+    e.g. dtype [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<f4")]; fields keep their order
+    and offsets (padding included), so the message bytes are the array's bytes.
+    """
+    arr = np.asarray(points)
+    if arr.dtype.names is None or arr.ndim != 1:
+        raise ValueError(f"points must be a 1-D structured array, got dtype {arr.dtype} shape {arr.shape}")
+    fields = []
+    for name in arr.dtype.names:
+        dtype, offset = arr.dtype.fields[name][:2]
+        if dtype.shape or dtype.newbyteorder("<") not in _CLOUD_TYPES:
+            raise ValueError(f"field {name!r} has dtype {dtype}; PointCloud2 takes scalar ints and floats")
+        fields.append(
+            PointField(name=name, offset=offset, datatype=_CLOUD_TYPES[dtype.newbyteorder("<")], count=1)
+        )
+    little = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+    msg = PointCloud2()
+    msg.header.stamp = time_msg_from_ns(stamp_ns)
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = 1, int(len(arr))
+    msg.fields = fields
+    msg.is_bigendian = False
+    msg.point_step = int(arr.dtype.itemsize)
+    msg.row_step = int(arr.dtype.itemsize * len(arr))
+    msg.is_dense = bool(all(np.isfinite(arr[n]).all() for n in ("x", "y", "z") if n in arr.dtype.names))
+    msg.data = np.ascontiguousarray(little).tobytes()
+    return msg
+
+
+def array_from_cloud_msg(msg: PointCloud2) -> np.ndarray:
+    """Structured array [height*width] of a PointCloud2's fields (native byte order)."""
+    names, formats, offsets = [], [], []
+    for f in msg.fields:
+        if f.datatype not in _CLOUD_DTYPES:
+            raise ValueError(f"PointCloud2 field {f.name!r} has unknown datatype {f.datatype}")
+        if f.count != 1:
+            raise ValueError(f"PointCloud2 field {f.name!r} has count {f.count}; only scalar fields are read")
+        dtype = _CLOUD_DTYPES[f.datatype]
+        names.append(f.name)
+        formats.append(dtype.newbyteorder(">") if msg.is_bigendian else dtype)
+        offsets.append(f.offset)
+    dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": msg.point_step})
+    n = int(msg.height) * int(msg.width)
+    if msg.row_step != msg.width * msg.point_step:
+        raise ValueError(
+            f"PointCloud2 row_step {msg.row_step} != width {msg.width} x point_step {msg.point_step}"
+        )
+    data = bytes(msg.data)
+    if len(data) != n * msg.point_step:
+        raise ValueError(f"PointCloud2 has {len(data)} data bytes for {n} points of {msg.point_step} bytes")
+    arr = np.frombuffer(data, dtype=dtype, count=n)
+    return arr.astype([(name, dtype.fields[name][0].newbyteorder("=")) for name in names])
+
+
+def packed_rgb_from_colors(rgb: np.ndarray) -> np.ndarray:
+    """[N] float32 `rgb` field values (0x00RRGGBB bits, RViz/PCL convention) of [N,3] uint8 colours."""
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 2 or rgb.shape[1] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"colours must be uint8 [N,3], got {rgb.dtype} {rgb.shape}")
+    packed = (rgb[:, 0].astype(np.uint32) << 16) | (rgb[:, 1].astype(np.uint32) << 8) | rgb[:, 2]
+    return packed.view(np.float32)
+
+
+def colors_from_packed_rgb(packed: np.ndarray) -> np.ndarray:
+    """[N,3] uint8 colours of [N] float32 `rgb` field values."""
+    bits = np.ascontiguousarray(packed, dtype=np.float32).view(np.uint32)
+    return np.stack([(bits >> 16) & 0xFF, (bits >> 8) & 0xFF, bits & 0xFF], axis=1).astype(np.uint8)
+
+
+def xyzrgb_cloud_msg(
+    points: np.ndarray,  # [N,3] metres, in frame_id
+    rgb: np.ndarray,  # [N,3] uint8
+    stamp_ns: int = 0,
+    frame_id: str = "",
+    extra: dict[str, np.ndarray] | None = None,  # name -> [N] float32 (e.g. relevance)
+) -> PointCloud2:
+    """A coloured cloud (x, y, z, rgb float32, then any extra float32 channels) for RViz."""
+    points = np.asarray(points)
+    if points.ndim != 2 or points.shape[1] != 3 or len(points) != len(rgb):
+        raise ValueError(f"points must be [N,3] with one colour each, got {points.shape} and {np.shape(rgb)}")
+    extra = extra or {}
+    names = ["x", "y", "z", "rgb", *extra]
+    arr = np.zeros(len(points), dtype=[(n, "<f4") for n in names])
+    arr["x"], arr["y"], arr["z"] = (points[:, i] for i in range(3))
+    arr["rgb"] = packed_rgb_from_colors(rgb)
+    for name, values in extra.items():
+        arr[name] = values
+    return cloud_msg_from_array(arr, stamp_ns, frame_id)

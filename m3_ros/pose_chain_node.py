@@ -7,7 +7,9 @@ For robots without a URDF and robot_state_publisher. Publishes
 - the camera_pose topic: world_from_camera composed with m3_core.capture.PoseChain at each ee stamp,
   once odometry has reached that stamp.
 
-    ros2 run m3_grasp m3_pose_chain_node --ros-args -p publish_static:=true
+    ros2 run m3_grasp m3_pose_chain_node --ros-args -p publish_static:=true -p robot_config:=~/robot.yaml
+
+Parameters: m3_ros.params.POSE_CHAIN_PARAMS.
 """
 
 from __future__ import annotations
@@ -16,14 +18,13 @@ import sys
 
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from tf2_msgs.msg import TFMessage
 
 from m3_core.capture.pose_chain import PoseChain, StampedTransform
 from m3_core.errors import StaleStampError, TransformError
-from m3_core.robot import DEFAULT_ROBOT_YAML, load_robot_config
+from m3_core.robot import load_robot_config
 from m3_ros.conversions import (
     matrix_from_odometry_msg,
     matrix_from_pose_msg,
@@ -32,28 +33,16 @@ from m3_ros.conversions import (
     transform_msg_from_matrix,
 )
 from m3_ros.drops import DropCounter
+from m3_ros.params import POSE_CHAIN_PARAMS, declare_parameters
 from m3_ros.ready import ReadinessReporter
 from m3_ros.spin import spin_node
-
-_PARAMS: dict[str, tuple[object, str]] = {
-    "config": (str(DEFAULT_ROBOT_YAML), "robot YAML with topics, frames and extrinsics"),
-    "publish_static": (False, "publish the YAML's extrinsics on /tf_static (off if the robot/bag has them)"),
-    "odometry_topic": ("", "nav_msgs/Odometry world->lidar (empty: topics.odometry of the YAML)"),
-    "ee_pose_topic": ("", "geometry_msgs/PoseStamped ee in arm base (empty: topics.ee_pose)"),
-    "camera_pose_topic": ("", "output PoseStamped camera in world (empty: topics.camera_pose)"),
-    "reliable_inputs": (True, "subscribe odometry/ee pose as RELIABLE (false: best effort, matches any)"),
-}
 
 
 class PoseChainNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("m3_pose_chain", **kwargs)
-        for name, (default, description) in _PARAMS.items():
-            self.declare_parameter(
-                name, default, ParameterDescriptor(description=description, read_only=True)
-            )
-        p = {name: self.get_parameter(name).value for name in _PARAMS}
-        robot = load_robot_config(p["config"])
+        p = declare_parameters(self, POSE_CHAIN_PARAMS)
+        robot = load_robot_config(p["robot_config"])
         self.robot = robot
         self.chain = PoseChain(robot)
         odom_topic = p["odometry_topic"] or robot.topics.odometry

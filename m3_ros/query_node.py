@@ -1,13 +1,15 @@
 """Query node: text -> grasp target from an M3 memory, as the /m3/query service.
 
-    ros2 run m3_grasp m3_query_node --ros-args -p memory_path:=/path/to/memory
+    ros2 run m3_grasp m3_query_node --ros-args -p memory_path:=~/memories/table1 -p robot_config:=~/robot.yaml
     ros2 service call /m3/query m3_grasp/srv/Query "{text: 'yellow bath duck'}"
 
 Per request: the camera pose comes from the request (camera_pose with a frame id) or from the
 transform buffer (/tf, /tf_static) at the latest time both the camera and the target frame are
 known; the memory is rendered there; m3_core.query finds the object and its grasp pose. Outputs:
 the response, and latched topics with the target (PoseStamped, GraspTarget), RViz markers (approach
-arrow + object box) and the relevance heatmap over the rendered image (rgb8).
+arrow + object box), the relevance heatmap over the rendered image (rgb8) and, for RViz, the
+memory as a coloured PointCloud2 (/m3/memory_cloud, once loaded) and the answer's relevance per
+Gaussian (/m3/relevance_cloud); `rviz2 -d config/m3_demo.rviz` shows them.
 Every failure (no memory, unknown model, empty or long text, no transform, not found, wrong depth
 size) answers success=false with a message; the node keeps running.
 """
@@ -18,18 +20,17 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import fields, replace
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
 from geometry_msgs.msg import Point, PoseStamped
 from m3_grasp.msg import GraspTarget
 from m3_grasp.srv import Query
-from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import Marker, MarkerArray
@@ -37,7 +38,9 @@ from visualization_msgs.msg import Marker, MarkerArray
 from m3_core.errors import M3Error, TransformError
 from m3_core.geometry import PinholeCamera, TransformBuffer, transform_points
 from m3_core.query import QueryCache, QueryConfig, find_target, robust_extent
-from m3_core.query.overlay import draw_target, overlay_relevance
+from m3_core.query.gaussian3d import gaussian_relevance
+from m3_core.query.locate import gaussian_means_opacities
+from m3_core.query.overlay import draw_target, heatmap, overlay_relevance
 from m3_core.query.result import NotFoundError
 from m3_core.robot import load_robot_config
 from m3_ros.conversions import (
@@ -49,8 +52,10 @@ from m3_ros.conversions import (
     stamp_ns_from_msg,
     time_msg_from_ns,
     transforms_from_tf_msg,
+    xyzrgb_cloud_msg,
 )
 from m3_ros.drops import DropCounter
+from m3_ros.params import QUERY_PARAMS, dataclass_kwargs, declare_parameters
 from m3_ros.spin import spin_node
 from m3_ros.text_cache import TextCachingQueryCache
 
@@ -72,64 +77,19 @@ class QueryNode(Node):
     """Serves m3_grasp/srv/Query from a memory loaded in the background."""
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__("query_node", **kwargs)
-        robot = load_robot_config()
-        defaults = QueryConfig()
-        p = self._declare
-        self.memory_path = p(
-            "memory_path", "", "M3 memory directory (manifest.json + memory.safetensors)", True
-        )
-        self.device = p(
-            "device", "cpu", "torch device for rendering and text encoding: cpu, cuda, cuda:1", True
-        )
-        self.default_model = p("model", "", 'default feature model; "" = "language" if held, else the first')
-        self.world_frame = p("world_frame", robot.frames.world, "frame of the memory (its world)", True)
-        self.target_frame = p(
-            "target_frame", robot.frames.arm_base, "frame of the answer when the request has none"
-        )
-        self.camera_frame = p(
-            "camera_frame", robot.frames.camera, "camera optical frame for live poses", True
-        )
-        self.service_name = p("service_name", "/m3/query", "name of the Query service", True)
-        camera_info_topic = p(
-            "camera_info_topic", robot.topics.camera_info, "CameraInfo of the color camera", True
-        )
-        depth_topic = p(
-            "depth_topic", robot.topics.depth, "aligned depth (16UC1 mm or 32FC1 m); '' = none", True
-        )
-        self.intrinsics = p(
-            "camera_intrinsics",
-            [0.0],
-            "fx fy cx cy width height used until CameraInfo arrives ([0.0] = wait for CameraInfo)",
-        )
-        self.depth_max_age_s = p(
-            "depth_max_age_s", 0.1, "live depth is used when this close in time to the pose"
-        )
-        self.use_live_depth = p(
-            "use_live_depth", True, "use the depth camera (else the memory's rendered depth)"
-        )
-        self.search_3d = p(
-            "search_3d", "fallback", "3D query among Gaussians: never, fallback (not in view), always"
-        )
-        self.publish_overlay = p("publish_overlay", True, "publish the relevance heatmap image")
-        self.config_params = {
-            "relevance_threshold": p(
-                "relevance_threshold", -1.0, "relevance floor in [0, 1]; < 0 = the model's calibrated default"
-            ),
-            "min_similarity": p(
-                "min_similarity", -2.0, "cosine the match must reach; < -1 = the model's calibrated default"
-            ),
-            "threshold_mode": p("threshold_mode", defaults.threshold_mode, "fixed or otsu"),
-            "temperature": p("temperature", defaults.temperature, "pairwise softmax temperature"),
-            "negatives": p("negatives", list(defaults.negatives), "canonical negative phrases"),
-            "grasp_mode": p("grasp_mode", defaults.grasp_mode, "top_down or view_ray"),
-            "render_width": p("render_width", 320, "render width in pixels (0 = camera size)"),
-            "render_height": p("render_height", 0, "render height (0 = keep the aspect)"),
-            "max_text_chars": p("max_text_chars", defaults.max_text_chars, "longest accepted query"),
-            "cluster_radius_m": p(
-                "cluster_radius_m", defaults.cluster_radius_m, "3D query cluster radius (m)"
-            ),
-        }
+        super().__init__("m3_query", **kwargs)
+        p = declare_parameters(self, QUERY_PARAMS)
+        # one robot description for every node: frames and topics default to its values
+        self.robot = load_robot_config(p["robot_config"])
+        frames, topics = self.robot.frames, self.robot.topics
+        self.memory_path: str = p["memory_path"]
+        self.device: str = p["device"]
+        self.world_frame: str = p["world_frame"] or frames.world
+        self.camera_frame: str = p["camera_frame"] or frames.camera
+        self.service_name: str = p["service_name"]
+        camera_info_topic = p["camera_info_topic"] or topics.camera_info
+        depth_topic = (p["depth_topic"] or topics.depth) if p["use_live_depth"] else ""
+        self._publish_clouds: bool = p["publish_clouds"]
 
         self.buffer = TransformBuffer()
         self._lock = threading.Lock()
@@ -162,9 +122,15 @@ class QueryNode(Node):
         self.target_pub = self.create_publisher(GraspTarget, "/m3/grasp_target", LATCHED)
         self.marker_pub = self.create_publisher(MarkerArray, "/m3/target_markers", LATCHED)
         self.overlay_pub = self.create_publisher(Image, "/m3/relevance_overlay", LATCHED)
+        # RViz: the memory (Gaussian centres, RGB) once loaded, the last answer's relevance per Gaussian
+        self.memory_cloud_pub = self.create_publisher(PointCloud2, "/m3/memory_cloud", LATCHED)
+        self.relevance_cloud_pub = self.create_publisher(PointCloud2, "/m3/relevance_cloud", LATCHED)
         self.create_service(
             Query, self.service_name, self._on_query, qos_profile=SERVICE_QOS, callback_group=requests
         )
+        self._cloud_request: tuple[QueryCache, str, str, QueryConfig] | None = None
+        if self._publish_clouds:  # takes _serve_lock: never while a query is answered
+            self.create_timer(0.2, self._on_relevance_cloud, callback_group=MutuallyExclusiveCallbackGroup())
         if self.memory_path:
             # Loading (and the first text encoder) takes seconds: never in __init__'s thread.
             threading.Thread(target=self._load_memory, name="m3_memory_loader", daemon=True).start()
@@ -175,10 +141,6 @@ class QueryNode(Node):
         )
 
     # -- setup -------------------------------------------------------------------------------
-    def _declare(self, name: str, default: Any, description: str, read_only: bool = False) -> Any:
-        descriptor = ParameterDescriptor(description=description, read_only=read_only)
-        return self.declare_parameter(name, default, descriptor).value
-
     def _load_memory(self) -> None:
         from m3_core.model.memory import M3Memory
 
@@ -191,6 +153,8 @@ class QueryNode(Node):
             cache.negatives(model, tuple(self._query_config().negatives))  # loads the encoder
             with self._lock:
                 self._memory, self._cache, self._load_error = memory, cache, ""
+            if self._publish_clouds:
+                self.memory_cloud_pub.publish(self._memory_cloud(memory))
             self.get_logger().info(
                 f"memory {self.memory_path} loaded in {time.perf_counter() - t0:.1f}s: "
                 f"models {memory.models}, {int(memory.gaussians.means.shape[0])} Gaussians"
@@ -201,14 +165,8 @@ class QueryNode(Node):
             self.get_logger().error(f"could not load memory {self.memory_path}: {err}")
 
     def _query_config(self) -> QueryConfig:
-        values = {k: self.get_parameter(k).value for k in self.config_params}
-        values["negatives"] = tuple(values["negatives"] or ())
-        # ROS parameters cannot be None: negative sentinels mean "the model's calibrated default".
-        if values["relevance_threshold"] < 0:
-            values["relevance_threshold"] = None
-        if values["min_similarity"] < -1:
-            values["min_similarity"] = None
-        return replace(QueryConfig(), **{k: v for k, v in values.items() if k in _QUERY_FIELDS})
+        values = {p.name: self.get_parameter(p.name).value for p in QUERY_PARAMS if p.name in _QUERY_FIELDS}
+        return QueryConfig(**dataclass_kwargs(values, QUERY_PARAMS, QueryConfig))
 
     def _model_name(self, memory: Any, requested: str) -> str:
         name = requested or self.get_parameter("model").value
@@ -311,7 +269,9 @@ class QueryNode(Node):
         if not request.text.strip():
             raise ValueError('empty text: ask for an object, e.g. "yellow bath duck"')
         model = self._model_name(memory, request.model)
-        target_frame = request.target_frame or self.get_parameter("target_frame").value
+        target_frame = (
+            request.target_frame or self.get_parameter("target_frame").value or self.robot.frames.arm_base
+        )
         camera = camera or self._camera_from_parameter()
         config = self._query_config()
 
@@ -323,7 +283,7 @@ class QueryNode(Node):
 
         depth_m, depth_ok = None, False
         if live_view and depth is not None and self.get_parameter("use_live_depth").value:
-            depth_ok = abs(depth[0] - stamp_ns) <= self.get_parameter("depth_max_age_s").value * 1e9
+            depth_ok = self._depth_is_fresh(depth[0], stamp_ns)
             depth_m = depth[1]
         result = find_target(
             memory,
@@ -372,6 +332,12 @@ class QueryNode(Node):
                 result.world_from_grasp,
             )
             self._publish_overlay(image, None, None, stamp_ns)
+        if self._publish_clouds:  # after the response: encoding the text again takes ~1 s on a CPU
+            self._cloud_request = (cache, model, request.text, config)
+
+    def _depth_is_fresh(self, depth_stamp_ns: int, stamp_ns: int) -> bool:
+        """Live depth belongs to a pose when their stamps are at most depth_max_age_s apart."""
+        return abs(depth_stamp_ns - stamp_ns) <= self.get_parameter("depth_max_age_s").value * 1e9
 
     def _camera_from_parameter(self) -> PinholeCamera:
         values = list(self.get_parameter("camera_intrinsics").value or [])
@@ -410,8 +376,7 @@ class QueryNode(Node):
         # then belong together), else the newest TF stamp, else the latest time every dynamic edge
         # has reached (the latest common time).
         candidates = [newest_tf_ns, common_tf_ns]
-        max_age_ns = self.get_parameter("depth_max_age_s").value * 1e9
-        if depth is not None and abs(depth[0] - newest_tf_ns) <= max_age_ns:
+        if depth is not None and self._depth_is_fresh(depth[0], newest_tf_ns):
             candidates.insert(0, depth[0])
         error: Exception | None = None
         for stamp_ns in candidates:
@@ -447,6 +412,37 @@ class QueryNode(Node):
         label.color.r = label.color.g = label.color.b = label.color.a = 1.0
         label.text = text[:60]
         return MarkerArray(markers=[arrow, box, label])
+
+    def _memory_cloud(self, memory: Any) -> PointCloud2:
+        """The memory's Gaussian centres in their RGB colour (opaque enough ones), in the world frame."""
+        means, opacities = gaussian_means_opacities(memory)
+        keep = opacities.detach().reshape(-1).cpu().numpy() >= QueryConfig().min_opacity
+        colors = memory.gaussians.colors.detach().cpu().numpy()[keep]
+        rgb = (np.clip(colors, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        return xyzrgb_cloud_msg(means.detach().cpu().numpy()[keep], rgb, 0, self.world_frame)
+
+    def _on_relevance_cloud(self) -> None:
+        request, self._cloud_request = self._cloud_request, None
+        if request is None:
+            return
+        try:
+            with self._serve_lock:  # one heavy job at a time: queries come first
+                cloud = self._relevance_cloud(*request)
+            self.relevance_cloud_pub.publish(cloud)
+        except Exception as err:  # a picture for RViz must not take the node down
+            self.get_logger().error(f"relevance cloud of {request[2]!r} failed: {err}")
+
+    def _relevance_cloud(self, cache: QueryCache, model: str, text: str, config: QueryConfig) -> PointCloud2:
+        """Every Gaussian centre coloured by its relevance to `text` (turbo), with a relevance channel."""
+        features, means, opacities = cache.gaussians(model)
+        text_emb = cache.encode(model, [text])[0]
+        relevance, _ = gaussian_relevance(
+            features, opacities, text_emb, cache.negatives(model, tuple(config.negatives)), config
+        )
+        relevance = relevance.astype(np.float32)
+        keep = relevance > 0  # 0: too transparent to count
+        rgb = heatmap(relevance[keep][None])[0]
+        return xyzrgb_cloud_msg(means[keep], rgb, 0, self.world_frame, extra={"relevance": relevance[keep]})
 
     def _publish_overlay(
         self, rgb: np.ndarray | None, relevance: np.ndarray | None, mask: np.ndarray | None, stamp_ns: int = 0

@@ -1,4 +1,7 @@
-"""`m3 replay BAG` / `m3_replay_node`: publish a ROS 2 bag on live topics with its timing.
+"""`m3 replay BAG` / `ros2 run m3_grasp m3_replay_node BAG`: publish a ROS 2 bag on live topics with its timing.
+
+Options are command-line flags or the node's parameters (m3_ros.params.REPLAY_PARAMS, e.g.
+`--ros-args -p bag:=~/bags/scan -p rate:=2.0`, as the launch files pass them).
 
 A real rclpy node: the bag is read with `rosbags` (no rosbag2_py here), publishers are created
 from the bag's type names, and each message's raw CDR bytes are published as they are
@@ -36,7 +39,7 @@ from std_msgs.msg import String
 from m3_core.config import config_dir
 from m3_core.robot import load_robot_config
 from m3_ros.msg_types import BAG_READ_ERRORS, message_class
-
+from m3_ros.params import REPLAY_PARAMS, declare_parameters
 from m3_ros.ready import READY_READER_QOS, READY_TOPIC, node_matches, parse_status
 
 log = logging.getLogger(__name__)
@@ -46,11 +49,11 @@ STATIC_TOPICS = ("/tf_static",)
 PUBLISHER_DEPTH = 100
 
 
-def default_wait_topics() -> list[str]:
-    """The topics of config/robot_b1z1.yaml whose subscribers must be there before playing: the camera
+def default_wait_topics(robot_config: str | Path = ROBOT_CONFIG) -> list[str]:
+    """The topics of the robot YAML whose subscribers must be there before playing: the camera
     (capture) and odometry + end-effector pose (pose chain; without them no frame gets a pose)."""
     try:
-        topics = load_robot_config(ROBOT_CONFIG).topics
+        topics = load_robot_config(robot_config or ROBOT_CONFIG).topics
     except (OSError, ValueError):
         return []
     return [topics.color, topics.depth, topics.camera_info, topics.odometry, topics.ee_pose]
@@ -95,7 +98,7 @@ class ReplayNode(Node):
 
     def __init__(
         self,
-        bag: Path,
+        bag: Path | None = None,
         *,
         rate: float = 1.0,
         loop: bool = False,
@@ -107,10 +110,30 @@ class ReplayNode(Node):
         wait_ready: list[str] | None = None,
         node_name: str = "m3_replay",
     ) -> None:
+        """Arguments are the defaults of the node's parameters (REPLAY_PARAMS): `-p name:=value`
+        wins. wait_for None: the robot YAML's topics; []: start at once."""
         super().__init__(node_name)
         self._stop_requested = False
         from rosbags.rosbag2 import Reader
 
+        p = declare_parameters(
+            self, REPLAY_PARAMS,
+            defaults={
+                "bag": str(bag or ""), "rate": float(rate), "loop": bool(loop),
+                "start_offset_s": float(start_offset_s), "topics": list(topics or []),
+                "wait_for_subscribers": wait_for is None or bool(wait_for), "wait_for": list(wait_for or []),
+                "wait_timeout_s": float(wait_timeout_s), "clock_hz": float(clock_hz),
+                "wait_ready": list(wait_ready or []),
+            },
+        )  # fmt: skip
+        bag, rate, loop, start_offset_s = p["bag"], p["rate"], p["loop"], p["start_offset_s"]
+        topics, wait_timeout_s, clock_hz = p["topics"], p["wait_timeout_s"], p["clock_hz"]
+        if not p["wait_for_subscribers"]:
+            wait_for = []
+        else:
+            wait_for = p["wait_for"] or default_wait_topics(p["robot_config"])
+        if not bag:
+            raise ValueError("no bag to play: give the bag folder (m3 replay BAG, or -p bag:=BAG)")
         if not rate > 0:
             raise ValueError(f"--rate must be > 0, got {rate}")
         if start_offset_s < 0:
@@ -148,10 +171,8 @@ class ReplayNode(Node):
                 durability=DurabilityPolicy.TRANSIENT_LOCAL if static else DurabilityPolicy.VOLATILE,
             )
             self.publishers_by_topic[topic] = self.create_publisher(cls, topic, qos)
-        self.wait_for = [
-            t for t in (wait_for if wait_for is not None else default_wait_topics()) if t in self.types
-        ]
-        self.wait_ready = list(wait_ready or [])
+        self.wait_for = [t for t in wait_for if t in self.types]
+        self.wait_ready = list(p["wait_ready"])
         self._ready: dict[str, dict] = {}  # fully qualified node name -> its latest status
         if self.wait_ready:
             self.create_subscription(String, READY_TOPIC, self._on_status, READY_READER_QOS)
@@ -326,7 +347,9 @@ class ReplayNode(Node):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("bag", type=Path, help="ROS 2 bag folder (e.g. from `m3 sim`)")
+    parser.add_argument(
+        "bag", type=Path, nargs="?", default=None, help="ROS 2 bag folder (e.g. from `m3 sim`; or -p bag:=)"
+    )
     parser.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default 1.0)")
     parser.add_argument("--loop", action="store_true", help="play the bag again and again")
     parser.add_argument("--start-offset", type=float, default=0.0, help="skip the bag's first seconds")
@@ -336,7 +359,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="*",
         default=None,
         help="topics that need a subscriber before playing (default: the camera, odometry and ee pose "
-        "topics of config/robot_b1z1.yaml; give none to start at once)",
+        "topics of the robot YAML, parameter robot_config; give none to start at once)",
     )
     parser.add_argument(
         "--wait-ready",

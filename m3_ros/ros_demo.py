@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from m3_ros.graph import NodeSpec, graph_arguments, load_group
+from m3_ros.graph import NodeSpec, graph_argument_specs, graph_arguments, load_group
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +69,18 @@ class NodeProcesses:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = graph_arguments()
     parser.add_argument(
         "groups",
         nargs="+",
         help="node groups of config/demo_graph.yaml to start, e.g. `replay capture` or `query`",
     )
-    for key, value in defaults.items():
+    for key, arg in graph_argument_specs().items():
+        default = "required by its groups" if arg.required else f"default {arg.default!r}"
         parser.add_argument(
-            f"--{key.replace('_', '-')}", dest=key, default=value, help=f"(default {value!r})"
+            f"--{key.replace('_', '-')}",
+            dest=key,
+            default=arg.default or "",
+            help=f"{arg.description} ({default})",
         )
     parser.add_argument(
         "--log-dir", type=Path, default=None, help="write each node's output to DIR/<node>.log"
@@ -87,8 +90,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     values = {k: getattr(args, k) for k in graph_arguments()}
     specs: list[NodeSpec] = []
-    for group in args.groups:
-        specs += load_group(group, values)
+    try:
+        for group in args.groups:
+            specs += load_group(group, values)
+    except ValueError as err:  # a missing required argument, a value of the wrong type
+        print(f"m3 ros-demo: {err}", file=sys.stderr)
+        return 2
     nodes = NodeProcesses(args.log_dir)
     nodes.start(specs)
     print(f"m3 ros-demo: started {', '.join(nodes.procs)}; Ctrl-C to stop", flush=True)

@@ -37,7 +37,7 @@ if ((${#need_apt[@]})); then
 fi
 
 stamp_inputs() {
-  cat "$repo/scripts/setup_env.sh" "$repo/requirements.txt" "$repo/setup.py" \
+  cat "$repo/scripts/setup_env.sh" "$repo/requirements.txt" "$repo/constraints.txt" "$repo/setup.py" \
       "$repo/CMakeLists.txt" "$repo/package.xml" "$repo"/msg/*.msg "$repo"/srv/*.srv \
       "$repo"/third_party/tf2_msgs/msg/*.msg
   echo "$venv"
@@ -51,16 +51,19 @@ if [ -z "${M3_FORCE_SETUP:-}" ] && [ -f "$stamp_file" ] && [ "$(cat "$stamp_file
 fi
 
 [ -x "$venv/bin/python" ] || { log "creating virtual environment $venv ($python)"; "$python" -m venv "$venv"; }
+# Every install is held to constraints.txt: the exact versions a fresh set-up resolved, so two
+# machines set up months apart get the same packages (scripts/freeze_constraints.py renews it).
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
-"${pip[@]}" install --upgrade pip setuptools wheel
+pin=(-c "$repo/constraints.txt")
+"${pip[@]}" install "${pin[@]}" --upgrade pip setuptools wheel
 
 # CPU torch first and pinned: left to itself pip resolves torch to a CUDA build (several GB).
 if ! "$venv/bin/python" -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2.13.0")' 2>/dev/null; then
   log "installing torch==2.13.0 (CPU)"
-  "${pip[@]}" install ${M3_TORCH_INDEX:+--index-url "$M3_TORCH_INDEX"} torch==2.13.0
+  "${pip[@]}" install "${pin[@]}" ${M3_TORCH_INDEX:+--index-url "$M3_TORCH_INDEX"} torch==2.13.0
 fi
 log "installing Python and ROS 2 wheel dependencies (requirements.txt)"
-"${pip[@]}" install -r "$repo/requirements.txt"
+"${pip[@]}" install "${pin[@]}" -r "$repo/requirements.txt"
 
 # The ROS wheels' exported CMake files name their build machine's interpreter; point them here.
 py_inc="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
@@ -70,22 +73,25 @@ np_inc="$("$venv/bin/python" -c 'import numpy; print(numpy.get_include())')"
              s#/opt/python/cp[0-9]+-cp[0-9]+/include/python[0-9.]+#$py_inc#g" "$f"
 done
 
-build_interfaces() {  # <source dir> <build dir> [cmake args...]
-  local src="$1" build="$2"; shift 2
+build_interfaces() {  # <source dir> <build dir> <install component or ""> [cmake args...]
+  local src="$1" build="$2" component="$3"; shift 3
   log "generating ROS interfaces: $(sed -n "s:.*<name>\(.*\)</name>.*:\1:p" "$src/package.xml" | head -n1) (rosidl)"
   rm -rf "$build"
   AMENT_PREFIX_PATH="$venv" CMAKE_PREFIX_PATH="$venv" PATH="$venv/bin:$PATH" \
     cmake -S "$src" -B "$build" -DCMAKE_INSTALL_PREFIX="$venv" -DBUILD_TESTING=OFF \
       -DPython3_EXECUTABLE="$venv/bin/python" -DPython3_FIND_STRATEGY=LOCATION "$@" >"$build.log" 2>&1 &&
   AMENT_PREFIX_PATH="$venv" CMAKE_PREFIX_PATH="$venv" PATH="$venv/bin:$PATH" \
-    cmake --build "$build" --target install -j "$(nproc)" >>"$build.log" 2>&1 ||
+    cmake --build "$build" -j "$(nproc)" >>"$build.log" 2>&1 &&
+  cmake --install "$build" ${component:+--component "$component"} >>"$build.log" 2>&1 ||
     { tail -n 40 "$build.log" >&2; echo "m3 setup: interface generation failed, full log: $build.log" >&2; return 1; }
 }
 builddir="$venv/.m3_build"; mkdir -p "$builddir"
 if ! "$venv/bin/python" -c 'import tf2_msgs.msg' >/dev/null 2>&1; then
-  build_interfaces "$repo/third_party/tf2_msgs" "$builddir/tf2_msgs"
+  build_interfaces "$repo/third_party/tf2_msgs" "$builddir/tf2_msgs" ""
 fi
-build_interfaces "$repo" "$builddir/m3_grasp" -DM3_INTERFACES_ONLY=ON
+# everything but the component "python" (m3_core, m3_ros: pip installs them editable below); the
+# build tree keeps the full colcon-style install for tests/test_install_layout.py
+build_interfaces "$repo" "$builddir/m3_grasp" Unspecified
 
 log "installing m3_core / m3_ros (editable)"
 "${pip[@]}" install --no-deps --no-build-isolation -e "$repo"
