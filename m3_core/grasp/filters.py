@@ -1,0 +1,177 @@
+"""Feasibility tests for batches of grasp poses: approach direction, reach, support plane, what lies
+between the fingers (opening width, contacts) and collisions of fingers and palm.
+
+All functions take world_from_grasp poses [B,4,4] and return per-candidate arrays [B].
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from m3_core.grasp.config import GraspPlannerConfig
+from m3_core.grasp.gripper import closing_region, local_boxes
+from m3_core.robot import ArmConfig, GripperConfig
+
+_CORNERS = np.array(list(itertools.product((-0.5, 0.5), repeat=3)))    # [8,3] unit-box corners
+
+
+def approach_ok(poses: np.ndarray, up: np.ndarray, config: GraspPlannerConfig) -> np.ndarray:
+    """True where the approach (+z) points at most `max_upward_approach_deg` above horizontal."""
+    return poses[:, :3, 2] @ up <= np.sin(np.radians(config.max_upward_approach_deg)) + 1e-9
+
+
+def reach_ok(
+    poses: np.ndarray, world_from_armbase: np.ndarray, arm: ArmConfig, gripper: GripperConfig
+) -> np.ndarray:
+    """True where the flange, at the grasp and at the pre-grasp, is within the arm's reach of its base.
+
+    The flange sits `flange_from_grasp_m` behind the grasp origin along -z.
+    """
+    base = world_from_armbase[:3, 3]
+    z = poses[:, :3, 2]
+    flange = poses[:, :3, 3] - arm.flange_from_grasp_m * z
+    pre_flange = flange - gripper.approach_distance_m * z
+    return (np.linalg.norm(flange - base, axis=1) <= arm.reach_m) & (
+        np.linalg.norm(pre_flange - base, axis=1) <= arm.reach_m
+    )
+
+
+def support_clearance(
+    poses: np.ndarray, widths: np.ndarray, up: np.ndarray, support_h: float, gripper: GripperConfig
+) -> np.ndarray:
+    """Height [B] of the lowest corner of fingers and palm, at the grasp or at the pre-grasp, above the
+    support plane (height `support_h` along `up`); keep those above `support_clearance_m`."""
+    centres, sizes = local_boxes(widths, gripper)                          # [B,3,3]
+    corners = centres[:, :, None, :] + sizes[:, :, None, :] * _CORNERS      # [B,3,8,3]
+    up_local = np.einsum("bji,j->bi", poses[:, :3, :3], up)                # up in each grasp frame
+    h = poses[:, :3, 3] @ up
+    lowest = h + np.einsum("bkci,bi->bkc", corners, up_local).reshape(len(poses), -1).min(axis=1)
+    pre_shift = -gripper.approach_distance_m * (poses[:, :3, 2] @ up)
+    return np.minimum(lowest, lowest + pre_shift) - support_h
+
+
+def _ball_pairs(tree: cKDTree, centres: np.ndarray, radius: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """All (query row, point index) pairs with the point within `radius` of the query centre."""
+    lists = tree.query_ball_point(centres, radius, return_sorted=False)
+    lengths = np.fromiter((len(a) for a in lists), dtype=np.intp, count=len(lists))
+    idx = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.intp, count=int(lengths.sum()))
+    return np.repeat(np.arange(len(centres)), lengths), idx
+
+
+def _segment_extreme(values: np.ndarray, rows: np.ndarray, n: int, largest: bool) -> np.ndarray:
+    """Max (or min) of `values` per row id in [0, n); -inf (+inf) for rows without values."""
+    out = np.full(n, -np.inf if largest else np.inf)
+    (np.maximum if largest else np.minimum).at(out, rows, values)
+    return out
+
+
+def grasp_frame_points(poses: np.ndarray, points: np.ndarray) -> np.ndarray:  # [B,4,4],[N,3] -> [B,3,N]
+    """`points` in each grasp frame, coordinates first (dense: meant for the object's few thousand points)."""
+    grasp_from_world = np.swapaxes(poses[:, :3, :3], 1, 2)
+    return np.matmul(grasp_from_world, points.T) - np.matmul(grasp_from_world, poses[:, :3, 3, None])
+
+
+def measure_closing(
+    poses: np.ndarray, local: np.ndarray, normals: np.ndarray, gripper: GripperConfig, config: GraspPlannerConfig,
+) -> dict[str, np.ndarray]:
+    """What the fingers would close on: the object points (`local` [B,3,N], in each grasp frame; their
+    world `normals` [N,3]) in the fingers' slab (|y| within the finger width, z along the fingers).
+
+    Returns per candidate: `shift` (move the origin this far along +x to centre it on those points),
+    `width` (the opening: their extent along x plus the clearance on both sides), `count` (points
+    between the fingers), `contact_cos` (the smaller of the two sides' cosines between the mean
+    contact normal and the closing direction) and `ok` (enough points, extent fits the opening).
+    """
+    g = gripper
+    x, y, z = local[:, 0], local[:, 1], local[:, 2]
+    slab = np.abs(y) <= 0.5 * g.finger_width_m + config.collision_margin_m
+    slab &= (z >= -g.tcp_depth_m) & (z <= g.finger_length_m - g.tcp_depth_m)
+    slab &= np.abs(x) <= 0.5 * g.max_opening_m + g.finger_thickness_m + config.collision_margin_m
+    x_max = np.where(slab, x, -np.inf).max(axis=1)
+    x_min = np.where(slab, x, np.inf).min(axis=1)
+    count = slab.sum(axis=1)
+    extent = np.where(count > 0, x_max - x_min, np.inf)
+    n_x = np.einsum("nj,bj->bn", normals, poses[:, :3, 0])                     # normals along +x
+    band = config.contact_band_m
+    right = slab & (x >= x_max[:, None] - band)
+    left = slab & (x <= x_min[:, None] + band)
+    contact_cos = np.minimum(_mean_normal_cos(right, n_x, normals), _mean_normal_cos(left, -n_x, normals))
+    width = extent + 2.0 * config.opening_clearance_m
+    ok = (count >= config.min_points_between_fingers) & (width <= g.max_opening_m) & (extent >= g.min_opening_m)
+    return {"shift": np.where(count > 0, 0.5 * (x_max + x_min), 0.0), "width": np.minimum(width, g.max_opening_m),
+            "count": count, "contact_cos": contact_cos, "ok": ok}
+
+
+def _mean_normal_cos(side: np.ndarray, n_along: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """Cosine between the mean normal of one side's contact points (`side` [B,N]) and that side's
+    outward axis (`n_along` [B,N]: each normal's component along it).
+
+    The vector mean (not the mean cosine) estimates the contact surface's orientation: on a sphere
+    the normals of a contact patch average to the closing axis.
+    """
+    weights = side.astype(np.float64)
+    along = np.sum(weights * n_along, axis=1)
+    norm = np.linalg.norm(weights @ normals, axis=1)
+    return np.where(norm > 1e-9, along / np.maximum(norm, 1e-9), -1.0)
+
+
+def _body_boxes(widths: np.ndarray, gripper: GripperConfig, config: GraspPlannerConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Centres and sizes [B,3,3] of fingers and palm, swept back to the pre-grasp when configured."""
+    centres, sizes = local_boxes(widths, gripper)
+    if config.check_approach_sweep:
+        centres[:, :, 2] -= 0.5 * gripper.approach_distance_m
+        sizes[:, :, 2] += gripper.approach_distance_m
+    return centres, sizes
+
+
+def object_collisions(
+    local: np.ndarray, widths: np.ndarray, gripper: GripperConfig, config: GraspPlannerConfig
+) -> np.ndarray:
+    """True where an object point (`local` [B,3,N], grasp frames) lies in a finger or the palm (inflated
+    by `collision_margin_m`; swept back to the pre-grasp when `check_approach_sweep`).
+
+    Both fingers are tested at once through |x|: the gripper is symmetric about the y-z plane.
+    """
+    g, m = gripper, config.collision_margin_m
+    back = g.approach_distance_m if config.check_approach_sweep else 0.0
+    ax, ay, z = np.abs(local[:, 0]), np.abs(local[:, 1]), local[:, 2]
+    half_w = 0.5 * widths[:, None]
+    finger = (ax >= half_w - m) & (ax <= half_w + g.finger_thickness_m + m) & (ay <= 0.5 * g.finger_width_m + m)
+    finger &= (z >= -g.tcp_depth_m - back - m) & (z <= g.finger_length_m - g.tcp_depth_m + m)
+    palm = (ax <= 0.5 * g.palm_width_m + m) & (ay <= 0.5 * g.palm_height_m + m)
+    palm &= (z >= -g.tcp_depth_m - g.palm_depth_m - back - m) & (z <= -g.tcp_depth_m + m)
+    return (finger | palm).any(axis=1)
+
+
+def scene_collisions(
+    poses: np.ndarray, widths: np.ndarray, points: np.ndarray, tree: cKDTree | None,
+    gripper: GripperConfig, config: GraspPlannerConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Collision-free test and clearance of the gripper against scene points (neighbours, table).
+
+    A scene point inside a finger or the palm (inflated by `collision_margin_m`; swept back to the
+    pre-grasp when `check_approach_sweep`) collides, and so does one between the fingers (the gripper
+    would close on it). Returns ok [B] and the smallest distance [B] from a scene point to fingers or
+    palm, saturated at `clearance_saturation_m`.
+    """
+    B, sat, margin = len(poses), config.clearance_saturation_m, config.collision_margin_m
+    if tree is None:
+        return np.ones(B, dtype=bool), np.full(B, sat)
+    centres, sizes = _body_boxes(widths, gripper, config)
+    gap_centre, gap_size = closing_region(widths, gripper)
+    centres = np.concatenate([centres, gap_centre[:, None]], axis=1)          # [B,4,3]
+    sizes = np.concatenate([sizes, gap_size[:, None]], axis=1)
+    world_centres = poses[:, None, :3, 3] + np.einsum("bij,bkj->bki", poses[:, :3, :3], centres)
+    radius = 0.5 * np.linalg.norm(sizes, axis=2) + margin + sat
+    q, idx = _ball_pairs(tree, world_centres.reshape(-1, 3), radius.reshape(-1))
+    b, k = np.divmod(q, 4)
+    local = np.einsum("mji,mj->mi", poses[b, :3, :3], points[idx] - poses[b, :3, 3]) - centres[b, k]
+    outside = np.maximum(np.abs(local) - 0.5 * sizes[b, k], 0.0)
+    hit = np.all(outside <= margin, axis=1)
+    ok = np.bincount(b[hit], minlength=B) == 0
+    body = k < 3
+    clearance = _segment_extreme(np.linalg.norm(outside[body], axis=1), b[body], B, largest=False)
+    return ok, np.minimum(clearance, sat)
