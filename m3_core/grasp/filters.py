@@ -48,7 +48,7 @@ def support_clearance(
     corners = centres[:, :, None, :] + sizes[:, :, None, :] * _CORNERS      # [B,3,8,3]
     up_local = np.einsum("bji,j->bi", poses[:, :3, :3], up)                # up in each grasp frame
     h = poses[:, :3, 3] @ up
-    lowest = h + np.einsum("bkci,bi->bkc", corners, up_local).reshape(len(poses), -1).min(axis=1)
+    lowest = h + np.einsum("bkci,bi->bkc", corners, up_local).reshape(len(poses), 24).min(axis=1)
     pre_shift = -gripper.approach_distance_m * (poses[:, :3, 2] @ up)
     return np.minimum(lowest, lowest + pre_shift) - support_h
 
@@ -90,9 +90,10 @@ def measure_closing(
     slab = np.abs(y) <= 0.5 * g.finger_width_m + config.collision_margin_m
     slab &= (z >= -g.tcp_depth_m) & (z <= g.finger_length_m - g.tcp_depth_m)
     slab &= np.abs(x) <= 0.5 * g.max_opening_m + g.finger_thickness_m + config.collision_margin_m
+    count = slab.sum(axis=1)
     x_max = np.where(slab, x, -np.inf).max(axis=1)
     x_min = np.where(slab, x, np.inf).min(axis=1)
-    count = slab.sum(axis=1)
+    x_max[count == 0], x_min[count == 0] = 0.0, 0.0
     extent = np.where(count > 0, x_max - x_min, np.inf)
     n_x = np.einsum("nj,bj->bn", normals, poses[:, :3, 0])                     # normals along +x
     band = config.contact_band_m
@@ -101,7 +102,7 @@ def measure_closing(
     contact_cos = np.minimum(_mean_normal_cos(right, n_x, normals), _mean_normal_cos(left, -n_x, normals))
     width = extent + 2.0 * config.opening_clearance_m
     ok = (count >= config.min_points_between_fingers) & (width <= g.max_opening_m) & (extent >= g.min_opening_m)
-    return {"shift": np.where(count > 0, 0.5 * (x_max + x_min), 0.0), "width": np.minimum(width, g.max_opening_m),
+    return {"shift": 0.5 * (x_max + x_min), "width": np.minimum(width, g.max_opening_m),
             "count": count, "contact_cos": contact_cos, "ok": ok}
 
 

@@ -189,12 +189,16 @@ def _evaluate_batch(
     shift, width = closing["shift"][keep], closing["width"][keep]
     antipodal = scoring.antipodal_score(closing["contact_cos"][keep], config)
     poses, local = poses[keep].copy(), local[keep]
+    if not len(poses):
+        return []
     poses[:, :3, 3] += shift[:, None] * poses[:, :3, 0]                      # centre the fingers on the object
     local[:, 0] -= shift[:, None]
     above = filters.support_clearance(poses, width, scene.up, scene.support_h, gripper)
     keep = above >= config.support_clearance_m
     keep[keep] = ~filters.object_collisions(local[keep], width[keep], gripper, config)
     poses, width, antipodal, above = poses[keep], width[keep], antipodal[keep], above[keep]
+    if not len(poses):
+        return []
     free, clearance = filters.scene_collisions(poses, width, scene.obstacles, scene.obstacle_tree, gripper, config)
     clearance = np.minimum(clearance, above)[free]
     poses, width, antipodal = poses[free], width[free], antipodal[free]
