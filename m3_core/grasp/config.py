@@ -47,6 +47,12 @@ class GraspPlannerConfig:
     """Approaches may point at most this far above horizontal (none come from below the support)."""
     min_points_between_fingers: int = 5
     """Object points that must lie in the closing region between the fingers."""
+    extent_trim_fraction: float = 0.03
+    """Fraction of the points between the fingers ignored at each end when measuring the object's width
+    (noisy points spilling over the edges would otherwise widen the grasp)."""
+    object_noise_m: float = 0.003
+    """Object points up to this far past a finger's inner face are noise at the object's edges, not a
+    collision (the fingers close onto the object anyway), metres."""
     contact_band_m: float = 0.006
     """Object points within this of a finger's side of the closing region count as its contacts, metres."""
     check_approach_sweep: bool = True

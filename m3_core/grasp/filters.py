@@ -91,9 +91,7 @@ def measure_closing(
     slab &= (z >= -g.tcp_depth_m) & (z <= g.finger_length_m - g.tcp_depth_m)
     slab &= np.abs(x) <= 0.5 * g.max_opening_m + g.finger_thickness_m + config.collision_margin_m
     count = slab.sum(axis=1)
-    x_max = np.where(slab, x, -np.inf).max(axis=1)
-    x_min = np.where(slab, x, np.inf).min(axis=1)
-    x_max[count == 0], x_min[count == 0] = 0.0, 0.0
+    x_min, x_max = _trimmed_extremes(x, slab, count, config.extent_trim_fraction)
     extent = np.where(count > 0, x_max - x_min, np.inf)
     n_x = np.einsum("nj,bj->bn", normals, poses[:, :3, 0])                     # normals along +x
     band = config.contact_band_m
@@ -104,6 +102,21 @@ def measure_closing(
     ok = (count >= config.min_points_between_fingers) & (width <= g.max_opening_m) & (extent >= g.min_opening_m)
     return {"shift": 0.5 * (x_max + x_min), "width": np.minimum(width, g.max_opening_m),
             "count": count, "contact_cos": contact_cos, "ok": ok}
+
+
+def _trimmed_extremes(
+    x: np.ndarray, mask: np.ndarray, count: np.ndarray, fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of `x` [B,N], the smallest and largest of the masked values after dropping `fraction` of
+    them at each end (0 for empty rows): noise at the object's edges should not widen the grasp."""
+    ordered = np.sort(np.where(mask, x, np.nan), axis=1)                      # NaN (unmasked) last
+    trim = np.floor(fraction * count).astype(np.intp)
+    rows = np.arange(len(x))
+    lo = ordered[rows, np.minimum(trim, x.shape[1] - 1)]
+    hi = ordered[rows, np.maximum(count - 1 - trim, 0)]
+    empty = count == 0
+    lo[empty], hi[empty] = 0.0, 0.0
+    return lo, hi
 
 
 def _mean_normal_cos(side: np.ndarray, n_along: np.ndarray, normals: np.ndarray) -> np.ndarray:
@@ -132,7 +145,9 @@ def object_collisions(
     local: np.ndarray, widths: np.ndarray, gripper: GripperConfig, config: GraspPlannerConfig
 ) -> np.ndarray:
     """True where an object point (`local` [B,3,N], grasp frames) lies in a finger or the palm (inflated
-    by `collision_margin_m`; swept back to the pre-grasp when `check_approach_sweep`).
+    by `collision_margin_m`, swept back to the pre-grasp when `check_approach_sweep`). The fingers'
+    inner faces are the exception: points up to `object_noise_m` past them are noise at the object's
+    edges, not a collision (the fingers close onto the object anyway).
 
     Both fingers are tested at once through |x|: the gripper is symmetric about the y-z plane.
     """
@@ -140,7 +155,8 @@ def object_collisions(
     back = g.approach_distance_m if config.check_approach_sweep else 0.0
     ax, ay, z = np.abs(local[:, 0]), np.abs(local[:, 1]), local[:, 2]
     half_w = 0.5 * widths[:, None]
-    finger = (ax >= half_w - m) & (ax <= half_w + g.finger_thickness_m + m) & (ay <= 0.5 * g.finger_width_m + m)
+    finger = (ax >= half_w + config.object_noise_m) & (ax <= half_w + g.finger_thickness_m + m)
+    finger &= (ay <= 0.5 * g.finger_width_m + m)
     finger &= (z >= -g.tcp_depth_m - back - m) & (z <= g.finger_length_m - g.tcp_depth_m + m)
     palm = (ax <= 0.5 * g.palm_width_m + m) & (ay <= 0.5 * g.palm_height_m + m)
     palm &= (z >= -g.tcp_depth_m - g.palm_depth_m - back - m) & (z <= -g.tcp_depth_m + m)

@@ -18,7 +18,7 @@ from scipy.spatial import cKDTree
 from m3_core.grasp import filters, sampling, scoring
 from m3_core.grasp.config import GraspPlannerConfig
 from m3_core.grasp.gripper import pregrasp_matrix
-from m3_core.grasp.pointcloud import checked_points, estimate_normals, voxel_downsample
+from m3_core.grasp.pointcloud import checked_points, smooth_with_normals, voxel_downsample
 from m3_core.grasp.types import Grasp
 from m3_core.robot import ArmConfig, GripperConfig
 
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 class _Scene:
     """The thinned clouds and what the filters and scores need to know about them."""
 
-    points: np.ndarray        # [N,3] object surface
+    points: np.ndarray        # [N,3] object surface (thinned, smoothed)
     normals: np.ndarray       # [N,3] outward normals
     tree: cKDTree             # over points
     obstacles: np.ndarray     # [M,3] scene points near the object and above the support plane
@@ -89,8 +89,8 @@ def _prepare(
     if len(obj) < max(config.normal_neighbours, config.min_points_between_fingers):
         logger.info("grasp planning: %d object points after thinning, too few for grasps", len(obj))
         return None
+    obj, normals = smooth_with_normals(obj, cKDTree(obj), config.normal_neighbours)
     tree = cKDTree(obj)
-    normals = estimate_normals(obj, tree, config.normal_neighbours)
     up = np.asarray(config.up, dtype=np.float64)
     support_h = float(np.percentile(obj @ up, 1.0))
     reach = _gripper_reach(gripper, config)

@@ -35,22 +35,25 @@ def voxel_downsample(points: np.ndarray, voxel_m: float) -> np.ndarray:  # [N,3]
     return sums / counts[:, None]
 
 
-def estimate_normals(points: np.ndarray, tree: cKDTree, neighbours: int) -> np.ndarray:  # [N,3]
-    """Unit surface normals by local PCA, oriented away from the cloud's centroid.
+def smooth_with_normals(points: np.ndarray, tree: cKDTree, neighbours: int) -> tuple[np.ndarray, np.ndarray]:
+    """Surface points with the noise across the surface removed, and unit normals ([N,3] each).
 
-    The normal is the direction of least variance of each point's `neighbours` nearest points.
-    Orienting away from the centroid is right for convex objects, which is what a parallel-jaw
-    gripper mostly takes; on concave parts some normals point inward and their pairs fail the
-    friction-cone test.
+    Local PCA over each point's `neighbours` nearest points: the normal is the direction of least
+    variance, and the point is moved onto the plane through the neighbours' mean (first-order moving
+    least squares). Depth noise and the spread of Gaussian means otherwise widen the object's
+    apparent extent by several millimetres per side. Normals point away from the cloud's centroid:
+    right for convex objects, which is what a parallel-jaw gripper mostly takes; on concave parts
+    some point inward and their pairs fail the friction-cone test.
     """
     k = min(neighbours, len(points))
     _, idx = tree.query(points, k=k)
     local = points[idx.reshape(len(points), k)]                   # [N,k,3]
-    centred = local - local.mean(axis=1, keepdims=True)
+    mean = local.mean(axis=1)
+    centred = local - mean[:, None, :]
     cov = np.einsum("nki,nkj->nij", centred, centred)
     _, vecs = np.linalg.eigh(cov)                                  # ascending eigenvalues
     normals = vecs[:, :, 0]
-    outward = points - points.mean(axis=0)
-    flip = np.einsum("ni,ni->n", normals, outward) < 0.0
+    smoothed = points - np.einsum("ni,ni->n", points - mean, normals)[:, None] * normals
+    flip = np.einsum("ni,ni->n", normals, smoothed - smoothed.mean(axis=0)) < 0.0
     normals[flip] *= -1.0
-    return normals
+    return smoothed, normals
