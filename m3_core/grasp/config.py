@@ -42,7 +42,15 @@ class GraspPlannerConfig:
     collision_margin_m: float = 0.003
     """Gripper boxes are inflated by this for collision tests (covers gaps between sparse points), metres."""
     support_clearance_m: float = 0.003
-    """The gripper must stay this far above the support plane (the object's lowest point), metres."""
+    """The gripper must stay this far above the support plane, plus the support's noise allowance, metres."""
+    support_noise_sigmas: float = 3.0
+    """Noise allowance above the support plane, in standard deviations of its points' heights."""
+    support_ring_m: float = 0.05
+    """The support's height is read from scene points within this of the object's footprint, metres."""
+    support_band_m: float = 0.02
+    """... and within this of the object's lowest points' height, metres."""
+    support_min_points: int = 30
+    """Fewer such scene points: the object's lowest points are the support (no table in view)."""
     max_upward_approach_deg: float = 5.0
     """Approaches may point at most this far above horizontal (none come from below the support)."""
     min_points_between_fingers: int = 5
@@ -65,7 +73,7 @@ class GraspPlannerConfig:
     """Candidates checked per vectorised batch."""
     top_k: int = 10
     """Grasps returned at most (after near-duplicate suppression)."""
-    enough_feasible: int = 40
+    enough_feasible: int = 24
     """Stop checking more candidates once this many feasible grasps were found."""
     nms_distance_m: float = 0.01
     """A grasp within this distance of a better one ..."""

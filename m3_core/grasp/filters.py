@@ -12,7 +12,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from m3_core.grasp.config import GraspPlannerConfig
-from m3_core.grasp.gripper import closing_region, local_boxes
+from m3_core.grasp.gripper import local_boxes
 from m3_core.robot import ArmConfig, GripperConfig
 
 _CORNERS = np.array(list(itertools.product((-0.5, 0.5), repeat=3)))    # [8,3] unit-box corners
@@ -70,8 +70,10 @@ def _segment_extreme(values: np.ndarray, rows: np.ndarray, n: int, largest: bool
 
 def grasp_frame_points(poses: np.ndarray, points: np.ndarray) -> np.ndarray:  # [B,4,4],[N,3] -> [B,3,N]
     """`points` in each grasp frame, coordinates first (dense: meant for the object's few thousand points)."""
+    B = len(poses)
     grasp_from_world = np.swapaxes(poses[:, :3, :3], 1, 2)
-    return np.matmul(grasp_from_world, points.T) - np.matmul(grasp_from_world, poses[:, :3, 3, None])
+    rotated = (grasp_from_world.reshape(3 * B, 3) @ points.T).reshape(B, 3, len(points))   # one GEMM
+    return rotated - np.matmul(grasp_from_world, poses[:, :3, 3, None])
 
 
 def measure_closing(
@@ -169,26 +171,50 @@ def scene_collisions(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Collision-free test and clearance of the gripper against scene points (neighbours, table).
 
-    A scene point inside a finger or the palm (inflated by `collision_margin_m`; swept back to the
-    pre-grasp when `check_approach_sweep`) collides, and so does one between the fingers (the gripper
-    would close on it). Returns ok [B] and the smallest distance [B] from a scene point to fingers or
+    A scene point within `collision_margin_m` of a finger or the palm (swept back to the pre-grasp
+    when `check_approach_sweep`) collides, and so does one between the fingers (the gripper would
+    close on it). Returns ok [B] and the smallest distance [B] from a scene point to fingers or
     palm, saturated at `clearance_saturation_m`.
     """
     B, sat, margin = len(poses), config.clearance_saturation_m, config.collision_margin_m
     if tree is None:
         return np.ones(B, dtype=bool), np.full(B, sat)
-    centres, sizes = _body_boxes(widths, gripper, config)
-    gap_centre, gap_size = closing_region(widths, gripper)
-    centres = np.concatenate([centres, gap_centre[:, None]], axis=1)          # [B,4,3]
-    sizes = np.concatenate([sizes, gap_size[:, None]], axis=1)
-    world_centres = poses[:, None, :3, 3] + np.einsum("bij,bkj->bki", poses[:, :3, :3], centres)
-    radius = 0.5 * np.linalg.norm(sizes, axis=2) + margin + sat
-    q, idx = _ball_pairs(tree, world_centres.reshape(-1, 3), radius.reshape(-1))
-    b, k = np.divmod(q, 4)
-    local = np.einsum("mji,mj->mi", poses[b, :3, :3], points[idx] - poses[b, :3, 3]) - centres[b, k]
-    outside = np.maximum(np.abs(local) - 0.5 * sizes[b, k], 0.0)
-    hit = np.all(outside <= margin, axis=1)
+    lo, hi = _gripper_extent(gripper, config)
+    centre_local = 0.5 * (lo + hi)
+    radius = 0.5 * float(np.linalg.norm(hi - lo)) + margin + sat
+    b, idx = _ball_pairs(tree, poses[:, :3, 3] + poses[:, :3, :3] @ centre_local, radius)
+    # Points in every grasp frame by one GEMM, then gathered per (candidate, point) pair.
+    rotated = points @ poses[:, :3, :3].reshape(B, 9)[:, [0, 3, 6, 1, 4, 7, 2, 5, 8]].reshape(B * 3, 3).T
+    rotated = rotated.reshape(len(points), B, 3)[idx, b] - np.einsum("bji,bj->bi", poses[:, :3, :3], poses[:, :3, 3])[b]
+    x, y, z = np.abs(rotated[:, 0]), np.abs(rotated[:, 1]), rotated[:, 2]
+    g, back = gripper, gripper.approach_distance_m if config.check_approach_sweep else 0.0
+    half_w = 0.5 * widths[b]
+    finger = _box_distance(x - half_w - 0.5 * g.finger_thickness_m, y, z + g.tcp_depth_m + 0.5 * (back - g.finger_length_m),
+                           0.5 * g.finger_thickness_m, 0.5 * g.finger_width_m, 0.5 * (g.finger_length_m + back))
+    palm = _box_distance(x, y, z + g.tcp_depth_m + 0.5 * (g.palm_depth_m + back),
+                         0.5 * g.palm_width_m, 0.5 * g.palm_height_m, 0.5 * (g.palm_depth_m + back))
+    gap = (x <= half_w) & (y <= 0.5 * g.finger_width_m) & (z >= -g.tcp_depth_m) & (z <= g.finger_length_m - g.tcp_depth_m)
+    body = np.minimum(finger, palm)
+    hit = (body <= margin) | gap
     ok = np.bincount(b[hit], minlength=B) == 0
-    body = k < 3
-    clearance = _segment_extreme(np.linalg.norm(outside[body], axis=1), b[body], B, largest=False)
+    clearance = _segment_extreme(body, b, B, largest=False)
     return ok, np.minimum(clearance, sat)
+
+
+def _box_distance(dx: np.ndarray, dy: np.ndarray, dz: np.ndarray, hx: float, hy: float, hz: float) -> np.ndarray:
+    """Euclidean distance from points at offsets (dx, dy, dz) from a box centre to the box (0 inside)."""
+    ox = np.maximum(np.abs(dx) - hx, 0.0)
+    oy = np.maximum(np.abs(dy) - hy, 0.0)
+    oz = np.maximum(np.abs(dz) - hz, 0.0)
+    return np.sqrt(ox * ox + oy * oy + oz * oz)
+
+
+def _gripper_extent(gripper: GripperConfig, config: GraspPlannerConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Corners (min, max) [3] of the grasp-frame box around the open gripper and its sweep."""
+    g = gripper
+    back = g.approach_distance_m if config.check_approach_sweep else 0.0
+    half_x = max(0.5 * g.palm_width_m, 0.5 * g.max_opening_m + g.finger_thickness_m)
+    half_y = 0.5 * max(g.palm_height_m, g.finger_width_m)
+    lo = np.array([-half_x, -half_y, -g.tcp_depth_m - g.palm_depth_m - back])
+    hi = np.array([half_x, half_y, g.finger_length_m - g.tcp_depth_m])
+    return lo, hi

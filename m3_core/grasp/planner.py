@@ -19,6 +19,7 @@ from m3_core.grasp import filters, sampling, scoring
 from m3_core.grasp.config import GraspPlannerConfig
 from m3_core.grasp.gripper import pregrasp_matrix
 from m3_core.grasp.pointcloud import checked_points, smooth_with_normals, voxel_downsample
+from m3_core.grasp.support import support_plane
 from m3_core.grasp.types import Grasp
 from m3_core.robot import ArmConfig, GripperConfig
 
@@ -37,6 +38,7 @@ class _Scene:
     centre: np.ndarray        # [3] centre-of-mass proxy (mean of the thinned surface)
     radius: float             # RMS distance of the surface from the centre
     support_h: float          # height of the support plane along up
+    floor_m: float            # the gripper stays this far above the support plane
     up: np.ndarray            # [3]
     reach_dir: np.ndarray | None  # [3] horizontal unit direction arm base -> object, or None
 
@@ -92,14 +94,15 @@ def _prepare(
     obj, normals = smooth_with_normals(obj, cKDTree(obj), config.normal_neighbours)
     tree = cKDTree(obj)
     up = np.asarray(config.up, dtype=np.float64)
-    support_h = float(np.percentile(obj @ up, 1.0))
     reach = _gripper_reach(gripper, config)
-    # The support-plane test keeps the whole gripper above support_h + support_clearance_m, so scene
-    # points below that (the table top under the object) cannot collide: drop them, they are most
-    # of the scene and would dominate the collision checks.
-    near = np.all((scene >= obj.min(axis=0) - reach) & (scene <= obj.max(axis=0) + reach), axis=1)
-    near &= scene @ up >= support_h + config.support_clearance_m - config.collision_margin_m
-    obstacles = voxel_downsample(scene[near], config.scene_voxel_m)
+    scene = scene[np.all((scene >= obj.min(axis=0) - reach) & (scene <= obj.max(axis=0) + reach), axis=1)]
+    support_h, noise = support_plane(obj, scene, up, config)
+    floor = config.support_clearance_m + config.support_noise_sigmas * noise
+    # The support test keeps the whole gripper `floor` above the support plane, so scene points
+    # below that (the table top around the object) cannot collide: drop them, they are most of the
+    # scene and would dominate the collision checks.
+    obstacles = voxel_downsample(scene[scene @ up >= support_h + floor - config.collision_margin_m],
+                                 config.scene_voxel_m)
     centre = obj.mean(axis=0)
     reach_dir = None
     if base is not None:
@@ -110,7 +113,7 @@ def _prepare(
         points=obj, normals=normals, tree=tree, obstacles=obstacles,
         obstacle_tree=cKDTree(obstacles) if len(obstacles) else None,
         centre=centre, radius=float(np.sqrt(np.mean(np.sum((obj - centre) ** 2, axis=1)))),
-        support_h=support_h, up=up, reach_dir=reach_dir,
+        support_h=support_h, floor_m=floor, up=up, reach_dir=reach_dir,
     )
 
 
@@ -135,7 +138,7 @@ def _candidates(
     mid, axis, pair_score = sampling.antipodal_pairs(
         scene.points, scene.normals, scene.tree, rng, max_width, gripper.min_opening_m, config)
     pair_poses, pair = sampling.poses_about_axis(mid, axis, scene.up, config)
-    top = sampling.top_down_poses(scene.points, scene.up, scene.support_h, gripper, config)
+    top = sampling.top_down_poses(scene.points, scene.up, scene.support_h + scene.floor_m, gripper, config)
     poses = np.concatenate([pair_poses, top])
     antipodal = np.concatenate([pair_score[pair], np.ones(len(top))])
     keep = filters.approach_ok(poses, scene.up, config)
@@ -194,7 +197,7 @@ def _evaluate_batch(
     poses[:, :3, 3] += shift[:, None] * poses[:, :3, 0]                      # centre the fingers on the object
     local[:, 0] -= shift[:, None]
     above = filters.support_clearance(poses, width, scene.up, scene.support_h, gripper)
-    keep = above >= config.support_clearance_m
+    keep = above >= scene.floor_m
     keep[keep] = ~filters.object_collisions(local[keep], width[keep], gripper, config)
     poses, width, antipodal, above = poses[keep], width[keep], antipodal[keep], above[keep]
     if not len(poses):

@@ -89,20 +89,21 @@ def poses_about_axis(
 
 
 def top_down_poses(
-    points: np.ndarray, up: np.ndarray, support_h: float, gripper: GripperConfig, config: GraspPlannerConfig
+    points: np.ndarray, up: np.ndarray, floor_h: float, gripper: GripperConfig, config: GraspPlannerConfig
 ) -> np.ndarray:
     """Top-down grasps [K,4,4] over the object's centre, closing across each horizontal principal axis,
-    at `top_down_heights` of the object's height (never so low that the fingertips reach the support)."""
+    at `top_down_heights` of the object's height (never so low that the fingertips go below `floor_h`)."""
     heights = points @ up
     flat = points - heights[:, None] * up
     centre = flat.mean(axis=0)
     _, vecs = np.linalg.eigh(np.cov((flat - centre).T))
     axes = [v for v in vecs.T[::-1] if abs(v @ up) < 0.5][:2]             # largest spread first
     top = float(np.percentile(heights, 99.0))
-    lowest = support_h + gripper.finger_length_m - gripper.tcp_depth_m + config.support_clearance_m + 1e-3
+    lowest = floor_h + gripper.finger_length_m - gripper.tcp_depth_m + 1e-3
+    bottom = float(np.percentile(heights, 1.0))
     poses = []
     for frac in config.top_down_heights:
-        h = max(support_h + frac * (top - support_h), lowest)
+        h = max(bottom + frac * (top - bottom), lowest)
         for axis in axes:
             poses.append(grasp_matrix(centre + h * up, axis, -up))
     return np.array(poses).reshape(-1, 4, 4)
