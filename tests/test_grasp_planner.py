@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from m3_core.grasp.config import GraspPlannerConfig
-from m3_core.grasp.gripper import gripper_boxes, local_boxes
+from m3_core.grasp.filters import approach_ok
+from m3_core.grasp.gripper import grasp_matrix, gripper_boxes, local_boxes
 from m3_core.grasp.planner import plan_grasps
+from m3_core.grasp.support import support_plane
 from m3_core.grasp.types import Grasp
 from m3_core.robot import ArmConfig, GripperConfig
 
@@ -219,3 +221,55 @@ def test_too_few_or_non_finite_points():
 def test_smaller_opening_refuses_what_it_cannot_span():
     narrow = dataclasses.replace(GRIPPER, max_opening_m=0.045)
     assert plan_grasps(NARROW_BOX, table(), narrow, ARM, None) == []
+
+
+def test_approach_path_from_the_pregrasp_must_be_free():
+    """A shelf board above the object: the gripper fits at the grasp but not on the way down to it."""
+    obj = box_surface((0.04, 0.04, 0.06), (0.0, 0.0, 0.03))
+    shelf = table(height=0.16)
+    scene = np.concatenate([table(), shelf])
+    no_sweep = plan_grasps(obj, scene, GRIPPER, ARM, None, GraspPlannerConfig(check_approach_sweep=False))
+    assert any(g.world_from_grasp[:3, 2] @ UP < -0.9 for g in no_sweep), "top-down fits at the grasp itself"
+    config = GraspPlannerConfig(top_k=20, max_evaluated=4096)
+    grasps = plan_grasps(obj, scene, GRIPPER, ARM, None, config)
+    assert grasps, "side approaches stay below the shelf"
+    for g in grasps:
+        pre = Grasp(g.world_from_pregrasp, g.width_m, g.world_from_pregrasp, g.quality)
+        assert points_in_gripper(g, shelf) == 0 and points_in_gripper(pre, shelf) == 0
+
+
+def test_depth_noise_does_not_widen_the_grasp_or_lower_the_fingers():
+    rng = np.random.default_rng(3)
+    sigma = 0.002
+    obj = NARROW_BOX + rng.normal(0.0, sigma, NARROW_BOX.shape)
+    tab = table()
+    tab[:, 2] += rng.normal(0.0, sigma, len(tab))
+    grasps = plan_grasps(obj, tab, GRIPPER, ARM, None)
+    square = [g for g in grasps if abs(g.world_from_grasp[0, 0]) > 0.99]     # straight across the 5 cm
+    assert square
+    for g in square:      # noise spreads the points +-6 mm; the grasp stays within 4 mm of the clean width
+        assert g.width_m <= 0.05 + 2 * GraspPlannerConfig().opening_clearance_m + 0.004
+    for g in grasps:
+        assert lowest_gripper_point(g) >= 2 * sigma, "fingers stay above the table's noise"
+
+
+def test_support_plane_comes_from_the_table_around_the_object():
+    rng = np.random.default_rng(4)
+    tab = table(height=0.02)
+    tab[:, 2] += rng.normal(0.0, 0.001, len(tab))
+    obj = box_surface((0.04, 0.04, 0.05), (0.0, 0.0, 0.045))
+    obj = np.concatenate([obj, [[0.0, 0.0, -0.05]]])                    # one floater far below
+    height, noise = support_plane(obj, tab, UP, GraspPlannerConfig())
+    assert height == pytest.approx(0.02, abs=0.0005)
+    assert noise == pytest.approx(0.001, rel=0.3)
+    height, noise = support_plane(obj, np.zeros((0, 3)), UP, GraspPlannerConfig())
+    assert height == pytest.approx(0.02, abs=0.001) and noise == 0.0   # no table: the object's bottom
+
+
+def test_approach_filter_refuses_approaches_from_below():
+    """Unit check of the direction rule (the support-plane test alone already rejects most of them)."""
+    config = GraspPlannerConfig(max_upward_approach_deg=5.0)
+    tilts_deg = np.array([-90.0, -30.0, 0.0, 3.0, 10.0, 90.0])            # approach angle above horizontal
+    approach = np.c_[np.cos(np.radians(tilts_deg)), np.zeros(6), np.sin(np.radians(tilts_deg))]
+    poses = grasp_matrix(np.zeros((6, 3)), np.tile([0.0, 1.0, 0.0], (6, 1)), approach)
+    np.testing.assert_array_equal(approach_ok(poses, UP, config), [True, True, True, True, False, False])
