@@ -82,54 +82,69 @@ def measure_closing(
     """What the fingers would close on: the object points (`local` [B,3,N], in each grasp frame; their
     world `normals` [N,3]) in the fingers' slab (|y| within the finger width, z along the fingers).
 
-    Returns per candidate: `shift` (move the origin this far along +x to centre it on those points),
-    `width` (the opening: their extent along x plus the clearance on both sides), `count` (points
-    between the fingers), `contact_cos` (the smaller of the two sides' cosines between the mean
-    contact normal and the closing direction) and `ok` (enough points, extent fits the opening).
+    Along x those points fall into pieces wherever a finger fits between them (the wall of a mug
+    and the space inside it); the piece nearest the origin is what the fingers take.
+    Returns per candidate: `shift` (move the origin this far along +x to centre it on that piece),
+    `width` (the opening: its extent along x plus the clearance on both sides), `count` (its
+    points), `contact_cos` (the smaller of the two sides' cosines between the mean contact normal
+    and the closing axis) and `ok` (enough points, extent fits the opening).
     """
     g = gripper
     x, y, z = local[:, 0], local[:, 1], local[:, 2]
     slab = np.abs(y) <= 0.5 * g.finger_width_m + config.collision_margin_m
     slab &= (z >= -g.tcp_depth_m) & (z <= g.finger_length_m - g.tcp_depth_m)
     slab &= np.abs(x) <= 0.5 * g.max_opening_m + g.finger_thickness_m + config.collision_margin_m
-    count = slab.sum(axis=1)
-    x_min, x_max = _trimmed_extremes(x, slab, count, config.extent_trim_fraction)
+    gap = g.finger_thickness_m + config.opening_clearance_m + config.collision_margin_m
+    x_min, x_max, count = _centre_cluster_extremes(x, slab, gap, config.extent_trim_fraction)
     extent = np.where(count > 0, x_max - x_min, np.inf)
     n_x = np.einsum("nj,bj->bn", normals, poses[:, :3, 0])                     # normals along +x
     band = config.contact_band_m
-    right = slab & (x >= x_max[:, None] - band)
-    left = slab & (x <= x_min[:, None] + band)
-    contact_cos = np.minimum(_mean_normal_cos(right, n_x, normals), _mean_normal_cos(left, -n_x, normals))
+    right = slab & (np.abs(x - x_max[:, None]) <= band)
+    left = slab & (np.abs(x - x_min[:, None]) <= band)
+    contact_cos = np.minimum(_mean_normal_cos(right, n_x, normals), _mean_normal_cos(left, n_x, normals))
     width = extent + 2.0 * config.opening_clearance_m
     ok = (count >= config.min_points_between_fingers) & (width <= g.max_opening_m) & (extent >= g.min_opening_m)
     return {"shift": 0.5 * (x_max + x_min), "width": np.minimum(width, g.max_opening_m),
             "count": count, "contact_cos": contact_cos, "ok": ok}
 
 
-def _trimmed_extremes(
-    x: np.ndarray, mask: np.ndarray, count: np.ndarray, fraction: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of `x` [B,N], the smallest and largest of the masked values after dropping `fraction` of
-    them at each end (0 for empty rows): noise at the object's edges should not widen the grasp."""
+def _centre_cluster_extremes(
+    x: np.ndarray, mask: np.ndarray, gap: float, fraction: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of `x` [B,N]: split the masked values where consecutive ones are more than `gap` apart,
+    take the piece holding the value nearest 0, and return its smallest and largest value after
+    dropping `fraction` of its values at each end (noise at the object's edges should not widen the
+    grasp), and its size. Rows without values give (0, 0, 0)."""
+    B, N = x.shape
     ordered = np.sort(np.where(mask, x, np.nan), axis=1)                      # NaN (unmasked) last
+    valid = ~np.isnan(ordered)
+    with np.errstate(invalid="ignore"):
+        split = np.diff(ordered, axis=1) > gap
+    piece = np.concatenate([np.zeros((B, 1), dtype=np.intp), np.cumsum(split, axis=1)], axis=1)
+    rows = np.arange(B)
+    nearest = np.argmin(np.where(valid, np.abs(ordered), np.inf), axis=1)
+    member = valid & (piece == piece[rows, nearest][:, None])
+    count = member.sum(axis=1)
+    first = np.argmax(member, axis=1)
     trim = np.floor(fraction * count).astype(np.intp)
-    rows = np.arange(len(x))
-    lo = ordered[rows, np.minimum(trim, x.shape[1] - 1)]
-    hi = ordered[rows, np.maximum(count - 1 - trim, 0)]
+    lo = ordered[rows, np.minimum(first + trim, N - 1)]
+    hi = ordered[rows, np.clip(first + count - 1 - trim, 0, N - 1)]
     empty = count == 0
     lo[empty], hi[empty] = 0.0, 0.0
-    return lo, hi
+    return lo, hi, count
 
 
-def _mean_normal_cos(side: np.ndarray, n_along: np.ndarray, normals: np.ndarray) -> np.ndarray:
-    """Cosine between the mean normal of one side's contact points (`side` [B,N]) and that side's
-    outward axis (`n_along` [B,N]: each normal's component along it).
+def _mean_normal_cos(side: np.ndarray, n_x: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """|cosine| between the mean normal of one side's contact points (`side` [B,N]) and the closing
+    axis (`n_x` [B,N]: each normal's component along it).
 
     The vector mean (not the mean cosine) estimates the contact surface's orientation: on a sphere
-    the normals of a contact patch average to the closing axis.
+    the normals of a contact patch average to the closing axis. Signs are aligned first: normals
+    oriented by the centroid are wrong on concave parts (the inside of a mug), and the contacts are
+    the points nearest each finger whatever their normals' sign.
     """
-    weights = side.astype(np.float64)
-    along = np.sum(weights * n_along, axis=1)
+    weights = side * np.where(n_x < 0.0, -1.0, 1.0)
+    along = np.sum(weights * n_x, axis=1)
     norm = np.linalg.norm(weights @ normals, axis=1)
     return np.where(norm > 1e-9, along / np.maximum(norm, 1e-9), -1.0)
 

@@ -22,15 +22,16 @@ def antipodal_pairs(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Contact pairs whose normals lie in the friction cone of the line joining them.
 
-    From each seed point a ray runs inward (along -normal) up to `max_width_m`; the object points it
-    passes within one voxel of are partner candidates, and the partner whose two contacts best face
-    each other is kept. Returns midpoints [P,3], closing axes [P,3] (seed -> partner) and an
+    From each seed point a ray runs along its normal both ways (normals oriented by the centroid are
+    wrong on concave parts) up to `max_width_m`; the object points it passes within one voxel of
+    are partner candidates, and the partner whose two contacts best face each other is kept. Returns midpoints [P,3], closing axes [P,3] (seed -> partner) and an
     antipodal score [P] in [0,1] (1: both normals exactly along the closing axis).
     """
     n_seeds = min(config.num_seeds, len(points))
     seeds = np.sort(rng.choice(len(points), size=n_seeds, replace=False))
     step = config.object_voxel_m
-    dists = np.arange(max(min_width_m, step), max_width_m + 1e-9, step)         # [S]
+    dists = np.arange(max(min_width_m, step), max_width_m + 1e-9, step)
+    dists = np.concatenate([dists, -dists])                                   # [S] both ways
     if len(dists) == 0:
         return np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0)
     ray = points[seeds, None, :] - normals[seeds, None, :] * dists[None, :, None]  # [n,S,3]
@@ -42,9 +43,8 @@ def antipodal_pairs(
     span = q - p
     length = np.linalg.norm(span, axis=-1)
     axis = span / np.maximum(length, 1e-12)[..., None]
-    cos_p = -np.sum(normals[seeds, None, :] * axis, axis=-1)
-    cos_q = np.sum(normals[hit] * axis, axis=-1)
-    cos_min = np.minimum(cos_p, cos_q)
+    cos_min = np.minimum(np.abs(np.sum(normals[seeds, None, :] * axis, axis=-1)),
+                         np.abs(np.sum(normals[hit] * axis, axis=-1)))
     ok = found & (length >= min_width_m) & (length <= max_width_m)
     cos_min = np.where(ok, cos_min, -np.inf)
     best = np.argmax(cos_min, axis=1)
