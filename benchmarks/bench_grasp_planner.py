@@ -39,8 +39,11 @@ def _box(rng: np.random.Generator, size: tuple[float, float, float], centre: tup
 
 
 def _cylinder(rng: np.random.Generator, radius: float, height: float, n: int) -> np.ndarray:
+    """Side and top cap (without the cap it is an open tube, and its rim is what gets grasped)."""
     a = rng.uniform(0, 2 * np.pi, n)
-    return np.c_[radius * np.cos(a), radius * np.sin(a), rng.uniform(0, height, n)]
+    cap = rng.uniform(size=n) < radius / (radius + 2 * height)
+    r = np.where(cap, radius * np.sqrt(rng.uniform(size=n)), radius)
+    return np.c_[r * np.cos(a), r * np.sin(a), np.where(cap, height, rng.uniform(0, height, n))]
 
 
 def _sphere(rng: np.random.Generator, radius: float, n: int) -> np.ndarray:

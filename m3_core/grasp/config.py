@@ -27,6 +27,8 @@ class GraspPlannerConfig:
     # Sampling
     num_seeds: int = 192
     """Object points from which an antipodal partner is searched along the inward normal."""
+    ray_neighbours: int = 4
+    """Nearest object points looked up at each step of a seed's ray (its partner candidates)."""
     friction_cone_deg: float = 25.0
     """Half-angle of the friction cone: a contact normal within it of the closing axis holds (mu ~ 0.47)."""
     num_approaches: int = 8
@@ -56,8 +58,8 @@ class GraspPlannerConfig:
     min_points_between_fingers: int = 5
     """Object points that must lie in the closing region between the fingers."""
     extent_trim_fraction: float = 0.03
-    """Fraction of the points between the fingers ignored at each end when measuring the object's width
-    (noisy points spilling over the edges would otherwise widen the grasp)."""
+    """Fraction of the points between the fingers ignored at each end when measuring the object's width:
+    depth noise and Gaussians spread a surface over millimetres, which would otherwise widen the grasp."""
     object_noise_m: float = 0.003
     """Object points up to this far past a finger's inner face are noise at the object's edges, not a
     collision (the fingers close onto the object anyway), metres."""
@@ -94,7 +96,7 @@ class GraspPlannerConfig:
 
     def __post_init__(self) -> None:
         positive = ("object_voxel_m", "scene_voxel_m", "max_object_points", "normal_neighbours",
-                    "num_seeds", "num_approaches", "batch_size", "top_k", "max_evaluated")
+                    "num_seeds", "ray_neighbours", "num_approaches", "batch_size", "top_k", "max_evaluated")
         bad = [name for name in positive if getattr(self, name) <= 0]
         if bad:
             raise ValueError(f"GraspPlannerConfig: {', '.join(bad)} must be > 0")

@@ -18,7 +18,7 @@ from scipy.spatial import cKDTree
 from m3_core.grasp import filters, sampling, scoring
 from m3_core.grasp.config import GraspPlannerConfig
 from m3_core.grasp.gripper import pregrasp_matrix
-from m3_core.grasp.pointcloud import checked_points, smooth_with_normals, voxel_downsample
+from m3_core.grasp.pointcloud import checked_points, estimate_normals, voxel_downsample
 from m3_core.grasp.support import support_plane
 from m3_core.grasp.types import Grasp
 from m3_core.robot import ArmConfig, GripperConfig
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 class _Scene:
     """The thinned clouds and what the filters and scores need to know about them."""
 
-    points: np.ndarray        # [N,3] object surface (thinned, smoothed)
+    points: np.ndarray        # [N,3] object surface (thinned)
     normals: np.ndarray       # [N,3] outward normals
     tree: cKDTree             # over points
     obstacles: np.ndarray     # [M,3] scene points near the object and above the support plane
@@ -91,8 +91,8 @@ def _prepare(
     if len(obj) < max(config.normal_neighbours, config.min_points_between_fingers):
         logger.info("grasp planning: %d object points after thinning, too few for grasps", len(obj))
         return None
-    obj, normals = smooth_with_normals(obj, cKDTree(obj), config.normal_neighbours)
     tree = cKDTree(obj)
+    normals = estimate_normals(obj, tree, config.normal_neighbours)
     up = np.asarray(config.up, dtype=np.float64)
     reach = _gripper_reach(gripper, config)
     scene = scene[np.all((scene >= obj.min(axis=0) - reach) & (scene <= obj.max(axis=0) + reach), axis=1)]
@@ -101,7 +101,7 @@ def _prepare(
     # The support test keeps the whole gripper `floor` above the support plane, so scene points
     # below that (the table top around the object) cannot collide: drop them, they are most of the
     # scene and would dominate the collision checks.
-    obstacles = voxel_downsample(scene[scene @ up >= support_h + floor - config.collision_margin_m],
+    obstacles = voxel_downsample(scene[scene @ up > support_h + floor - config.collision_margin_m],
                                  config.scene_voxel_m)
     centre = obj.mean(axis=0)
     reach_dir = None

@@ -23,37 +23,36 @@ def checked_points(points: np.ndarray, name: str) -> np.ndarray:
 
 
 def voxel_downsample(points: np.ndarray, voxel_m: float) -> np.ndarray:  # [N,3] -> [V,3]
-    """One point per occupied voxel (the mean of its points), in a deterministic order."""
+    """One point per occupied voxel, in a deterministic order.
+
+    The kept point is one of the input points (the first in the voxel), not the voxel's mean: a mean
+    merges two surfaces closer than a voxel (the inner and outer side of a cup's wall) into one.
+    """
     if len(points) == 0:
         return points
     cells = np.floor(points / voxel_m).astype(np.int64)
     cells -= cells.min(axis=0)
     dims = cells.max(axis=0) + 1
     keys = (cells[:, 0] * dims[1] + cells[:, 1]) * dims[2] + cells[:, 2]   # one int64 per voxel
-    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-    sums = np.stack([np.bincount(inverse, weights=points[:, i], minlength=len(counts)) for i in range(3)], 1)
-    return sums / counts[:, None]
+    _, first = np.unique(keys, return_index=True)
+    return points[first]
 
 
-def smooth_with_normals(points: np.ndarray, tree: cKDTree, neighbours: int) -> tuple[np.ndarray, np.ndarray]:
-    """Surface points with the noise across the surface removed, and unit normals ([N,3] each).
+def estimate_normals(points: np.ndarray, tree: cKDTree, neighbours: int) -> np.ndarray:  # [N,3]
+    """Unit surface normals by local PCA (the direction of least variance of each point's
+    `neighbours` nearest points), oriented away from the cloud's centroid.
 
-    Local PCA over each point's `neighbours` nearest points: the normal is the direction of least
-    variance, and the point is moved onto the plane through the neighbours' mean (first-order moving
-    least squares). Depth noise and the spread of Gaussian means otherwise widen the object's
-    apparent extent by several millimetres per side. Normals point away from the cloud's centroid:
-    right for convex objects, which is what a parallel-jaw gripper mostly takes; on concave parts
-    some point inward and their pairs fail the friction-cone test.
+    The orientation is right for convex objects; inside concave ones (a cup) it is not, so the
+    planner only uses normals up to sign. The points themselves are not smoothed: projecting them
+    onto the local planes merges the two sides of a thin wall.
     """
     k = min(neighbours, len(points))
     _, idx = tree.query(points, k=k)
     local = points[idx.reshape(len(points), k)]                   # [N,k,3]
-    mean = local.mean(axis=1)
-    centred = local - mean[:, None, :]
+    centred = local - local.mean(axis=1, keepdims=True)
     cov = np.einsum("nki,nkj->nij", centred, centred)
     _, vecs = np.linalg.eigh(cov)                                  # ascending eigenvalues
     normals = vecs[:, :, 0]
-    smoothed = points - np.einsum("ni,ni->n", points - mean, normals)[:, None] * normals
-    flip = np.einsum("ni,ni->n", normals, smoothed - smoothed.mean(axis=0)) < 0.0
+    flip = np.einsum("ni,ni->n", normals, points - points.mean(axis=0)) < 0.0
     normals[flip] *= -1.0
-    return smoothed, normals
+    return normals

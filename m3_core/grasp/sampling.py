@@ -35,9 +35,11 @@ def antipodal_pairs(
     if len(dists) == 0:
         return np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0)
     ray = points[seeds, None, :] - normals[seeds, None, :] * dists[None, :, None]  # [n,S,3]
-    hit_d, hit = tree.query(ray.reshape(-1, 3), k=1, distance_upper_bound=1.5 * step)
-    hit = hit.reshape(n_seeds, len(dists))
-    found = np.isfinite(hit_d.reshape(n_seeds, len(dists)))
+    # a few nearest points per ray sample: near the seed the nearest are its own surface's neighbours,
+    # and the other side of a thin wall (a few mm away) would be missed with one
+    hit_d, hit = tree.query(ray.reshape(-1, 3), k=config.ray_neighbours, distance_upper_bound=1.5 * step)
+    hit = hit.reshape(n_seeds, -1)
+    found = np.isfinite(hit_d.reshape(n_seeds, -1))
     hit = np.where(found, hit, 0)
     p, q = points[seeds, None, :], points[hit]
     span = q - p
