@@ -207,6 +207,10 @@ def test_bad_input_is_refused_with_a_clear_error():
         plan_grasps(np.zeros((10, 2)), table(), GRIPPER, ARM, None)
     with pytest.raises(ValueError, match="world_from_armbase"):
         plan_grasps(NARROW_BOX, table(), GRIPPER, ARM, np.eye(3))
+    with pytest.raises(ValueError, match="gripper geometry"):
+        plan_grasps(NARROW_BOX, table(), dataclasses.replace(GRIPPER, tcp_depth_m=0.1), ARM, None)
+    with pytest.raises(ValueError, match="gripper geometry"):
+        plan_grasps(NARROW_BOX, table(), dataclasses.replace(GRIPPER, finger_width_m=0.0), ARM, None)
     with pytest.raises(ValueError, match="friction_cone_deg"):
         GraspPlannerConfig(friction_cone_deg=95.0)
 

@@ -10,6 +10,7 @@ near-duplicate suppression -> top-K.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,10 +56,13 @@ def plan_grasps(
 
     `object_points` is the instance's surface (Gaussian means, back-projected depth points);
     `scene_points` everything else that can collide (the table, neighbours). The support plane is
-    the object's lowest points' height along `config.up`. Deterministic for a given config seed.
+    read from the scene points around the object (the object's lowest points without a table; see
+    `support_plane`). Deterministic for a given config seed. Raises ValueError on malformed input.
     """
     config = config or GraspPlannerConfig()
+    _check_gripper(gripper)
     base = _checked_base(world_from_armbase)
+    started = time.perf_counter()
     rng = np.random.default_rng(config.seed)
     scene = _prepare(checked_points(object_points, "object_points"),
                      checked_points(scene_points, "scene_points"), base, rng, gripper, config)
@@ -67,8 +71,27 @@ def plan_grasps(
     poses, prior = _candidates(scene, rng, gripper, base, arm, config)
     feasible = _evaluate(poses, prior, scene, gripper, config)
     grasps = _suppress_duplicates(feasible, config)
+    logger.debug("grasp planning: %d object points, %d obstacle points, %d candidates, %d feasible, "
+                 "%d returned in %.1f ms", len(scene.points), len(scene.obstacles), len(poses), len(feasible),
+                 len(grasps), 1e3 * (time.perf_counter() - started))
     return [Grasp(world_from_grasp=T, width_m=float(w), world_from_pregrasp=pregrasp_matrix(T, gripper.approach_distance_m),
                   quality=float(q)) for T, w, q in grasps]
+
+
+def _check_gripper(gripper: GripperConfig) -> None:
+    g = gripper
+    sizes = {name: getattr(g, name) for name in ("max_opening_m", "finger_length_m", "finger_width_m",
+                                                 "finger_thickness_m", "palm_depth_m", "palm_width_m",
+                                                 "palm_height_m", "tcp_depth_m")}
+    bad = [f"{k}={v}" for k, v in sizes.items() if not v > 0]
+    if bad or not 0 <= g.min_opening_m < g.max_opening_m or not g.tcp_depth_m <= g.finger_length_m \
+            or g.approach_distance_m < 0:
+        raise ValueError(
+            f"gripper geometry is inconsistent ({', '.join(bad) or 'see below'}): sizes must be > 0, "
+            f"0 <= min_opening_m ({g.min_opening_m}) < max_opening_m ({g.max_opening_m}), tcp_depth_m "
+            f"({g.tcp_depth_m}) <= finger_length_m ({g.finger_length_m}), approach_distance_m >= 0; "
+            "check the robot YAML's gripper section"
+        )
 
 
 def _checked_base(world_from_armbase: np.ndarray | None) -> np.ndarray | None:
