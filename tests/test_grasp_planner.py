@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from m3_core.grasp.config import GraspPlannerConfig
-from m3_core.grasp.filters import approach_ok
+from m3_core.grasp.filters import _centre_cluster_extremes, approach_ok
 from m3_core.grasp.gripper import grasp_matrix, gripper_boxes, local_boxes
 from m3_core.grasp.planner import plan_grasps
 from m3_core.grasp.support import support_plane
@@ -311,3 +311,16 @@ def test_solid_cylinder_wider_than_the_opening_gets_no_grasp():
     """Its side wall alone is no 'rim': the top cap closes it (a finger would have to enter it)."""
     solid = cylinder_surface(0.045, 0.09, (0.0, 0.0, 0.045), n=8000)
     assert plan_grasps(solid, table(), GRIPPER, ARM, None) == []
+
+
+def test_closing_takes_the_piece_nearest_the_origin():
+    """Points between the fingers split where a finger fits: a cup wall and the body beyond the gap."""
+    x = np.array([[-0.040, -0.035, -0.004, 0.0, 0.003, 0.030, np.nan],      # wall around 0, body at +-3 cm
+                  [-0.010, -0.005, 0.0, 0.005, 0.010, 0.015, 0.020]])       # one piece
+    mask = np.isfinite(x)
+    lo, hi, count = _centre_cluster_extremes(np.nan_to_num(x), mask, gap=0.02, fraction=0.0)
+    np.testing.assert_allclose(lo, [-0.004, -0.010])
+    np.testing.assert_allclose(hi, [0.003, 0.020])
+    np.testing.assert_array_equal(count, [3, 7])
+    lo, hi, _ = _centre_cluster_extremes(np.nan_to_num(x), mask, gap=0.02, fraction=0.2)
+    np.testing.assert_allclose(hi, [0.003, 0.015])                           # one value trimmed per end
