@@ -300,7 +300,7 @@ def test_open_cup_wider_than_the_opening_is_taken_by_its_rim():
     for g in grasps:
         T = g.world_from_grasp
         # the curved wall spans ~7 mm across the finger width; plus clearance and a tilted axis
-        assert g.width_m <= 0.025
+        assert g.width_m <= 0.028
         radial = T[:2, 3] / np.linalg.norm(T[:2, 3])
         assert 0.040 - 0.004 <= np.linalg.norm(T[:2, 3]) <= 0.045 + 0.004, "centred on the wall"
         assert abs(T[:2, 0] @ radial) > 0.8, "closing across the wall"

@@ -86,8 +86,9 @@ def measure_closing(
     and the space inside it); the piece nearest the origin is what the fingers take.
     Returns per candidate: `shift` (move the origin this far along +x to centre it on that piece),
     `width` (the opening: its extent along x plus the clearance on both sides), `count` (its
-    points), `contact_cos` (the smaller of the two sides' cosines between the mean contact normal
-    and the closing axis) and `ok` (enough points, extent fits the opening).
+    points), `contact_cos` (the smaller of the two sides' |cos| between the mean contact normal and
+    the closing axis: tested against the friction cone), `contact_mean_cos` (the smaller side's mean
+    |cos| of its contact normals: scored) and `ok` (enough points, extent fits the opening).
     """
     g = gripper
     x, y, z = local[:, 0], local[:, 1], local[:, 2]
@@ -101,11 +102,13 @@ def measure_closing(
     band = config.contact_band_m
     right = slab & (np.abs(x - x_max[:, None]) <= band)
     left = slab & (np.abs(x - x_min[:, None]) <= band)
-    contact_cos = np.minimum(_mean_normal_cos(right, n_x, normals), _mean_normal_cos(left, n_x, normals))
+    right_patch, right_mean = _mean_normal_cos(right, n_x, normals)
+    left_patch, left_mean = _mean_normal_cos(left, n_x, normals)
     width = extent + 2.0 * config.opening_clearance_m
     ok = (count >= config.min_points_between_fingers) & (width <= g.max_opening_m) & (extent >= g.min_opening_m)
     return {"shift": 0.5 * (x_max + x_min), "width": np.minimum(width, g.max_opening_m),
-            "count": count, "contact_cos": contact_cos, "ok": ok}
+            "count": count, "contact_cos": np.minimum(right_patch, left_patch),
+            "contact_mean_cos": np.minimum(right_mean, left_mean), "ok": ok}
 
 
 def _centre_cluster_extremes(
@@ -134,19 +137,22 @@ def _centre_cluster_extremes(
     return lo, hi, count
 
 
-def _mean_normal_cos(side: np.ndarray, n_x: np.ndarray, normals: np.ndarray) -> np.ndarray:
-    """|cosine| between the mean normal of one side's contact points (`side` [B,N]) and the closing
-    axis (`n_x` [B,N]: each normal's component along it).
+def _mean_normal_cos(side: np.ndarray, n_x: np.ndarray, normals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """How well one side's contact points (`side` [B,N]) face the closing axis (`n_x` [B,N]: each
+    normal's component along it): (|cos| of their mean normal, mean of their |cos|); -1 for none.
 
-    The vector mean (not the mean cosine) estimates the contact surface's orientation: on a sphere
-    the normals of a contact patch average to the closing axis. Signs are aligned first: normals
-    oriented by the centroid are wrong on concave parts (the inside of a mug), and the contacts are
-    the points nearest each finger whatever their normals' sign.
+    Signs are dropped: normals oriented by the centroid are wrong on concave parts (the inside of a
+    cup), and the contacts are the points nearest each finger whatever their normals' sign. The mean
+    normal says which way the contact patch faces (on a sphere it is the closing axis although no
+    single normal is); the mean |cos| also sees a patch that is a corner between two faces, whose
+    normals average to the axis although such a grasp twists out of the fingers.
     """
+    count = side.sum(axis=1)
     weights = side * np.where(n_x < 0.0, -1.0, 1.0)
-    along = np.sum(weights * n_x, axis=1)
     norm = np.linalg.norm(weights @ normals, axis=1)
-    return np.where(norm > 1e-9, along / np.maximum(norm, 1e-9), -1.0)
+    patch = np.where(norm > 1e-9, np.sum(weights * n_x, axis=1) / np.maximum(norm, 1e-9), -1.0)
+    spread = np.where(count > 0, np.sum(np.where(side, np.abs(n_x), 0.0), axis=1) / np.maximum(count, 1), -1.0)
+    return patch, spread
 
 
 def _body_boxes(widths: np.ndarray, gripper: GripperConfig, config: GraspPlannerConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -213,7 +213,7 @@ def _evaluate_batch(
     closing = filters.measure_closing(poses, local, scene.normals, gripper, config)
     keep = closing["ok"] & (closing["contact_cos"] >= np.cos(np.radians(config.friction_cone_deg)))
     shift, width = closing["shift"][keep], closing["width"][keep]
-    antipodal = scoring.antipodal_score(closing["contact_cos"][keep], config)
+    antipodal = scoring.antipodal_score(closing["contact_mean_cos"][keep], config)
     poses, local = poses[keep].copy(), local[keep]
     if not len(poses):
         return []

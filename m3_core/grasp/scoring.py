@@ -41,7 +41,8 @@ def quality(
     return np.clip(s / max(total, 1e-12), 0.0, 1.0)
 
 
-def antipodal_score(contact_cos: np.ndarray, config: GraspPlannerConfig) -> np.ndarray:
-    """Contact alignment mapped to [0, 1]: 0 at the friction cone's edge, 1 along the closing axis."""
-    cos_cone = np.cos(np.radians(config.friction_cone_deg))
-    return np.clip((contact_cos - cos_cone) / (1.0 - cos_cone), 0.0, 1.0)
+def antipodal_score(contact_mean_cos: np.ndarray, config: GraspPlannerConfig) -> np.ndarray:
+    """Mean contact-normal alignment mapped to [0, 1]: 1 along the closing axis, 0 at twice the
+    friction cone's half-angle (a corner between two faces at 45 deg scores ~0.2 with the default)."""
+    cos_limit = np.cos(np.radians(min(2.0 * config.friction_cone_deg, 89.0)))
+    return np.clip((contact_mean_cos - cos_limit) / (1.0 - cos_limit), 0.0, 1.0)
