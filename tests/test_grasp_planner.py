@@ -324,3 +324,15 @@ def test_closing_takes_the_piece_nearest_the_origin():
     np.testing.assert_array_equal(count, [3, 7])
     lo, hi, _ = _centre_cluster_extremes(np.nan_to_num(x), mask, gap=0.02, fraction=0.2)
     np.testing.assert_allclose(hi, [0.003, 0.015])                           # one value trimmed per end
+
+
+def test_square_brick_is_taken_across_faces_not_corners():
+    """Top-down across the principal axes of a square footprint can land on corners; those rank lower."""
+    yaw = np.radians(30.0)
+    R = np.array([[np.cos(yaw), -np.sin(yaw), 0.0], [np.sin(yaw), np.cos(yaw), 0.0], [0.0, 0.0, 1.0]])
+    brick = box_surface((0.048, 0.048, 0.035), (0.0, 0.0, 0.0)) @ R.T + [0.0, 0.0, 0.0175]
+    grasps = plan_grasps(brick, table(), GRIPPER, ARM, None)
+    assert len(grasps) >= 3
+    for g in grasps[:3]:
+        x = g.world_from_grasp[:3, 0]
+        assert max(abs(x @ R[:, 0]), abs(x @ R[:, 1])) > 0.98, "closing axis along a face normal"
