@@ -36,7 +36,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from m3_core.errors import M3Error, TransformError
 from m3_core.geometry import PinholeCamera, TransformBuffer, transform_points
-from m3_core.query import QueryCache, QueryConfig, find_target, robust_extent
+from m3_core.query import QueryConfig, QueryEngine, View, robust_extent
 from m3_core.query.overlay import draw_target, overlay_relevance
 from m3_core.query.result import NotFoundError
 from m3_core.robot import load_robot_config
@@ -131,7 +131,7 @@ class QueryNode(Node):
         self._camera: PinholeCamera | None = None
         self._depth: tuple[int, np.ndarray] | None = None  # (stamp_ns, depth_m)
         self._memory: Any = None
-        self._cache: QueryCache | None = None
+        self._cache: QueryEngine | None = None  # the query engine, once the memory is loaded
         self._load_error = "still loading" if self.memory_path else "parameter memory_path is empty"
 
         sensors = ReentrantCallbackGroup()
@@ -171,9 +171,9 @@ class QueryNode(Node):
             t0 = time.perf_counter()
             memory = M3Memory.load(self.memory_path, device=self.device)
             memory.eval()
-            cache = QueryCache(memory)
+            cache = QueryEngine(memory)
             model = self._model_name(memory, "")
-            cache.negatives(model, tuple(self._query_config().negatives))  # loads the encoder
+            cache.encode("object", model, self._query_config())  # loads the text encoder
             with self._lock:
                 self._memory, self._cache, self._load_error = memory, cache, ""
             self.get_logger().info(
@@ -282,18 +282,18 @@ class QueryNode(Node):
         if live_view and depth is not None and self.get_parameter("use_live_depth").value:
             depth_ok = abs(depth[0] - stamp_ns) <= self.get_parameter("depth_max_age_s").value * 1e9
             depth_m = depth[1]
-        result = find_target(
-            memory,
+        try:  # the arm base's pose enables the engine's reach check
+            world_from_armbase = self.buffer.lookup(self.world_frame, cache.robot.frames.arm_base, stamp_ns)
+        except TransformError:
+            world_from_armbase = None
+        result = cache.query(
             request.text,
             model=model,
-            world_from_camera=world_from_camera,
-            camera=camera,
-            depth_m=depth_m,
-            depth_stamp_ok=depth_ok,
-            config=config,
-            cache=cache,
+            view=View(world_from_camera, camera, depth_m, depth_ok),
+            world_from_armbase=world_from_armbase,
             search_3d=self.get_parameter("search_3d").value,
-        )
+            config=config,
+        ).require_found()
         target_from_grasp = target_from_world @ result.world_from_grasp
         extent = robust_extent(transform_points(target_from_world, result.points), config.extent_percentile)
         pose = pose_msg_from_matrix(target_from_grasp, stamp_ns, target_frame)
