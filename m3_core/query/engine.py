@@ -30,9 +30,16 @@ from m3_core.grasp.types import Grasp
 from m3_core.query.config import QueryConfig
 from m3_core.query.gaussian3d import gaussian_relevance
 from m3_core.query.grasp import fallback_grasps, grasp_pose
-from m3_core.query.instances import Instance, Workspace, choose, rejection_reason, split_instances
+from m3_core.query.instances import (
+    Instance,
+    Workspace,
+    choose,
+    pixel_clusters,
+    rejection_reason,
+    split_instances,
+)
 from m3_core.query.result import QueryResult
-from m3_core.query.target import estimate_object
+from m3_core.query.target import ObjectEstimate, estimate_object
 from m3_core.query.view import RenderedRelevance, View, mask_of_pixels, relevant_points, render_relevance
 from m3_core.robot import RobotConfig, load_robot_config
 
@@ -72,6 +79,20 @@ def validate_text(text: Any, max_chars: int) -> str:
             "name one object in a few words"
         )
     return text
+
+
+def rest_on_support(
+    estimate: ObjectEstimate, level_m: float, up: np.ndarray, percentile: float
+) -> ObjectEstimate:
+    """The estimate with its bottom moved down to the support it stands on (at level_m along up):
+    the object's lowest part went with the support's layer when the two were split."""
+    heights = estimate.points @ up
+    top = float(np.percentile(heights, 100.0 - percentile))
+    if top <= level_m:
+        return estimate
+    centre = estimate.centre + (0.5 * (top + level_m) - float(estimate.centre @ up)) * up
+    extent = estimate.extent + np.abs(up) * ((top - level_m) - float(np.abs(up) @ estimate.extent))
+    return ObjectEstimate(centre, extent, estimate.points)
 
 
 def background_caption(memory: Any, model: str) -> str:
@@ -325,9 +346,14 @@ class QueryEngine:
         t1 = time.perf_counter()
         points, pixels, stride, depth_source = relevant_points(rendered, enc.config.max_points)
         min_points = max(3, enc.config.min_area_px // (stride * stride))
+        depth_z = (points - view.camera_position) @ view.world_from_camera[:3, 2]
+        labels = pixel_clusters(
+            points, pixels, depth_z, stride, rendered.render_camera.fx, enc.config.cluster_radius_m
+        )
+        rows, cols = pixels[:, 0], pixels[:, 1]
         candidates = split_instances(
-            points, rendered.relevance[pixels[:, 0], pixels[:, 1]], rendered.similarity[pixels[:, 0], pixels[:, 1]],
-            source="view", config=enc.config, up=self._up(enc.config), min_points=min_points, pixels=pixels,
+            points, rendered.relevance[rows, cols], rendered.similarity[rows, cols], source="view",
+            config=enc.config, up=self._up(enc.config), min_points=min_points, pixels=pixels, labels=labels,
         )  # fmt: skip
         base = QueryResult(
             text=enc.text, model=enc.model, label=enc.text, source="view", depth_source=depth_source,
@@ -348,6 +374,7 @@ class QueryEngine:
         choice = choose(
             candidates, enc.text, enc.config,
             lambda c: self._check(enc, c, workspace, rendered, world_from_armbase),
+            lambda c: replace(c, rejection=rejection_reason(c, enc.config, workspace, self._up(enc.config))),
         )  # fmt: skip
         timings = self._times(timings, t0, t1)
         if choice.instance is None:
@@ -384,11 +411,10 @@ class QueryEngine:
             return replace(base, found=False, message=message, timings_ms=self._times(timings, t0, t1))
         workspace = self.workspace(enc.config, None, world_from_armbase)
         choice = choose(
-            candidates,
-            enc.text,
-            enc.config,
+            candidates, enc.text, enc.config,
             lambda c: self._check(enc, c, workspace, None, world_from_armbase),
-        )
+            lambda c: replace(c, rejection=rejection_reason(c, enc.config, workspace, self._up(enc.config))),
+        )  # fmt: skip
         timings = self._times(timings, t0, t1)
         if choice.instance is None:
             return replace(
@@ -426,6 +452,10 @@ class QueryEngine:
                 box_percentile=config.box_percentile,
             )  # fmt: skip
             centre_source = "fused" if inst.source == "view" else ""
+        if inst.support_level_m is not None:
+            estimate = rest_on_support(
+                estimate, inst.support_level_m, self._up(config), config.extent_percentile
+            )
         if inst.grasps:
             world_from_grasp = inst.grasps[0].world_from_grasp
         else:

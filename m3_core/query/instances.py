@@ -13,9 +13,12 @@ the best match cannot be grasped.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 
 from m3_core.grasp.types import Grasp
 from m3_core.query.config import QueryConfig
@@ -45,6 +48,9 @@ class Instance:
     """Feasible grasps, best first (filled when the candidate was checked and passed)."""
     planner: str = ""
     """Which planner made the grasps ("planner" or "fallback"; "" = none ran)."""
+    support_level_m: float | None = None
+    """Height (along up) of the support surface this candidate was split from: it rests there,
+    and its bottom, inside that surface's layer, went with the layer."""
 
     @property
     def score(self) -> float:
@@ -142,15 +148,52 @@ def voxel_clusters(points: np.ndarray, radius_m: float) -> np.ndarray:
     """Single-linkage labels [N] of points linked within about radius_m.
 
     Points are first pooled into voxels of radius_m / 2 (a dense depth cloud has thousands of
-    neighbours per radius; its voxels have a few dozen), then the voxel centres are clustered.
+    neighbours per radius; its voxels have a few dozen), then the voxels' mean points are
+    clustered (means, not voxel centres: a grid of points 0.75 radius apart would otherwise alias
+    into voxel centres a whole radius apart and fall apart in stripes).
     """
     if len(points) == 0:
         return np.zeros(0, np.int64)
-    voxel = radius_m / 2.0
-    keys = np.floor(points / voxel).astype(np.int64)
-    unique, inverse = np.unique(keys, axis=0, return_inverse=True)
-    labels = cluster_points((unique + 0.5) * voxel, radius_m)
-    return labels[inverse.reshape(-1)]
+    keys = np.floor(points / (radius_m / 2.0)).astype(np.int64)
+    _, inverse = np.unique(keys, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    counts = np.bincount(inverse)
+    means = np.stack([np.bincount(inverse, weights=points[:, k]) for k in range(3)], 1) / counts[:, None]
+    return cluster_points(means, radius_m)[inverse]
+
+
+def pixel_clusters(
+    points: np.ndarray,  # [N, 3] world
+    pixels: np.ndarray,  # [N, 2] (row, col) on a grid of step `stride`
+    depth_z: np.ndarray,  # [N] camera z-depth, metres
+    stride: int,
+    fx: float,
+    radius_m: float,
+) -> np.ndarray:
+    """Labels [N] of back-projected pixels: 8-neighbours on the pixel grid are linked when their
+    points are closer than max(radius_m, 4 x their pixel footprint).
+
+    A far surface seen at a grazing angle (the floor behind a table) has points many cm apart:
+    a fixed 3D radius would shatter it into specks, each too small to be refused for what it is.
+    The pixel grid knows who is next to whom; depth jumps (an object before the background) cut.
+    """
+    n = len(points)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    rows, cols = pixels[:, 0] // stride, pixels[:, 1] // stride
+    index = np.full((rows.max() + 2, cols.max() + 3), -1, np.int64)
+    index[rows, cols + 1] = np.arange(n)  # +1: a column of padding for the (1, -1) neighbour
+    pairs = []
+    for dr, dc in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        other = index[rows + dr, cols + 1 + dc]
+        ok = other >= 0
+        pairs.append(np.stack([np.nonzero(ok)[0], other[ok]], 1))
+    pairs = np.vstack(pairs)
+    footprint = 4.0 * stride / fx * np.maximum(depth_z[pairs[:, 0]], depth_z[pairs[:, 1]])
+    gap = np.linalg.norm(points[pairs[:, 0]] - points[pairs[:, 1]], axis=1)
+    pairs = pairs[gap <= np.maximum(radius_m, footprint)]
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    return connected_components(graph, directed=False)[1].astype(np.int64)
 
 
 def support_layer(points: np.ndarray, up: np.ndarray, config: QueryConfig) -> np.ndarray | None:
@@ -187,17 +230,20 @@ def split_instances(
     up: np.ndarray,
     min_points: int,
     pixels: np.ndarray | None = None,  # [N, 2]
+    labels: np.ndarray | None = None,  # [N]
 ) -> list[Instance]:
-    """Candidates of relevant points: 3D clusters, support layers split off and refused."""
+    """Candidates of relevant points: clusters (`labels`, default 3D single linkage), each split
+    into its support layer (if any) and the clusters of what stands on it."""
 
-    def make(idx: np.ndarray, support: bool = False) -> Instance:
+    def make(idx: np.ndarray, support: bool = False, level: float | None = None) -> Instance:
         return Instance(
             points[idx], relevance[idx], similarity[idx], source, support,
-            None if pixels is None else pixels[idx],
+            None if pixels is None else pixels[idx], support_level_m=level,
         )  # fmt: skip
 
     out: list[Instance] = []
-    labels = voxel_clusters(points, config.cluster_radius_m)
+    if labels is None:
+        labels = voxel_clusters(points, config.cluster_radius_m)
     for label in range(int(labels.max(initial=-1)) + 1):
         members = np.nonzero(labels == label)[0]
         if len(members) < min_points:
@@ -206,14 +252,52 @@ def split_instances(
         if layer is None:
             out.append(make(members))
             continue
-        out.append(make(members[layer], support=True))
+        level = float(np.median(points[members[layer]] @ up))
         rest = members[~layer]
         sub = voxel_clusters(points[rest], config.cluster_radius_m)
+        surface = [members[layer]]
         for k in range(int(sub.max(initial=-1)) + 1):
             part = rest[sub == k]
-            if len(part) >= min_points:
-                out.append(make(part))
-    return out
+            offset = np.abs(points[part] @ up - level)
+            if np.percentile(offset, 95) <= 2.0 * config.plane_tolerance_m:
+                surface.append(part)  # a sliver in the surface's plane (its edge, seen slanted)
+            elif len(part) >= min_points:
+                out.append(make(part, level=level if np.median(points[part] @ up) > level else None))
+        out.append(make(np.concatenate(surface), support=True))
+    return _merge_slivers(out, up, config)
+
+
+def _merge_slivers(instances: list[Instance], up: np.ndarray, config: QueryConfig) -> list[Instance]:
+    """Candidates that lie in a support surface's plane, next to it (a strip along its edge, cut
+    off by a depth jump where it meets the background), become part of that support."""
+    supports = [i for i in instances if i.support]
+    if not supports:
+        return instances
+    trees = [cKDTree(s.points) for s in supports]
+    levels = [float(np.median(s.points @ up)) for s in supports]
+    out = []
+    for inst in instances:
+        if not inst.support:
+            heights = inst.points @ up
+            for k, (tree, level) in enumerate(zip(trees, levels)):
+                in_plane = np.percentile(np.abs(heights - level), 95) <= 2.0 * config.plane_tolerance_m
+                if in_plane and tree.query(inst.points, k=1)[0].min() <= 2.5 * config.cluster_radius_m:
+                    supports[k] = _joined(supports[k], inst)
+                    break
+            else:
+                out.append(inst)
+    return out + supports
+
+
+def _joined(a: Instance, b: Instance) -> Instance:
+    pixels = None if a.pixels is None or b.pixels is None else np.vstack([a.pixels, b.pixels])
+    return replace(
+        a,
+        points=np.vstack([a.points, b.points]),
+        relevance=np.concatenate([a.relevance, b.relevance]),
+        similarity=np.concatenate([a.similarity, b.similarity]),
+        pixels=pixels,
+    )
 
 
 def rejection_reason(instance: Instance, config: QueryConfig, workspace: Workspace, up: np.ndarray) -> str:
@@ -247,12 +331,14 @@ def choose(
     text: str,
     config: QueryConfig,
     check: Callable[[Instance], Instance],
+    describe: Callable[[Instance], Instance] | None = None,
 ) -> Choice:
     """The best-ranked candidate that `check` leaves unrejected, within next_instance_margin of the
     best match's relevance; candidates below config.min_similarity are not matches at all.
 
     check: completes a candidate (e.g. fuses it with the memory's Gaussians, plans its grasps) and
     returns it with `rejection` set when it cannot be the answer. Called in rank order, lazily.
+    describe: a cheap check for the candidates ranked below the answer, for display.
     """
     ranked = sorted(candidates, key=lambda c: (c.score, c.max_similarity), reverse=True)
     matches = [c for c in ranked if c.max_similarity >= config.min_similarity]
@@ -272,16 +358,16 @@ def choose(
         checked = check(candidate)
         seen.append(checked)
         if not checked.rejection:
-            rest = [c for c in matches if all(c is not s for s in seen)]
-            return Choice(checked, tuple(seen + rest))
-    first = seen[0]
+            return Choice(
+                checked, tuple(seen + [describe(c) if describe else c for c in matches[len(seen) :]])
+            )
+    first, rest = seen[0], [describe(c) if describe else c for c in matches[len(seen) :]]
     message = f'"{text}" best matches {first.rejection}, which is not graspable'
     if len(seen) > 1:
         message += "; the other close matches: " + "; ".join(s.rejection for s in seen[1:])
-    nxt = [c for c in matches if all(c is not s for s in seen)]
-    if nxt:
+    if rest:
         message += (
-            f" (the next candidate's relevance {nxt[0].score:.2f} is not within "
+            f" (the next candidate's relevance {rest[0].score:.2f} is not within "
             f"{config.next_instance_margin:.2f} of the best's {best_score:.2f})"
         )
-    return Choice(None, tuple(seen + nxt), message)
+    return Choice(None, tuple(seen + rest), message)
