@@ -251,7 +251,8 @@ class QueryEngine:
         grasps, planner = self.plan(enc, candidate, rendered, world_from_armbase)
         self._grasp_ms += (time.perf_counter() - t0) * 1e3
         candidate = replace(candidate, grasps=grasps, planner=planner)
-        if not grasps and enc.config.require_grasp:
+        # The fallback's empty answer means "not top-down", not "infeasible": only the planner refuses.
+        if not grasps and enc.config.require_grasp and planner == "planner":
             length, width, height = candidate.size(self._up(enc.config))
             return replace(
                 candidate,

@@ -315,6 +315,13 @@ def rejection_reason(instance: Instance, config: QueryConfig, workspace: Workspa
     return f"a region {where}" if where else ""
 
 
+def rank_key(instance: Instance, config: QueryConfig) -> tuple[float, float]:
+    """Mean relevance plus config.rank_points_bonus x log10(points): of two about equally relevant
+    candidates the one with more evidence ranks first (a stray fragment after its object)."""
+    bonus = config.rank_points_bonus * np.log10(max(instance.num_points, 1))
+    return instance.score + bonus, instance.max_similarity
+
+
 @dataclass(frozen=True)
 class Choice:
     """The outcome of `choose`: the answer (or None), every candidate seen, and why not found."""
@@ -340,7 +347,7 @@ def choose(
     returns it with `rejection` set when it cannot be the answer. Called in rank order, lazily.
     describe: a cheap check for the candidates ranked below the answer, for display.
     """
-    ranked = sorted(candidates, key=lambda c: (c.score, c.max_similarity), reverse=True)
+    ranked = sorted(candidates, key=lambda c: rank_key(c, config), reverse=True)
     matches = [c for c in ranked if c.max_similarity >= config.min_similarity]
     if not matches:
         best = ranked[0] if ranked else None
