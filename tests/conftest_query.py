@@ -3,8 +3,9 @@
 Real classes throughout (GaussianModel, MemoryAttention, M3Memory.save/load, the language model's
 real all-MiniLM-L6-v2 text encoder): the PSC bank holds the captions' embeddings and W_m maps a
 one-hot principal query k straight to caption k, as a trained memory ideally would. Objects are
-Gaussians on the surfaces of a sphere (the duck), a cylinder (the mug), another sphere (the teddy,
-placed out of the default view) on a flat table, so ground-truth centres are exact.
+Gaussians on the surfaces of a sphere (the duck, 7 cm), a closed cylinder (the mug, 8 x 10 cm: too
+wide for the 8 cm gripper once clearance counts) and another sphere (the teddy, 6 cm, out of the
+default view) on a flat table, so ground-truth centres are exact.
 
 build_memory(clutter=...) adds what made real queries go wrong: a small wooden block on the table
 (captioned "a small wooden block", next to "a wooden table") and a floor 0.7 m below the table,
@@ -118,7 +119,7 @@ def build_memory(path: Path, clutter: str = "") -> Path:
     mug = OBJECTS["mug"]
     parts.append((_cylinder(mug[1], 0.04, 0.1, 36, 10), mug[0], mug[2], 0.006))
     teddy = OBJECTS["teddy"]
-    parts.append((_sphere(teddy[1], 0.04, 300), teddy[0], teddy[2], 0.006))
+    parts.append((_sphere(teddy[1], 0.03, 300), teddy[0], teddy[2], 0.006))
     if clutter:
         parts += _clutter_parts(BACKGROUND_CAPTION)
     means = np.vstack([p[0] for p in parts])

@@ -46,7 +46,8 @@ def assert_same_scene(live: Path, offline: Path) -> None:
     # Exact equality needs every transport message: at 3x on a loaded 2-core runner a lost /tf sample
     # moved one keyframe (3 of ~8 CI-like runs), so the fast-replay case is measured in
     # BENCHMARKS.md (bench_capture.py), not asserted here.
-    ("bag_name", "rate"), [("synthetic_bag", 1.0), ("small_sim_bag", 1.0)]
+    ("bag_name", "rate"),
+    [("synthetic_bag", 1.0), ("small_sim_bag", 1.0)],
 )
 def test_live_capture_matches_bag2scene(bag_name, rate, request, ros_env, tmp_path):
     bag = request.getfixturevalue(bag_name)

