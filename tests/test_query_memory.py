@@ -145,8 +145,9 @@ def test_cli_writes_overlays_and_json(memory_dir, tmp_path, capsys):
     pose = [str(v) for v in [*pos, *quat]]
     intr = ["150", "150", "79.5", "59.5", "160", "120"]
     out = tmp_path / "q"
+    (tmp_path / "query.yaml").write_text("query:\n  require_grasp: false  # the 8 cm mug has no grasp\n")
     argv = ["query", str(memory_dir), "cup", "--pose", *pose, "--intrinsics", *intr, "--width", "80"]
-    code = main([*argv, "--json", "--out", str(out)])
+    code = main([*argv, "--json", "--out", str(out), "--config", str(tmp_path / "query.yaml")])
     summary = json.loads(capsys.readouterr().out)
     assert code == 0 and summary["found"] and summary["model"] == "language"
     assert np.linalg.norm(np.array(summary["position"]) - OBJECTS["mug"][1]) < 0.01
