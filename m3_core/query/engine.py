@@ -380,6 +380,11 @@ class QueryEngine:
             )
             if rendered.mask.any() and not len(points):
                 message = f'"{enc.text}" is in the view but no valid depth lies under its mask'
+            elif rendered.mask.any():
+                message = (
+                    f'"{enc.text}" not found: the regions of the view that reach relevance '
+                    f"{rendered.threshold:.2f} (best {best:.2f}) are specks, fewer than {min_points} points each"
+                )
             return replace(base, found=False, message=message, timings_ms=self._times(timings, t0, t1))
         workspace = self.workspace(enc.config, view, world_from_armbase)
         choice = choose(
