@@ -356,7 +356,8 @@ class QueryEngine:
         rendered = render_relevance(self.memory, view, enc.model, enc.text_emb, enc.negatives_emb, enc.config)
         t1 = time.perf_counter()
         points, pixels, stride, depth_source = relevant_points(rendered, enc.config.max_points)
-        min_points = max(3, enc.config.min_area_px // (stride * stride))
+        # min_area_px counts a region before its edge is eroded and before depth jumps split it
+        min_points = max(3, enc.config.min_area_px // (4 * stride * stride))
         depth_z = (points - view.camera_position) @ view.world_from_camera[:3, 2]
         labels = pixel_clusters(
             points, pixels, depth_z, stride, rendered.render_camera.fx, enc.config.cluster_radius_m
