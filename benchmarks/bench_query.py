@@ -7,7 +7,7 @@
     # no memory at hand: the analytic test memory (tests/conftest_query.py; latency only)
     python benchmarks/bench_query.py --analytic
 
-Latency: `find_target` from text to grasp pose (text encoding, render, relevance, mask, 3D,
+Latency: `QueryEngine.query` from text to grasp pose (text encoding, render, relevance, mask, 3D,
 grasp), queries cycling over the objects' names, from one training view; p50/p95 over --repeats
 after --warmup. Accuracy (--gt, the `m3 sim` sidecar with objects.json): every object asked by name
 and by each synonym from the --views training frames that see it best (GT masks of the scene when
@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from m3_core.geometry import invert, transform_points  # noqa: E402
-from m3_core.query import NotFoundError, QueryCache, QueryConfig, find_target, locate_3d  # noqa: E402
+from m3_core.query import NotFoundError, QueryConfig, QueryEngine, View  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -115,17 +115,13 @@ def latency(memory, cache, config, args, views) -> dict:
         text = texts[r % len(texts)]
         t0 = time.perf_counter()
         try:
-            result = find_target(
-                memory,
+            result = cache.query(
                 text,
                 model=args.model,
-                world_from_camera=world_from_camera,
-                camera=camera,
-                depth_m=depth,
-                config=config,
-                cache=cache,
+                view=View(world_from_camera, camera, depth),
                 search_3d="never",
-            )
+                config=config,
+            ).require_found()
             timings = result.timings_ms
         except NotFoundError:
             timings = None
@@ -153,17 +149,13 @@ def accuracy(memory, cache, config, args, scene) -> dict:
                 world_from_camera, camera, depth, name = view_of(scene, i, args.live_depth)
                 row = {"object": obj["name"], "text": text, "view": name}
                 try:
-                    res = find_target(
-                        memory,
+                    res = cache.query(
                         text,
                         model=args.model,
-                        world_from_camera=world_from_camera,
-                        camera=camera,
-                        depth_m=depth,
-                        config=config,
-                        cache=cache,
+                        view=View(world_from_camera, camera, depth),
                         search_3d="never",
-                    )
+                        config=config,
+                    ).require_found()
                     err = float(np.linalg.norm(res.position - obj["box_center_world"]))
                     nearest = objects[int(np.argmin(np.linalg.norm(centres - res.position, axis=1)))]["name"]
                     row.update(
@@ -174,7 +166,7 @@ def accuracy(memory, cache, config, args, scene) -> dict:
                     row.update(found=False, hit=False, message=str(e)[:120])
                 rows.append(row)
             try:
-                res3d = locate_3d(memory, text, model=args.model, config=config, cache=cache)
+                res3d = cache.query(text, model=args.model, config=config).require_found()
                 err3d = float(np.linalg.norm(res3d.position - obj["box_center_world"]))
                 rows.append(
                     {
@@ -194,17 +186,13 @@ def accuracy(memory, cache, config, args, scene) -> dict:
         for i in spread:
             world_from_camera, camera, depth, name = view_of(scene, int(i), args.live_depth)
             try:
-                res = find_target(
-                    memory,
+                res = cache.query(
                     text,
                     model=args.model,
-                    world_from_camera=world_from_camera,
-                    camera=camera,
-                    depth_m=depth,
-                    config=config,
-                    cache=cache,
+                    view=View(world_from_camera, camera, depth),
                     search_3d="fallback",
-                )
+                    config=config,
+                ).require_found()
                 absent.append(
                     {"text": text, "view": name, "rejected": False, "position": res.position.tolist()}
                 )
@@ -217,7 +205,7 @@ def main() -> int:
     args = parse_args()
     memory, scene, views = load(args)
     config = QueryConfig(render_width=args.width, centre_mode=args.centre_mode)
-    cache = QueryCache(memory)
+    cache = QueryEngine(memory, config)
     if views is None:
         views = [view_of(scene, len(scene.frames) // 2, args.live_depth)]
     import torch

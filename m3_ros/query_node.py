@@ -37,9 +37,8 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from m3_core.errors import M3Error, TransformError
 from m3_core.geometry import PinholeCamera, TransformBuffer, transform_points
-from m3_core.query import QueryCache, QueryConfig, find_target, robust_extent
+from m3_core.query import QueryConfig, QueryEngine, View, robust_extent
 from m3_core.query.gaussian3d import gaussian_relevance
-from m3_core.query.locate import gaussian_means_opacities
 from m3_core.query.overlay import draw_target, heatmap, overlay_relevance
 from m3_core.query.result import NotFoundError
 from m3_core.robot import load_robot_config
@@ -57,7 +56,6 @@ from m3_ros.conversions import (
 from m3_ros.drops import DropCounter
 from m3_ros.params import QUERY_PARAMS, dataclass_kwargs, declare_parameters
 from m3_ros.spin import spin_node
-from m3_ros.text_cache import TextCachingQueryCache
 
 # The default service QoS keeps 10 requests: more callers at once lost requests (20 clients x 5
 # calls got 90 answers). Keep every request until it is taken.
@@ -98,7 +96,7 @@ class QueryNode(Node):
         self._camera: PinholeCamera | None = None
         self._depth: tuple[int, np.ndarray] | None = None  # (stamp_ns, depth_m)
         self._memory: Any = None
-        self._cache: QueryCache | None = None
+        self._cache: QueryEngine | None = None  # the query engine, once the memory is loaded
         self._load_error = "still loading" if self.memory_path else "parameter memory_path is empty"
 
         sensors = ReentrantCallbackGroup()
@@ -128,7 +126,7 @@ class QueryNode(Node):
         self.create_service(
             Query, self.service_name, self._on_query, qos_profile=SERVICE_QOS, callback_group=requests
         )
-        self._cloud_request: tuple[QueryCache, str, str, QueryConfig] | None = None
+        self._cloud_request: tuple[QueryEngine, str, str, QueryConfig] | None = None
         if self._publish_clouds:  # takes _serve_lock: never while a query is answered
             self.create_timer(0.2, self._on_relevance_cloud, callback_group=MutuallyExclusiveCallbackGroup())
         if self.memory_path:
@@ -148,9 +146,9 @@ class QueryNode(Node):
             t0 = time.perf_counter()
             memory = M3Memory.load(self.memory_path, device=self.device)
             memory.eval()
-            cache = TextCachingQueryCache(memory)
+            cache = QueryEngine(memory, robot=self.robot)
             model = self._model_name(memory, "")
-            cache.negatives(model, tuple(self._query_config().negatives))  # loads the encoder
+            cache.encode("object", model, self._query_config())  # loads the text encoder
             with self._lock:
                 self._memory, self._cache, self._load_error = memory, cache, ""
             if self._publish_clouds:
@@ -285,18 +283,18 @@ class QueryNode(Node):
         if live_view and depth is not None and self.get_parameter("use_live_depth").value:
             depth_ok = self._depth_is_fresh(depth[0], stamp_ns)
             depth_m = depth[1]
-        result = find_target(
-            memory,
+        try:  # the arm base's pose enables the engine's reach check
+            world_from_armbase = self.buffer.lookup(self.world_frame, cache.robot.frames.arm_base, stamp_ns)
+        except TransformError:
+            world_from_armbase = None
+        result = cache.query(
             request.text,
             model=model,
-            world_from_camera=world_from_camera,
-            camera=camera,
-            depth_m=depth_m,
-            depth_stamp_ok=depth_ok,
-            config=config,
-            cache=cache,
+            view=View(world_from_camera, camera, depth_m, depth_ok),
+            world_from_armbase=world_from_armbase,
             search_3d=self.get_parameter("search_3d").value,
-        )
+            config=config,
+        ).require_found()
         target_from_grasp = target_from_world @ result.world_from_grasp
         extent = robust_extent(transform_points(target_from_world, result.points), config.extent_percentile)
         pose = pose_msg_from_matrix(target_from_grasp, stamp_ns, target_frame)
@@ -415,11 +413,11 @@ class QueryNode(Node):
 
     def _memory_cloud(self, memory: Any) -> PointCloud2:
         """The memory's Gaussian centres in their RGB colour (opaque enough ones), in the world frame."""
-        means, opacities = gaussian_means_opacities(memory)
-        keep = opacities.detach().reshape(-1).cpu().numpy() >= QueryConfig().min_opacity
+        means = memory.gaussians.means.detach().cpu().numpy()
+        keep = memory.gaussians.opacities.detach().reshape(-1).cpu().numpy() >= QueryConfig().min_opacity
         colors = memory.gaussians.colors.detach().cpu().numpy()[keep]
         rgb = (np.clip(colors, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-        return xyzrgb_cloud_msg(means.detach().cpu().numpy()[keep], rgb, 0, self.world_frame)
+        return xyzrgb_cloud_msg(means[keep], rgb, 0, self.world_frame)
 
     def _on_relevance_cloud(self) -> None:
         request, self._cloud_request = self._cloud_request, None
@@ -432,13 +430,11 @@ class QueryNode(Node):
         except Exception as err:  # a picture for RViz must not take the node down
             self.get_logger().error(f"relevance cloud of {request[2]!r} failed: {err}")
 
-    def _relevance_cloud(self, cache: QueryCache, model: str, text: str, config: QueryConfig) -> PointCloud2:
+    def _relevance_cloud(self, engine: QueryEngine, model: str, text: str, config: QueryConfig) -> PointCloud2:
         """Every Gaussian centre coloured by its relevance to `text` (turbo), with a relevance channel."""
-        features, means, opacities = cache.gaussians(model)
-        text_emb = cache.encode(model, [text])[0]
-        relevance, _ = gaussian_relevance(
-            features, opacities, text_emb, cache.negatives(model, tuple(config.negatives)), config
-        )
+        features, means, opacities = engine.gaussians(model)
+        enc = engine.encode(text, model, config)  # embeddings are cached: the query just made them
+        relevance, _ = gaussian_relevance(features, opacities, enc.text_emb, enc.negatives_emb, enc.config)
         relevance = relevance.astype(np.float32)
         keep = relevance > 0  # 0: too transparent to count
         rgb = heatmap(relevance[keep][None])[0]

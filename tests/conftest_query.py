@@ -3,8 +3,17 @@
 Real classes throughout (GaussianModel, MemoryAttention, M3Memory.save/load, the language model's
 real all-MiniLM-L6-v2 text encoder): the PSC bank holds the captions' embeddings and W_m maps a
 one-hot principal query k straight to caption k, as a trained memory ideally would. Objects are
-Gaussians on the surfaces of a sphere (the duck), a cylinder (the mug), another sphere (the teddy,
-placed out of the default view) on a flat table, so ground-truth centres are exact.
+Gaussians on the surfaces of a sphere (the duck, 7 cm), a closed cylinder (the mug, 8 x 10 cm: too
+wide for the 8 cm gripper once clearance counts) and another sphere (the teddy, 6 cm, out of the
+default view) on a flat table, so ground-truth centres are exact.
+
+build_memory(clutter=...) adds what made real queries go wrong: a small wooden block on the table
+(captioned "a small wooden block", next to "a wooden table") and a floor 0.7 m below the table,
+seen behind it in the default view. clutter="untrained" gives the floor a feature near the teddy's
+caption, as a memory trained without labels there may have (its features are whatever the
+attention head produces); clutter="background" gives it the background caption's embedding and
+records that caption in the manifest, as a memory trained on the language model's background
+label has.
 """
 
 from __future__ import annotations
@@ -18,12 +27,14 @@ import torch
 from m3_core.geometry import PinholeCamera, transform_from_rt
 
 CAPTIONS = ["a yellow rubber duck", "a red coffee mug", "a brown teddy bear", "a wooden table"]
+BLOCK_CAPTION, BACKGROUND_CAPTION = 4, 5  # rows of the PSC bank when clutter is on
 TABLE_Z = 0.70
 OBJECTS = {  # name: (caption index, centre in odom, colour)
     "duck": (0, np.array([0.05, -0.02, TABLE_Z + 0.035]), (0.95, 0.85, 0.1)),
     "mug": (1, np.array([-0.10, 0.08, TABLE_Z + 0.05]), (0.8, 0.1, 0.1)),
     "teddy": (2, np.array([0.60, 0.45, TABLE_Z + 0.04]), (0.5, 0.3, 0.15)),
 }
+BLOCK_CENTRE = np.array([0.17, -0.10, TABLE_Z + 0.02])  # 4 cm wooden cube (clutter only)
 QUERY_DIM = 16
 CAMERA = PinholeCamera(fx=150.0, fy=150.0, cx=79.5, cy=59.5, width=160, height=120)
 
@@ -58,8 +69,44 @@ def _cylinder(centre, radius, height, n_ring, n_levels):
     return centre + np.vstack([side, top, [[0, 0, height / 2]]])
 
 
-def build_memory(path: Path) -> Path:
-    """Write the analytic memory to `path` (a directory) and return it."""
+def _cube(centre, size, n_side):
+    g = np.linspace(-size / 2, size / 2, n_side)
+    a, b = [m.ravel() for m in np.meshgrid(g, g)]
+    h = np.full(a.size, size / 2)
+    faces = [np.stack(f, 1) for f in ((a, b, h), (a, b, -h), (a, h, b), (a, -h, b), (h, a, b), (-h, a, b))]
+    return centre + np.vstack(faces)
+
+
+def _clutter_parts(floor_row: int) -> list[tuple]:
+    """The wooden block and the floor (0.7 m below the table, seen behind it; a 1.8 cm grid, dense
+    enough to be one cluster of Gaussians) as build_memory parts."""
+    fx, fy = np.meshgrid(np.arange(-1.2, 1.21, 0.018), np.arange(1.2, 2.91, 0.018))
+    floor = np.stack([fx.ravel(), fy.ravel(), np.zeros(fx.size)], 1)
+    return [
+        (_cube(BLOCK_CENTRE, 0.04, 6), BLOCK_CAPTION, (0.7, 0.55, 0.35), 0.004),
+        (floor, floor_row, (0.35, 0.35, 0.38), 0.012),
+    ]
+
+
+def _bank(language, clutter: str) -> tuple[torch.Tensor, dict]:
+    """PSC bank rows (captions, then the clutter's) and the manifest's preprocessing entry."""
+    rows = language.encode_text(CAPTIONS)
+    if not clutter:
+        return rows, {}
+    block = language.encode_text(["a small wooden block"])
+    if clutter == "background":
+        floor = language.encode_text(["background"])
+        return torch.cat([rows, block, floor]), {"background_caption": "background"}
+    # untrained floor: near the teddy's caption, as some of the issue's floor pixels were
+    noise = torch.randn(1, rows.shape[1], generator=torch.Generator().manual_seed(1))
+    floor = rows[2:3] + 0.35 * noise / noise.norm()
+    return torch.cat([rows, block, floor / floor.norm()]), {}
+
+
+def build_memory(path: Path, clutter: str = "") -> Path:
+    """Write the analytic memory to `path` (a directory) and return it.
+
+    clutter: "" (duck, mug, teddy, table), "untrained" or "background" (module docstring)."""
     from m3_core.features import get_model
     from m3_core.model.attention import AttentionConfig, MemoryAttention
     from m3_core.model.gaussians import GaussianModel
@@ -72,7 +119,9 @@ def build_memory(path: Path) -> Path:
     mug = OBJECTS["mug"]
     parts.append((_cylinder(mug[1], 0.04, 0.1, 36, 10), mug[0], mug[2], 0.006))
     teddy = OBJECTS["teddy"]
-    parts.append((_sphere(teddy[1], 0.04, 300), teddy[0], teddy[2], 0.006))
+    parts.append((_sphere(teddy[1], 0.03, 300), teddy[0], teddy[2], 0.006))
+    if clutter:
+        parts += _clutter_parts(BACKGROUND_CAPTION)
     means = np.vstack([p[0] for p in parts])
     colors = np.vstack([np.tile(p[2], (len(p[0]), 1)) for p in parts])
     queries = np.vstack([np.tile(np.eye(QUERY_DIM)[p[1]], (len(p[0]), 1)) for p in parts])
@@ -88,17 +137,23 @@ def build_memory(path: Path) -> Path:
         query_dims={"language": QUERY_DIM},
     )
     language = get_model("language")
-    psc = language.encode_text(CAPTIONS)  # [T, 384]
+    psc, preprocessing = _bank(language, clutter)  # [T, 384]
     w_m = torch.zeros(QUERY_DIM, psc.shape[1])
-    w_m[: len(CAPTIONS)] = psc  # one-hot query k -> caption k
-    w_m[len(CAPTIONS) :] = 1e-3 * torch.randn(
-        QUERY_DIM - len(CAPTIONS), psc.shape[1], generator=torch.Generator().manual_seed(0)
+    w_m[: len(psc)] = psc  # one-hot query k -> PSC row k
+    w_m[len(psc) :] = 1e-3 * torch.randn(
+        QUERY_DIM - len(psc), psc.shape[1], generator=torch.Generator().manual_seed(0)
     )
     # one-hot queries pick their caption through a sharp softmax: cosine / 0.05 (the M3 code's form)
     head = MemoryAttention(psc, QUERY_DIM, AttentionConfig(similarity="cosine", temperature=0.05), w_m=w_m)
     manifest = {
         "world_frame": "odom",
-        "models": {"language": {"random_weights": False, "model_id": language.model_id}},
+        "models": {
+            "language": {
+                "random_weights": False,
+                "model_id": language.model_id,
+                "preprocessing": preprocessing,
+            }
+        },
         "frames": {"train": [], "heldout": []},
     }
     return M3Memory(gaussians, {"language": head}, manifest).save(path)

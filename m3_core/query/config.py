@@ -97,6 +97,34 @@ class QueryConfig:
     """3D query: smaller clusters are ignored."""
     min_opacity: float = 0.1
     """3D query: Gaussians more transparent than this are ignored."""
+    support_min_width_m: float = 0.3
+    """A horizontal layer of a candidate (within plane_tolerance_m in height) at least this long and
+    a third of it deep is a support surface (table top, floor): never the answer. The built-in
+    scene's largest object, the tray, is 0.24 m."""
+    plane_tolerance_m: float = 0.01
+    """Half thickness of a support surface's layer, metres (depth noise and Gaussian spread)."""
+    max_object_size_m: float = 0.35
+    """A candidate longer than this (largest horizontal or vertical size) is more than the gripper
+    can take, even by a part (a rim, a handle, a limb): never the answer."""
+    max_camera_distance_m: float = 1.5
+    """View queries: candidates farther than this from the camera are outside the workspace (a
+    wrist camera near the object sees it closer; farther depth is too noisy to grasp from)."""
+    max_reach_m: float = 0.0
+    """Candidates farther than this from the arm base are outside the workspace, when the arm base
+    pose is known. 0 = the robot's arm reach plus its flange-to-grasp distance."""
+    workspace_min_m: tuple[float, ...] = ()
+    """Optional workspace box, world frame: lower corner (x, y, z) in metres; () = unbounded."""
+    workspace_max_m: tuple[float, ...] = ()
+    """Optional workspace box, world frame: upper corner (x, y, z) in metres; () = unbounded."""
+    next_instance_margin: float = 0.1
+    """When the best match cannot be grasped (support, too large, outside the workspace, no grasp),
+    the next graspable candidate answers if its relevance is within this of the best's."""
+    rank_points_bonus: float = 0.01
+    """Candidates rank by mean relevance plus this x log10(their points): a 60-point fragment
+    at 0.95 ranks after its 700-point object at 0.94, a 0.90 table after a 0.97 block."""
+    require_grasp: bool = True
+    """True: a candidate on which the grasp planner (m3_core.grasp.planner) finds no feasible
+    grasp is not the answer. The top-down fallback used without the planner never refuses."""
 
     def __post_init__(self) -> None:
         if self.threshold_mode not in ("fixed", "otsu"):
@@ -125,6 +153,28 @@ class QueryConfig:
             raise ValueError(f"fuse_relative_relevance must be in (0, 1], got {self.fuse_relative_relevance}")
         if self.max_text_chars < 1 or self.max_points < 1:
             raise ValueError("max_text_chars and max_points must be >= 1")
+        self._check_workspace()
+
+    def _check_workspace(self) -> None:
+        sizes = {
+            "support_min_width_m": self.support_min_width_m,
+            "plane_tolerance_m": self.plane_tolerance_m,
+            "max_object_size_m": self.max_object_size_m,
+            "max_camera_distance_m": self.max_camera_distance_m,
+        }
+        bad = {k: v for k, v in sizes.items() if not v > 0}
+        if bad:
+            raise ValueError(f"these sizes must be > 0 metres: {bad}")
+        if self.max_reach_m < 0 or not 0 <= self.next_instance_margin <= 1:
+            raise ValueError(
+                f"max_reach_m must be >= 0 (0 = the arm's) and next_instance_margin in [0, 1], got "
+                f"{self.max_reach_m} and {self.next_instance_margin}"
+            )
+        box = (self.workspace_min_m, self.workspace_max_m)
+        if any(len(c) not in (0, 3) for c in box) or (len(box[0]) != len(box[1])):
+            raise ValueError(f"workspace_min_m/workspace_max_m must both be () or (x, y, z), got {box}")
+        if box[0] and any(lo >= hi for lo, hi in zip(*box)):
+            raise ValueError(f"workspace_min_m must be below workspace_max_m on every axis, got {box}")
 
     def for_model(self, model: str) -> QueryConfig:
         """This config with the thresholds left None filled in from MODEL_THRESHOLDS[model]."""

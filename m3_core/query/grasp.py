@@ -7,13 +7,20 @@ Modes:
   "view_ray"  approach along the camera's viewing ray to the target (camera -> object).
 The closing direction is the object's narrowest principal direction perpendicular to +z, from its
 points; with too few points (or a round object) it falls back to a fixed, deterministic axis.
+`fallback_grasps` turns that pose into a Grasp while the 6-DoF planner is not installed.
 """
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from m3_core.geometry.se3 import transform_from_rt
+from m3_core.grasp.types import Grasp
+from m3_core.robot import GripperConfig
+
+log = logging.getLogger(__name__)
 
 
 def _unit(v: np.ndarray, name: str) -> np.ndarray:
@@ -82,3 +89,29 @@ def grasp_pose(
     x = closing_direction(z, points)
     y = np.cross(z, x)
     return transform_from_rt(np.stack([x, y, z], axis=1), position)
+
+
+def fallback_grasps(
+    object_points: np.ndarray,  # [N, 3] world
+    gripper: GripperConfig,
+    world_up=(0.0, 0.0, 1.0),
+) -> list[Grasp]:
+    """FALLBACK, used only while m3_core.grasp.planner (the 6-DoF planner) is not installed.
+
+    One top-down grasp at the points' box centre, closing across their narrow side; its width is
+    the points' (2, 98) percentile size along the closing direction. No collision or reach check.
+    [] when that width exceeds the gripper's opening. Quality is a flat 0.5: nothing was scored.
+    """
+    points = np.asarray(object_points, dtype=np.float64)
+    if len(points) == 0:
+        return []
+    lo, hi = np.percentile(points, [2.0, 98.0], axis=0)
+    centre = 0.5 * (lo + hi)
+    world_from_grasp = grasp_pose(centre, mode="top_down", world_up=world_up, points=points)
+    across = (points - centre) @ world_from_grasp[:3, 0]
+    width = float(np.subtract(*np.percentile(across, [98.0, 2.0])))
+    if width > gripper.max_opening_m:
+        return []
+    world_from_pregrasp = world_from_grasp.copy()
+    world_from_pregrasp[:3, 3] -= gripper.approach_distance_m * world_from_grasp[:3, 2]
+    return [Grasp(world_from_grasp, max(width, gripper.min_opening_m), world_from_pregrasp, 0.5)]

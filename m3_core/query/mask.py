@@ -1,4 +1,4 @@
-"""Relevance map -> one object mask: threshold (fixed or Otsu), small morphology, best component."""
+"""Relevance map -> candidate regions: threshold (fixed or Otsu), small morphology, a minimum area."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[int(np.argmax(between)) + 1])
 
 
-def mask_from_relevance(
+def candidate_mask(
     relevance: np.ndarray,  # [H, W] in [0, 1]
     threshold: float,
     *,
@@ -32,13 +32,12 @@ def mask_from_relevance(
     morph_kernel_px: int = 3,
     min_area_px: int = 1,
 ) -> tuple[np.ndarray, float]:
-    """The object's mask [H,W] bool (empty when nothing qualifies) and the threshold used.
+    """Mask [H,W] bool of every candidate region (empty when nothing qualifies) and the threshold.
 
     mode "fixed": pixels >= threshold; "otsu": Otsu's threshold over the valid pixels, never below
     `threshold` (Otsu always splits, even a map with no object in it). Opening then closing with
-    an elliptic kernel removes speckle; of the 8-connected components the one with the largest
-    summed relevance wins (the largest one when relevance is flat). Components smaller than
-    `min_area_px` are dropped.
+    an elliptic kernel removes speckle; 8-connected components smaller than `min_area_px` are
+    dropped. Which region is the object is decided in 3D (m3_core.query.instances).
     """
     relevance = np.asarray(relevance, dtype=np.float32)
     if relevance.ndim != 2:
@@ -50,10 +49,9 @@ def mask_from_relevance(
     usable = np.isfinite(relevance) if valid is None else (valid.astype(bool) & np.isfinite(relevance))
     if mode == "otsu":
         threshold = max(float(threshold), otsu_threshold(relevance[usable]))
-    mask = usable & (relevance >= threshold)
-    if not mask.any():
-        return mask, float(threshold)
-    binary = mask.astype(np.uint8)
+    binary = (usable & (relevance >= threshold)).astype(np.uint8)
+    if not binary.any():
+        return binary.astype(bool), float(threshold)
     if morph_kernel_px > 1:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (morph_kernel_px, morph_kernel_px))
         opened = cv2.morphologyEx(binary, cv2.MORPH_OPEN, kernel)
@@ -61,15 +59,9 @@ def mask_from_relevance(
         binary = cv2.morphologyEx(opened if opened.any() else binary, cv2.MORPH_CLOSE, kernel)
         binary &= usable.astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    if count <= 1:
-        return np.zeros_like(mask), float(threshold)
-    mass = np.bincount(labels.ravel(), weights=np.where(usable, relevance, 0).ravel(), minlength=count)
-    mass[0] = -1.0
-    mass[stats[:, cv2.CC_STAT_AREA] < min_area_px] = -1.0
-    best = int(np.argmax(mass))
-    if mass[best] < 0:
-        return np.zeros_like(mask), float(threshold)
-    return labels == best, float(threshold)
+    keep = stats[:, cv2.CC_STAT_AREA] >= min_area_px
+    keep[0] = False
+    return keep[labels], float(threshold)
 
 
 def erode(mask: np.ndarray, pixels: int) -> np.ndarray:

@@ -25,10 +25,13 @@ from scipy.spatial.transform import Rotation
 from m3_core.errors import M3Error
 from m3_core.geometry.camera import PinholeCamera
 from m3_core.geometry.quaternion import rotmat_from_quat_wxyz
+from m3_core.grasp.gripper import gripper_boxes
+from m3_core.grasp.types import Grasp
 from m3_core.query.config import QueryConfig
-from m3_core.query.locate import QueryCache, find_target
-from m3_core.query.result import NotFoundError, QueryResult
-from m3_core.robot import GripperConfig
+from m3_core.query.engine import QueryEngine
+from m3_core.query.result import QueryResult
+from m3_core.query.view import View
+from m3_core.robot import RobotConfig
 from m3_core.view.images import VIEW_MODES, camera_from_fov, render_view
 
 if TYPE_CHECKING:
@@ -85,22 +88,6 @@ def world_from_viser_camera(wxyz: np.ndarray, position: np.ndarray) -> np.ndarra
     return T
 
 
-def gripper_boxes_local(gripper: GripperConfig, width_m: float) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, centre [3], size [3]) of the palm and the two fingers in the grasp frame (+z approach, +x closing)."""
-    half = 0.5 * min(max(width_m, gripper.min_opening_m), gripper.max_opening_m)
-    t, L = gripper.finger_thickness_m, gripper.finger_length_m
-    # Fingertips end tcp_depth - finger_length ahead of the palm face; the grasp origin sits
-    # tcp_depth_m in front of the palm face.
-    finger_z = -gripper.tcp_depth_m + 0.5 * L
-    palm_z = -gripper.tcp_depth_m - 0.5 * gripper.palm_depth_m
-    finger_size = np.array([t, gripper.finger_width_m, L])
-    return [
-        ("palm", np.array([0.0, 0.0, palm_z]), np.array([gripper.palm_width_m, gripper.palm_height_m, gripper.palm_depth_m])),
-        ("finger_left", np.array([-(half + 0.5 * t), 0.0, finger_z]), finger_size),
-        ("finger_right", np.array([half + 0.5 * t, 0.0, finger_z]), finger_size),
-    ]
-
-
 class MemoryViewer:
     """A viser scene and GUI around one memory. Create it, then keep the process alive."""
 
@@ -110,13 +97,13 @@ class MemoryViewer:
         server: viser.ViserServer,
         config: ViewerConfig,
         query_config: QueryConfig,
-        gripper: GripperConfig,
+        robot: RobotConfig,
     ) -> None:
         self.memory, self.server, self.config = memory, server, config
-        self.query_config, self.gripper = query_config, gripper
+        self.gripper = robot.gripper
         models = list(memory.models)
         self.model = config.model or ("language" if "language" in models else models[0])
-        self.cache = QueryCache(memory)
+        self.engine = QueryEngine(memory, query_config, robot)
         self.last: QueryResult | None = None
         self._pending: dict[int, object] = {}
         self._wake = threading.Condition()
@@ -199,16 +186,13 @@ class MemoryViewer:
         """Answer `text` from this camera, draw the answer in the 3D view, return the status line."""
         with self._query_lock:
             try:
-                result = find_target(
-                    self.memory, text, model=self.model, world_from_camera=world_from_camera, camera=camera,
-                    config=self.query_config, cache=self.cache,
-                )  # fmt: skip
-            except NotFoundError as err:
-                self.last = None
-                self._clear_answer()
-                return f"Not found: {err}"
+                result = self.engine.query(text, model=self.model, view=View(world_from_camera, camera))
             except (ValueError, TypeError, M3Error) as err:
                 return f"Cannot query: {err}"
+            if not result.found:
+                self.last = None
+                self._clear_answer()
+                return f"Not found: {result.message}"
             self.last = result
             self._draw_answer(result)
         c = result.position
@@ -234,18 +218,12 @@ class MemoryViewer:
                 colors=(255, 40, 40), point_size=0.006,
             )  # fmt: skip
         if result.grasps:
-            grasp = result.grasps[0]
-            world_from_grasp, width = grasp.world_from_grasp, grasp.width_m
-        else:
-            world_from_grasp, width = result.world_from_grasp, float(max(result.extent[:2].min(), 0.01))
-        x, y, z, w = Rotation.from_matrix(world_from_grasp[:3, :3]).as_quat()
-        frame = scene.add_frame(
-            "/answer/grasp", wxyz=(w, x, y, z), position=tuple(world_from_grasp[:3, 3]),
-            axes_length=0.05, axes_radius=0.003,
-        )  # fmt: skip
-        for name, centre, size in gripper_boxes_local(self.gripper, width):
-            scene.add_box(
-                f"/answer/grasp/{name}", dimensions=tuple(float(v) for v in size),
-                position=tuple(float(v) for v in centre), color=(40, 200, 80), opacity=0.8,
+            self._draw_gripper(result.grasps[0])
+
+    def _draw_gripper(self, grasp: Grasp) -> None:
+        for name, (world_from_box, size) in zip(("finger_left", "finger_right", "palm"), gripper_boxes(grasp, self.gripper)):
+            x, y, z, w = Rotation.from_matrix(world_from_box[:3, :3]).as_quat()
+            self.server.scene.add_box(
+                f"/answer/grasp/{name}", dimensions=tuple(float(v) for v in size), wxyz=(w, x, y, z),
+                position=tuple(float(v) for v in world_from_box[:3, 3]), color=(40, 200, 80), opacity=0.8,
             )  # fmt: skip
-        frame.visible = True

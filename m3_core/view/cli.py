@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as err:
         print(f"m3 view: cannot serve on {config.host}:{config.port}: {err}", file=sys.stderr)
         return 2
-    MemoryViewer(memory, server, config, QueryConfig(), robot.gripper)
+    MemoryViewer(memory, server, config, QueryConfig(), robot)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(f"m3 view: {args.memory} at http://{config.host}:{server.get_port()} (Ctrl-C to stop)", flush=True)
