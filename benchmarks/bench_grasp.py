@@ -36,7 +36,7 @@ from m3_core.query import NotFoundError, QueryCache, QueryConfig, find_target, l
 from m3_core.robot import GripperConfig  # noqa: E402
 from m3_core.sim.grasp_check import GraspOutcome, GraspSim  # noqa: E402
 from m3_core.sim.grasp_cli import robot_for, scene_spec  # noqa: E402
-from m3_core.sim.grasp_json import width_from_extent  # noqa: E402
+from m3_core.sim.grasp_json import WIDTH_MARGIN_M, width_from_extent  # noqa: E402
 from m3_core.sim.grasp_truth import grasp_from_pose, search_top_down, top_down_grasp  # noqa: E402
 
 NEAR_OBJECT_M = 0.03
@@ -56,7 +56,8 @@ def answer(memory, text: str, view: View, *, cache: QueryCache, config: QueryCon
     """The query under test: ranked grasps for `text` seen from `view` (raises NotFoundError).
 
     Today: the centre of the located region with the top-down approach (m3_core.query), opening =
-    the region's extent along the closing axis + 1.5 cm. Point this at the grasp engine when it lands.
+    the region's points' spread along the closing axis + 1.5 cm, at most the gripper's opening.
+    Point this at the grasp engine when it lands.
     """
     if view.world_from_camera is None:
         result = locate_3d(memory, text, model="language", config=config, cache=cache)
@@ -73,8 +74,15 @@ def answer(memory, text: str, view: View, *, cache: QueryCache, config: QueryCon
         )
     if result.grasps:
         return list(result.grasps)
-    width = width_from_extent(result.world_from_grasp, result.extent)
-    return [grasp_from_pose(result.world_from_grasp, width, gripper.approach_distance_m)]
+    pose = result.world_from_grasp
+    if len(result.points) >= 10:  # the region's spread along the closing axis, robust to outliers
+        across = result.points @ pose[:3, 0]
+        width = float(np.percentile(across, 98) - np.percentile(across, 2)) + WIDTH_MARGIN_M
+    else:
+        width = width_from_extent(pose, result.extent)
+    # today's answer carries no opening: the robot would open as wide as it can
+    width = min(width, gripper.max_opening_m)
+    return [grasp_from_pose(pose, width, gripper.approach_distance_m)]
 
 
 def aimed_at(point: np.ndarray, objects: list[dict], table: dict) -> str:
@@ -248,7 +256,7 @@ def ground_truth_benchmark(args) -> dict:
     with GraspSim(spec, gripper) as sim:
         table_z = sim.world.table_top_z
         for body in sim.world.bodies:
-            centre = top_down_grasp(body.vertices, table_z, gripper)
+            centre = top_down_grasp(sim.rest_vertices[body.name], table_z, gripper)
             t0 = time.perf_counter()
             outcome = sim.check(centre, target=body.name)
             row = {
@@ -260,7 +268,7 @@ def ground_truth_benchmark(args) -> dict:
                 "held_by": None,
             }
             if not outcome.success:
-                candidates = search_top_down(body.vertices, table_z, gripper)
+                candidates = search_top_down(sim.rest_vertices[body.name], table_z, gripper)
                 row["candidates"] = len(candidates)
                 step = max(1, len(candidates) // args.tries)
                 for grasp in candidates[::step][: args.tries]:

@@ -46,12 +46,8 @@ def sim(gripper):
         yield s
 
 
-def _body(sim, name):
-    return next(b for b in sim.world.bodies if b.name == name)
-
-
 def _duck_grasp(sim, gripper) -> Grasp:
-    return top_down_grasp(_body(sim, "duck").vertices, sim.world.table_top_z, gripper)
+    return top_down_grasp(sim.rest_vertices["duck"], sim.world.table_top_z, gripper)
 
 
 def _shifted(grasp: Grasp, offset: np.ndarray) -> Grasp:

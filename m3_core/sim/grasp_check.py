@@ -146,6 +146,9 @@ class GraspSim:
             self._make_physical()
             self._state = p.saveState(physicsClientId=self.client)
             self.rest_z = {b.name: self._com(b.body_id)[2] for b in self.world.bodies}
+            # meshes where the objects came to rest (an object placed off balance, like the teddy,
+            # tips over a little: grasps from ground truth should use these, not body.vertices)
+            self.rest_vertices = {b.name: self.world._world_mesh(b.body_id)[0] for b in self.world.bodies}
         except Exception:
             self.world.close()
             raise

@@ -49,15 +49,17 @@ def top_down_grasp(
     the closing direction plus `margin_m` (it can exceed the gripper's opening: the check refuses it).
     """
     xy = vertices[:, :2]
-    _, vecs = np.linalg.eigh(np.cov((xy - xy.mean(axis=0)).T))
-    spans = [np.ptp(xy @ vecs[:, i]) for i in range(2)]
-    axis = vecs[:, int(np.argmin(spans))]
-    side = vecs[:, int(np.argmax(spans))]
+    # the narrowest direction by a 1-degree scan (PCA picks an arbitrary axis on square footprints)
+    yaws = np.radians(np.arange(180.0))
+    dirs = np.stack([np.cos(yaws), np.sin(yaws)], axis=1)
+    spans = np.ptp(xy @ dirs.T, axis=0)
+    axis = dirs[int(np.argmin(spans))]
+    side = np.array([-axis[1], axis[0]])
     proj_a, proj_s = xy @ axis, xy @ side
     centre_xy = axis * (proj_a.min() + proj_a.max()) / 2 + side * (proj_s.min() + proj_s.max()) / 2
     z = grasp_height(vertices, table_z, gripper)
     pose = top_down_pose(np.array([centre_xy[0], centre_xy[1], z]), axis)
-    return grasp_from_pose(pose, min(spans) + margin_m, gripper.approach_distance_m)
+    return grasp_from_pose(pose, float(spans.min()) + margin_m, gripper.approach_distance_m)
 
 
 def _slab_fit(local: np.ndarray, gripper: GripperConfig, margin_m: float) -> float | None:
