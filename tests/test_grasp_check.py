@@ -20,7 +20,7 @@ from m3_core.grasp.types import Grasp  # noqa: E402
 from m3_core.robot import GripperConfig, load_robot_config  # noqa: E402
 from m3_core.sim.grasp_check import GraspSim  # noqa: E402
 from m3_core.sim.grasp_json import grasp_from_json, grasp_to_json  # noqa: E402
-from m3_core.sim.grasp_truth import grasp_from_pose, top_down_grasp  # noqa: E402
+from m3_core.sim.grasp_truth import grasp_from_pose, top_down_grasp, top_down_pose  # noqa: E402
 from m3_core.sim.spec import ObjectSpec, SimSpec  # noqa: E402
 
 DUCK = ObjectSpec(name="duck", caption="a yellow rubber duck", xy_m=(0.0, 0.0), yaw_deg=-60.0)
@@ -121,6 +121,19 @@ def test_checks_are_repeatable_from_the_settled_scene(sim, gripper):
 def test_unknown_target_is_a_value_error(sim, gripper):
     with pytest.raises(ValueError, match="not in the scene.*duck"):
         sim.check(_duck_grasp(sim, gripper), target="banana")
+
+
+def test_tray_tilted_up_by_its_rim_is_not_a_lift(gripper):
+    # the tray (0.3 kg, 24 cm) held by one wall pivots on its far edge: its centre rises > 5 cm
+    # while it still rests on the table, which must not count as held
+    tray = ObjectSpec(name="tray", caption="a dark grey tray", scale=0.4, xy_m=(0.0, 0.0), yaw_deg=0.0)
+    with GraspSim(SimSpec(objects=(tray,)), gripper) as s:
+        v = s.rest_vertices["tray"]
+        lo, hi = v.min(axis=0), v.max(axis=0)
+        rim = np.array([lo[0] + 0.013, (lo[1] + hi[1]) / 2, hi[2] - 0.02])
+        out = s.check(grasp_from_pose(top_down_pose(rim, np.array([1.0, 0.0])), 0.05, 0.1), target="tray")
+    assert out.lifts_m["tray"] >= 0.05
+    assert (out.success, out.reason) == (False, "not_clear"), out.message
 
 
 # -- grasp JSON ------------------------------------------------------------------------------------

@@ -95,7 +95,7 @@ class GraspOutcome:
     """Rise of the held object (else of the target, else the largest rise), metres."""
     reason: str
     """Failure code: '' on success, else one of too_wide, too_narrow, start_collision, blocked,
-    nothing_held, dropped, wrong_object."""
+    nothing_held, dropped, not_clear (rose but still rests on the table), wrong_object."""
     message: str
     """One line a person can read."""
     lifts_m: dict[str, float] = field(default_factory=dict)
@@ -297,6 +297,12 @@ class GraspSim:
         between = [n for n in self.names() if self._between_fingers(gripper.body_id, n)]
         held_candidates = [n for n in between if lifts[n] >= self.config.min_lift_m]
         held = max(held_candidates, key=lambda n: lifts[n]) if held_candidates else None
+        if held is not None and self._on_support(held):
+            return self._outcome(
+                target,
+                "not_clear",
+                f"{held} rose {lifts[held] * 100:.1f} cm but still rests on the table or floor",
+            )
         if held is not None and (target is None or held == target):
             return self._outcome(target, "", f"{held} lifted {lifts[held] * 100:.1f} cm and held", held=held)
         if held is not None:
@@ -469,6 +475,13 @@ class GraspSim:
         if left and right:
             return True
         return self._inside_gap(gripper_id, body_id)
+
+    def _on_support(self, name: str) -> bool:
+        """The object still touches the table or the floor (tilted up, not lifted clear)."""
+        p, c = self._p, self.client
+        body_id = next(b.body_id for b in self.world.bodies if b.name == name)
+        supports = (self.world.table.body_id, self.floor_collision_id)
+        return any(p.getClosestPoints(body_id, s, 0.001, physicsClientId=c) for s in supports)
 
     def _inside_gap(self, gripper_id: int, body_id: int) -> bool:
         p, c, g = self._p, self.client, self.gripper
