@@ -150,6 +150,10 @@ def test_grasp_json_round_trip_and_forms():
     np.testing.assert_allclose(back.world_from_grasp, g.world_from_grasp, atol=1e-9)
     np.testing.assert_allclose(back.world_from_pregrasp, g.world_from_pregrasp, atol=1e-9)
     assert back.width_m == g.width_m
+    # flat form
+    pos, quat = g.world_from_grasp[:3, 3].tolist(), [1.0, 0.0, 0.0, 0.0]
+    flat = grasp_from_json({"position": pos, "quat_xyzw": quat, "width_m": 0.05}, 0.1)
+    np.testing.assert_allclose(flat.world_from_pregrasp, g.world_from_pregrasp, atol=1e-9)
     # matrix form, no pre-grasp: backed off along -z (top-down: up) by the approach distance
     m = grasp_from_json({"world_from_grasp": g.world_from_grasp.tolist(), "width_m": 0.04}, 0.1)
     np.testing.assert_allclose(m.world_from_pregrasp[:3, 3], [0.1, -0.2, 0.8], atol=1e-9)

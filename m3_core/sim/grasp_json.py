@@ -1,8 +1,11 @@
 """Grasps as JSON, for `m3 sim grasp`: what `m3 query --json` prints, or a grasp written by hand.
 
 Accepted forms (positions in metres in the scene's world frame, quaternions x y z w):
-    {"position": [x, y, z], "quat_xyzw": [x, y, z, w], "width_m": w,
-     "pregrasp_position": [...], "pregrasp_quat_xyzw": [...], "quality": q}   (pregrasp optional)
+    {"pose": {"position": [x, y, z], "quat_xyzw": [x, y, z, w]}, "width_m": w,
+     "pregrasp": {"position": [...], "quat_xyzw": [...]}, "quality": q}   (what the query engine
+     prints for each grasp; pregrasp optional)
+    {"position": [...], "quat_xyzw": [...], "width_m": w, "pregrasp_position": [...],
+     "pregrasp_quat_xyzw": [...]}                                            (pregrasp optional)
     {"world_from_grasp": [[4x4]], "width_m": w, "world_from_pregrasp": [[4x4]]}  (pregrasp optional)
     a query answer {"found": true, "grasps": [<one of the above>, ...]}: grasps[index]
     an older query answer {"found": true, "grasp_position", "grasp_quat_xyzw", "extent"}: the width
@@ -24,15 +27,16 @@ WIDTH_MARGIN_M = 0.015
 
 
 def grasp_to_json(grasp: Grasp) -> dict:
-    """The pose form above (ROS-like position + quaternion)."""
-    pos, quat = pose_from_matrix(grasp.world_from_grasp)
-    pre_pos, pre_quat = pose_from_matrix(grasp.world_from_pregrasp)
+    """The nested pose form above (what the query engine prints for each grasp)."""
+
+    def pose(matrix: np.ndarray) -> dict:
+        pos, quat = pose_from_matrix(matrix)
+        return {"position": [float(v) for v in pos], "quat_xyzw": [float(v) for v in quat]}
+
     return {
-        "position": [float(v) for v in pos],
-        "quat_xyzw": [float(v) for v in quat],
+        "pose": pose(grasp.world_from_grasp),
+        "pregrasp": pose(grasp.world_from_pregrasp),
         "width_m": float(grasp.width_m),
-        "pregrasp_position": [float(v) for v in pre_pos],
-        "pregrasp_quat_xyzw": [float(v) for v in pre_quat],
         "quality": float(grasp.quality),
     }
 
@@ -66,6 +70,11 @@ def _pose(data: dict, prefix: str) -> np.ndarray | None:
     matrix_key = "world_from_pregrasp" if prefix == "pregrasp_" else "world_from_grasp"
     if matrix_key in data:
         return _matrix(data, matrix_key)
+    nested_key = "pregrasp" if prefix == "pregrasp_" else "pose"
+    if nested_key in data:
+        if not isinstance(data[nested_key], dict):
+            raise ValueError(f"grasp JSON: {nested_key!r} must hold 'position' and 'quat_xyzw'")
+        return _pose({f"{prefix}{k}": v for k, v in data[nested_key].items()}, prefix)
     if f"{prefix}position" not in data:
         return None
     quat = _vector(data, f"{prefix}quat_xyzw", 4)
@@ -78,8 +87,8 @@ def _one_grasp(data: dict, approach_distance_m: float) -> Grasp:
     world_from_grasp = _pose(data, "")
     if world_from_grasp is None:
         raise ValueError(
-            "grasp JSON: no pose; give 'position' + 'quat_xyzw' or 'world_from_grasp' (or a query "
-            "answer with 'grasps')"
+            "grasp JSON: no pose; give 'pose' {position, quat_xyzw}, 'position' + 'quat_xyzw' or "
+            "'world_from_grasp' (or a query answer with 'grasps')"
         )
     width = data.get("width_m")
     if not isinstance(width, (int, float)) or not np.isfinite(width) or width <= 0:
