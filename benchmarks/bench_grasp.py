@@ -35,7 +35,7 @@ from m3_core.grasp.types import Grasp  # noqa: E402
 from m3_core.query import NotFoundError, QueryCache, QueryConfig, find_target, locate_3d  # noqa: E402
 from m3_core.robot import GripperConfig  # noqa: E402
 from m3_core.sim.grasp_check import GraspOutcome, GraspSim  # noqa: E402
-from m3_core.sim.grasp_cli import robot_for, scene_spec  # noqa: E402
+from m3_core.sim.grasp_cli import check_against_ground_truth, robot_for, scene_spec  # noqa: E402
 from m3_core.sim.grasp_json import WIDTH_MARGIN_M, width_from_extent  # noqa: E402
 from m3_core.sim.grasp_truth import grasp_from_pose, search_top_down, top_down_grasp  # noqa: E402
 
@@ -169,6 +169,7 @@ def query_benchmark(args) -> dict:
     spec, folder = scene_spec(None, args.gt, None)
     rows, absent = [], []
     with GraspSim(spec, robot_for(spec, folder, None).gripper) as sim:
+        check_against_ground_truth(sim, args.gt)
         for obj in gt["objects"]:
             views = [
                 View(scene.frames[i].name, scene.frames[i].world_from_camera, scene.frames[i].camera)

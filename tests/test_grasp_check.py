@@ -238,3 +238,24 @@ def test_m3_sim_grasp_cli_bad_input_is_one_line(tmp_path, capsys):
     assert err.startswith("m3 sim grasp: the grasp is not valid JSON") and "\n" not in err
     assert main(["sim", "grasp", str(tmp_path / "missing.json")]) == 2
     assert "cannot read the grasp JSON" in capsys.readouterr().err
+
+
+def test_m3_sim_grasp_on_a_bags_ground_truth_and_a_stale_one(tmp_path, sim, gripper, capsys):
+    from m3_core.sim.generate import generate, gt_dir_for, with_overrides
+    from m3_core.sim.spec import load_spec
+    from m3_ros.cli import main
+
+    spec, folder = load_spec(_write_spec(tmp_path / "duck.yaml"))
+    bag = tmp_path / "bag"
+    generate(with_overrides(spec, frames=2, size=(64, 48)), folder, bag, workers=1)
+    gt = gt_dir_for(bag)
+    grasp_file = tmp_path / "grasp.json"
+    grasp_file.write_text(json.dumps(grasp_to_json(_duck_grasp(sim, gripper))))
+    assert main(["sim", "grasp", str(grasp_file), "--gt", str(gt), "--target", "duck"]) == 0
+    assert capsys.readouterr().out.startswith("held: duck lifted")
+    # a ground truth that does not match the rebuilt scene is refused, not judged
+    objects = json.loads((gt / "objects.json").read_text())
+    objects["objects"][0]["box_center_world"][0] += 0.05
+    (gt / "objects.json").write_text(json.dumps(objects))
+    assert main(["sim", "grasp", str(grasp_file), "--gt", str(gt)]) == 2
+    assert "duck is rebuilt 5.0 cm from where" in capsys.readouterr().err

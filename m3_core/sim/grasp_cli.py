@@ -15,11 +15,14 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from m3_core.config import config_dir
 from m3_core.robot import RobotConfig, load_robot_config
 from m3_core.scene import atomic_write_png
 from m3_core.sim.grasp_check import GraspOutcome, GraspSim, grasp_picture, picture_camera
 from m3_core.sim.grasp_json import grasp_from_json
+from m3_core.sim.gt import read_objects
 from m3_core.sim.spec import SimSpec, load_spec, spec_from_dict
 
 SPEC_JSON = "spec.json"
@@ -72,6 +75,23 @@ def robot_for(spec: SimSpec, folder: Path, robot_path: Path | None) -> RobotConf
     return load_robot_config(path)
 
 
+def check_against_ground_truth(sim: GraspSim, gt_dir: Path, tolerance_m: float = 0.002) -> None:
+    """The rebuilt scene must place every object where the bag's objects.json says (same spec,
+    same seed, same URDFs); a mismatch means the physics would judge another scene."""
+    recorded = {
+        o["name"]: np.asarray(o["box_center_world"]) for o in read_objects(gt_dir) if not o["support"]
+    }
+    for body in sim.world.bodies:
+        if body.name not in recorded:
+            raise ValueError(f"{gt_dir}: objects.json has no {body.name!r}; was it written by this spec?")
+        off = float(np.linalg.norm(body.box_center - recorded[body.name]))
+        if off > tolerance_m:
+            raise ValueError(
+                f"{body.name} is rebuilt {off * 100:.1f} cm from where {gt_dir}/objects.json has it; "
+                "the pybullet_data models or the placement code changed since the bag was made"
+            )
+
+
 def _read_grasp_json(source: str) -> object:
     try:
         text = sys.stdin.read() if source == "-" else Path(source).read_text()
@@ -98,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
         robot = robot_for(spec, folder, args.robot)
         grasp = grasp_from_json(_read_grasp_json(args.grasp), robot.gripper.approach_distance_m, args.index)
         with GraspSim(spec, robot.gripper) as sim:
+            if args.gt is not None:
+                check_against_ground_truth(sim, args.gt)
             if args.target is not None and args.target not in sim.names():
                 raise ValueError(f"--target {args.target!r} is not in the scene; objects: {sim.names()}")
             if args.picture is not None:
