@@ -32,7 +32,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from m3_core.grasp.types import Grasp  # noqa: E402
-from m3_core.query import NotFoundError, QueryCache, QueryConfig, find_target, locate_3d  # noqa: E402
+from m3_core.query import NotFoundError, QueryConfig  # noqa: E402
+
+try:  # the query engine (instances + 6-DoF planner), when this checkout has it
+    from m3_core.query import QueryEngine
+    from m3_core.query import View as EngineView
+except ImportError:  # the older region-centre path
+    QueryEngine = None
+    from m3_core.query import QueryCache, find_target, locate_3d
 from m3_core.robot import GripperConfig  # noqa: E402
 from m3_core.sim.grasp_check import GraspOutcome, GraspSim  # noqa: E402
 from m3_core.sim.grasp_cli import check_against_ground_truth, robot_for, scene_spec  # noqa: E402
@@ -44,7 +51,7 @@ NEAR_OBJECT_M = 0.03
 
 
 @dataclass(frozen=True)
-class View:
+class QueryView:
     """A camera to query from (None pose = the 3D query over the Gaussians)."""
 
     name: str
@@ -52,37 +59,61 @@ class View:
     camera: object | None
 
 
-def answer(memory, text: str, view: View, *, cache: QueryCache, config: QueryConfig, gripper: GripperConfig):
-    """The query under test: ranked grasps for `text` seen from `view` (raises NotFoundError).
+class NoAnswerError(Exception):
+    """The query answered "not found" (or found nothing graspable)."""
 
-    Today: the centre of the located region with the top-down approach (m3_core.query), opening =
-    the region's points' spread along the closing axis + 1.5 cm, at most the gripper's opening.
-    Point this at the grasp engine when it lands.
+
+def make_context(memory, config: QueryConfig) -> dict:
+    """What `answer` reuses across queries (the engine, or the older path's cache)."""
+    if QueryEngine is not None:
+        return {"engine": QueryEngine(memory, config), "config": config, "path": "engine"}
+    return {"cache": QueryCache(memory), "config": config, "path": "region centre"}
+
+
+def answer(memory, text: str, view: QueryView, ctx: dict, gripper: GripperConfig) -> list[Grasp]:
+    """The query under test: ranked grasps for `text` seen from `view` (raises NoAnswerError).
+
+    With the query engine: its ranked grasps (planner or its top-down fallback), view queries
+    answered from the view only ("never"), 3D queries among the Gaussians.
+    Without it (older checkouts): the centre of the located region with the top-down approach,
+    opening = the region's points' spread along the closing axis + 1.5 cm, at most the gripper's.
     """
-    if view.world_from_camera is None:
-        result = locate_3d(memory, text, model="language", config=config, cache=cache)
-    else:
-        result = find_target(
-            memory,
-            text,
-            model="language",
-            world_from_camera=view.world_from_camera,
-            camera=view.camera,
-            config=config,
-            cache=cache,
-            search_3d="never",
+    if QueryEngine is not None:
+        engine_view = (
+            None if view.world_from_camera is None else EngineView(view.world_from_camera, view.camera)
         )
-    if result.grasps:
+        result = ctx["engine"].query(text, view=engine_view, search_3d="never" if engine_view else "always")
+        if not result.found or not result.grasps:
+            raise NoAnswerError(result.message)
         return list(result.grasps)
+    try:
+        result = _older_locate(memory, text, view, ctx)
+    except NotFoundError as err:
+        raise NoAnswerError(str(err)) from err
     pose = result.world_from_grasp
     if len(result.points) >= 10:  # the region's spread along the closing axis, robust to outliers
         across = result.points @ pose[:3, 0]
         width = float(np.percentile(across, 98) - np.percentile(across, 2)) + WIDTH_MARGIN_M
     else:
         width = width_from_extent(pose, result.extent)
-    # today's answer carries no opening: the robot would open as wide as it can
+    # the older answer carries no opening: the robot would open as wide as it can
     width = min(width, gripper.max_opening_m)
     return [grasp_from_pose(pose, width, gripper.approach_distance_m)]
+
+
+def _older_locate(memory, text: str, view: QueryView, ctx: dict):
+    if view.world_from_camera is None:
+        return locate_3d(memory, text, model="language", config=ctx["config"], cache=ctx["cache"])
+    return find_target(
+        memory,
+        text,
+        model="language",
+        world_from_camera=view.world_from_camera,
+        camera=view.camera,
+        config=ctx["config"],
+        cache=ctx["cache"],
+        search_3d="never",
+    )
 
 
 def aimed_at(point: np.ndarray, objects: list[dict], table: dict) -> str:
@@ -119,13 +150,17 @@ def texts_for(obj: dict, synonyms: int) -> list[str]:
     return [obj["name"], *others[:synonyms]]
 
 
-def run_query(memory, sim: GraspSim, gt: dict, obj: dict | None, text: str, view: View, ctx: dict) -> dict:
+def run_query(
+    memory, sim: GraspSim, gt: dict, obj: dict | None, text: str, view: QueryView, ctx: dict
+) -> dict:
     row = {"object": obj["name"] if obj else None, "text": text, "view": view.name}
     t0 = time.perf_counter()
     try:
-        grasps = answer(memory, text, view, cache=ctx["cache"], config=ctx["config"], gripper=sim.gripper)
-    except NotFoundError:
-        row.update(answer="not_found", success=False, query_s=time.perf_counter() - t0)
+        grasps = answer(memory, text, view, ctx, sim.gripper)
+    except NoAnswerError as err:
+        row.update(
+            answer="not_found", success=False, query_s=time.perf_counter() - t0, message=str(err)[:200]
+        )
         return row
     row["query_s"] = time.perf_counter() - t0
     grasp = grasps[0]
@@ -165,27 +200,28 @@ def query_benchmark(args) -> dict:
         "objects": [o for o in records if not o["support"]],
         "table": next(o for o in records if o["support"]),
     }
-    ctx = {"cache": QueryCache(memory), "config": QueryConfig(render_width=args.width)}
+    ctx = make_context(memory, QueryConfig(render_width=args.width))
+    print(f"query path: {ctx['path']}")
     spec, folder = scene_spec(None, args.gt, None)
     rows, absent = [], []
     with GraspSim(spec, robot_for(spec, folder, None).gripper) as sim:
         check_against_ground_truth(sim, args.gt)
         for obj in gt["objects"]:
             views = [
-                View(scene.frames[i].name, scene.frames[i].world_from_camera, scene.frames[i].camera)
+                QueryView(scene.frames[i].name, scene.frames[i].world_from_camera, scene.frames[i].camera)
                 for i in best_views(scene, obj, args.views)
             ]
             for text in texts_for(obj, args.synonyms):
-                for view in [*views, View("3d", None, None)]:
+                for view in [*views, QueryView("3d", None, None)]:
                     row = run_query(memory, sim, gt, obj, text, view, ctx)
                     rows.append(row)
                     print_row(row)
         spread = np.linspace(0, len(scene.frames) - 1, min(args.views, len(scene.frames))).astype(int)
         for text in args.absent:
             for view in [
-                View(scene.frames[i].name, scene.frames[i].world_from_camera, scene.frames[i].camera)
+                QueryView(scene.frames[i].name, scene.frames[i].world_from_camera, scene.frames[i].camera)
                 for i in spread
-            ] + [View("3d", None, None)]:
+            ] + [QueryView("3d", None, None)]:
                 row = run_query(memory, sim, gt, None, text, view, ctx)
                 absent.append(row)
                 print_row(row)
