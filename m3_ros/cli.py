@@ -13,7 +13,10 @@ import sys
 
 # name: (module, one-line help). Core commands live in m3_core, ROS ones in m3_ros.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "sim": ("m3_core.sim.cli", "generate the simulated B1+Z1 tabletop scan as a ROS 2 bag"),
+    "sim": (
+        "m3_core.sim.cli",
+        "generate the simulated B1+Z1 tabletop scan as a ROS 2 bag (m3 sim grasp: a grasp in physics)",
+    ),
     "replay": ("m3_ros.replay_node", "publish a bag on ROS 2 topics with its timing"),
     "bag2scene": ("m3_core.capture.bag2scene", "turn a bag into a keyframed scene directory"),
     "colmap-align": ("m3_core.capture.colmap_align", "align a COLMAP reconstruction to the robot frame"),

@@ -1,4 +1,8 @@
-"""`m3 sim`: generate the simulated B1+Z1 tabletop scan as a ROS 2 bag plus its ground truth."""
+"""`m3 sim`: generate the simulated B1+Z1 tabletop scan as a ROS 2 bag plus its ground truth.
+
+`m3 sim grasp GRASP_JSON`: execute a grasp in pybullet physics on a simulated scene
+(m3_core.sim.grasp_cli).
+"""
 
 from __future__ import annotations
 
@@ -49,11 +53,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers", type=int, default=None, help="rendering processes (default: 2, 1 for tiny scenes)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from m3_core.sim import grasp_cli
+
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+    grasp = actions.add_parser(
+        "grasp",
+        help="execute a grasp in pybullet physics on a simulated scene",
+        description=grasp_cli.__doc__.split("\n\n")[0],
+    )
+    grasp_cli.add_arguments(grasp)
 
 
 def run(args: argparse.Namespace) -> int:
     from m3_core.sim.generate import generate, with_overrides
     from m3_core.sim.spec import load_spec
+
+    if getattr(args, "action", None) == "grasp":
+        from m3_core.sim import grasp_cli
+
+        return grasp_cli.run(args)
 
     try:
         spec, spec_dir = load_spec(args.spec)
