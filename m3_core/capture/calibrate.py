@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import re
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from m3_core.capture.session import POSE_CHAIN_KEY
 from m3_core.errors import M3Error
 from m3_core.geometry.se3 import pose_from_matrix
 from m3_core.robot import DEFAULT_ROBOT_YAML, load_robot_config
-from m3_core.scene import Scene, SceneError, atomic_write_bytes, load_scene, read_colmap_poses
+from m3_core.scene import Scene, SceneError, atomic_write_bytes, load_scene, read_colmap_poses, save_scene
 
 log = logging.getLogger(__name__)
 
@@ -271,6 +272,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ransac-deg", type=float, default=d.ransac_rotation_deg, help="pair rotation inlier threshold, deg"
     )
+    parser.add_argument(
+        "--apply",
+        action="store_true",
+        help="also recompute SCENE's keyframe poses with the calibrated extrinsics (retrain afterwards)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -281,7 +287,7 @@ def calibrate_scene(args: argparse.Namespace) -> tuple[dict, Path]:
     if args.poses is not None:
         other = poses_from_json(args.poses, scene)
     else:
-        recon = args.recon or run_pycolmap_sfm(Path(args.scene) / "images", args.sfm)
+        recon = args.recon or run_pycolmap_sfm(Path(args.scene) / "images", args.sfm, scene.frames[0].camera)
         other = {name: pose for name, (_cam, pose) in read_colmap_poses(recon).items()}
     samples, y_old, x_old = samples_from_scene(scene, other)
     log.info("%d of %d keyframes have a pose from the other source", len(samples.names), len(scene))
@@ -300,7 +306,36 @@ def calibrate_scene(args: argparse.Namespace) -> tuple[dict, Path]:
     note = f"extrinsics calibrated by `m3 calibrate {args.scene}` on {stamp}"
     write_robot_yaml(args.config, out, links, note)
     s["written"] = str(out)
+    if args.apply:
+        s["poses_rewritten"] = apply_to_scene(scene, res.ee_from_camera, res.lidar_from_armbase, note)
     return s, out
+
+
+def apply_to_scene(
+    scene: Scene, ee_from_camera: np.ndarray, lidar_from_armbase: np.ndarray, note: str
+) -> int:
+    """Recompute every keyframe pose from its recorded links with the new extrinsics and save the scene
+    (sparse/0 and scene.json, each replaced atomically); returns how many poses changed."""
+    links = chain_links(scene)
+    frames, changed = [], 0
+    for f in scene.frames:
+        rec = links.get(f.name)
+        if rec is None:  # a keyframe without its links keeps its pose (said in the log)
+            log.warning("keyframe %s has no recorded chain links; its pose is left as it was", f.name)
+            frames.append(f)
+            continue
+        pose = rec["world_from_lidar"] @ lidar_from_armbase @ rec["armbase_from_ee"] @ ee_from_camera
+        frames.append(replace(f, world_from_camera=pose))
+        rec_json = scene.extra[POSE_CHAIN_KEY]["keyframes"][f.name]
+        rec_json["lidar_from_armbase"], rec_json["ee_from_camera"] = (
+            lidar_from_armbase.tolist(),
+            ee_from_camera.tolist(),
+        )
+        changed += 1
+    scene.frames = frames
+    scene.extra.setdefault("calibration_history", []).append(note)
+    save_scene(scene)
+    return changed
 
 
 def _warn_if_config_differs(config: Path, x_old: np.ndarray, y_old: np.ndarray) -> None:
