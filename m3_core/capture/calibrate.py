@@ -188,6 +188,7 @@ def summary(res: HandEyeResult, x_old: np.ndarray, y_old: np.ndarray) -> dict:
             "bootstrap_rotation_std_deg": None if boot is None else boot[0:3].round(4).tolist(),
         },
         "lidar_from_armbase": {
+            "solved": bool(np.isfinite(std[6:12]).any() or res.mount_constrained.any()),
             "translation_change_mm": (dy * 1e3).round(3).tolist(),
             "rotation_change_deg": round(ay, 4),
             "constrained": {f"rot_{a}": bool(c) for a, c in zip(AXES, res.mount_constrained[:3])}
@@ -211,7 +212,7 @@ def _listed(values: np.ndarray, decimals: int) -> list[float | None]:
 
 def report_lines(s: dict) -> list[str]:
     x, y, r = s["ee_from_camera"], s["lidar_from_armbase"], s["residual_inliers"]
-    mm = ", ".join(f"{v:+.2f}" for v in x["translation_change_mm"])
+    mm = ", ".join(f"{round(v, 2) + 0.0:+.2f}" for v in x["translation_change_mm"])
     lines = [
         f"keyframes {s['keyframes']}, inliers {s['inliers']}"
         + (f", outliers: {', '.join(s['outliers'][:10])}" if s["outliers"] else ""),
@@ -225,6 +226,10 @@ def report_lines(s: dict) -> list[str]:
             f"{_fmt(x['bootstrap_rotation_std_deg'], 4)} deg"
         )
     free = [k for k, c in y["constrained"].items() if not c]
+    if not y["solved"]:
+        lines.append("lidar_from_armbase: not solved (--hand-eye-only or not constrained at all), kept")
+        lines.append(_residual_line(s["residual_inliers"]))
+        return lines
     lines.append(
         f"lidar_from_armbase correction: translation {_fmt(y['translation_change_mm'])} mm, rotation "
         f"{y['rotation_change_deg']:.3f} deg; "
@@ -234,15 +239,23 @@ def report_lines(s: dict) -> list[str]:
             else "all axes determined"
         )
     )
-    lines.append(
-        f"inlier residuals: rotation median {r['rotation_median_deg']:.3f} deg, translation median "
-        f"{r['translation_median_mm']:.2f} mm, max {r['translation_max_mm']:.2f} mm"
-    )
+    lines.append(_residual_line(r))
     return lines
 
 
-def _fmt(values: list[float], decimals: int = 2) -> str:
-    return "[" + ", ".join(f"{v:.{decimals}f}" for v in values) + "]"
+def _residual_line(r: dict) -> str:
+    return (
+        f"inlier residuals: rotation median {r['rotation_median_deg']:.3f} deg, translation median "
+        f"{r['translation_median_mm']:.2f} mm, max {r['translation_max_mm']:.2f} mm"
+    )
+
+
+def _fmt(values: list[float | None], decimals: int = 2) -> str:
+    return (
+        "["
+        + ", ".join("n/a" if v is None else f"{round(v, decimals) + 0.0:.{decimals}f}" for v in values)
+        + "]"
+    )
 
 
 # -- command line ---------------------------------------------------------------------------------------
@@ -356,7 +369,12 @@ def _warn_if_config_differs(config: Path, x_old: np.ndarray, y_old: np.ndarray) 
 def run(args: argparse.Namespace) -> int:
     try:
         s, out = calibrate_scene(args)
-    except (ValueError, OSError, M3Error) as err:  # HandEyeError is a ValueError
+    except (
+        ValueError,
+        OSError,
+        RuntimeError,
+        M3Error,
+    ) as err:  # HandEyeError is a ValueError; pycolmap raises RuntimeError
         print(f"m3 calibrate: {err}")
         return 2
     if args.json:
