@@ -300,7 +300,9 @@ def calibrate_scene(args: argparse.Namespace) -> tuple[dict, Path]:
     if args.poses is not None:
         other = poses_from_json(args.poses, scene)
     else:
-        recon = args.recon or run_pycolmap_sfm(Path(args.scene) / "images", args.sfm, scene.frames[0].camera)
+        recon = args.recon or run_pycolmap_sfm(
+            Path(args.scene) / "images", args.sfm, scene.frames[0].camera, dense_sift=True
+        )
         other = {name: pose for name, (_cam, pose) in read_colmap_poses(recon).items()}
     samples, y_old, x_old = samples_from_scene(scene, other)
     log.info("%d of %d keyframes have a pose from the other source", len(samples.names), len(scene))
