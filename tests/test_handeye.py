@@ -17,7 +17,7 @@ from m3_core.capture.handeye import ChainSamples, HandEyeConfig, HandEyeError, c
 from m3_core.config import config_dir
 from m3_core.geometry.se3 import transform_from_rt
 from m3_core.robot import load_robot_config
-from m3_core.scene import load_scene
+from m3_core.scene import SceneError, load_scene
 from m3_ros.cli import main as m3_main
 
 ROBOT_YAML = config_dir() / "robot_b1z1.yaml"
@@ -240,3 +240,41 @@ def test_apply_rewrites_the_scene_poses_to_the_truth(sim_scene, tmp_path):
     after = worst_error(scene)
     assert after[0] < 2e-3 and after[1] < 0.2, (before, after)
     assert (scene / "robot_calibrated.yaml").exists()
+
+
+def test_sfm_scale_from_depth_reads_metres_per_unit(tmp_path):
+    """SfM points seen in a keyframe whose depth image is `scale` x their SfM depth give that scale."""
+    pycolmap = pytest.importorskip("pycolmap", reason="SfM models are read with pycolmap")
+    from m3_core.capture.calibrate import sfm_scale_from_depth
+    from m3_core.geometry.camera import PinholeCamera
+    from m3_core.scene import Frame, Scene, atomic_write_png, depth_png_from_m
+
+    cam, scale = PinholeCamera(100.0, 100.0, 63.5, 47.5, 128, 96), 0.05
+    rng = np.random.default_rng(0)
+    uv = rng.uniform([8, 8], [120, 88], (300, 2)).astype(int) + 0.5  # COLMAP pixel centres
+    z_sfm = rng.uniform(6.0, 12.0, 300)  # SfM units, camera at the SfM origin
+    xyz = np.stack(
+        [(uv[:, 0] - 0.5 - cam.cx) / cam.fx * z_sfm, (uv[:, 1] - 0.5 - cam.cy) / cam.fy * z_sfm, z_sfm], 1
+    )
+    rec = pycolmap.Reconstruction()
+    rec.add_camera_with_trivial_rig(
+        pycolmap.Camera(camera_id=1, model="PINHOLE", width=128, height=96, params=[100.0, 100.0, 64.0, 48.0])
+    )
+    image = pycolmap.Image(
+        name="frame_000000.png", camera_id=1, image_id=1, points2D=[pycolmap.Point2D(p) for p in uv]
+    )
+    rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d())
+    for k, p in enumerate(xyz):
+        track = pycolmap.Track()
+        track.add_element(1, k)
+        pid = rec.add_point3D(p, track, np.zeros(3, np.uint8))
+        rec.image(1).set_point3D_for_point2D(k, pid)
+    rec.write_binary(str(tmp_path))
+    depth = np.zeros((96, 128))
+    depth[(uv[:, 1] - 0.5).astype(int), (uv[:, 0] - 0.5).astype(int)] = scale * z_sfm
+    atomic_write_png(tmp_path / "depth.png", depth_png_from_m(depth))
+    frame = Frame("frame_000000", 0, cam, np.eye(4), tmp_path / "frame_000000.png", tmp_path / "depth.png")
+    got = sfm_scale_from_depth(tmp_path, Scene(tmp_path, [frame]))
+    assert got == pytest.approx(scale, rel=2e-3)  # depth PNGs hold millimetres
+    with pytest.raises(SceneError, match="--scale free"):
+        sfm_scale_from_depth(tmp_path, Scene(tmp_path, [replace(frame, depth_path=None)]))
