@@ -66,7 +66,8 @@ class CaptureNode(Node):
             depth_scale_m=config.depth_scale_m, save_every=config.save_every, overwrite=bool(p["overwrite"]),
             extra={"topics": self.topics},
         )  # fmt: skip
-        self.session = CaptureSession(config, writer, world_frame, camera_frame)
+        chain_frames = replace(robot.frames, world=world_frame, camera=camera_frame)
+        self.session = CaptureSession(config, writer, world_frame, camera_frame, chain_frames=chain_frames)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         # Groups: one per input stream, so that a burst on one stream cannot starve the other (the

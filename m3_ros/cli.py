@@ -20,6 +20,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("m3_ros.replay_node", "publish a bag on ROS 2 topics with its timing"),
     "bag2scene": ("m3_core.capture.bag2scene", "turn a bag into a keyframed scene directory"),
     "colmap-align": ("m3_core.capture.colmap_align", "align a COLMAP reconstruction to the robot frame"),
+    "calibrate": (
+        "m3_core.capture.calibrate",
+        "hand-eye (and mount) from a scan; writes a corrected robot YAML",
+    ),
     "features": ("m3_core.features.cli", "extract and cache foundation-model features of a scene"),
     "train": ("m3_core.training.cli", "train an M3 memory from a scene directory"),
     "eval": ("m3_core.training.eval", "evaluate a memory on held-out views"),

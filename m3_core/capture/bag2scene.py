@@ -139,7 +139,9 @@ def bag_to_scene(
         overwrite=overwrite,
         extra={"bag": str(bag.resolve())},
     )
-    session = CaptureSession(config, writer, robot.frames.world, robot.frames.camera)
+    session = CaptureSession(
+        config, writer, robot.frames.world, robot.frames.camera, chain_frames=robot.frames
+    )
     feeder = BagFeeder(session, robot)
     with AnyReader([bag], default_typestore=get_typestore(Stores.LATEST)) as reader:
         connections = [c for c in reader.connections if c.topic in feeder.handlers]

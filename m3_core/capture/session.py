@@ -32,8 +32,19 @@ from m3_core.capture.writer import SceneWriteError, SceneWriter
 from m3_core.errors import TransformError
 from m3_core.geometry.camera import PinholeCamera
 from m3_core.geometry.transform_buffer import TransformBuffer
+from m3_core.robot import FramesConfig
 
 log = logging.getLogger(__name__)
+
+# scene.json "extra" key of the per-keyframe pose-chain links (read by `m3 calibrate`)
+POSE_CHAIN_KEY = "pose_chain"
+# (name in the record, parent frame field, child frame field) of the chain's four links
+CHAIN_LINKS = (
+    ("world_from_lidar", "world", "lidar"),
+    ("lidar_from_armbase", "lidar", "arm_base"),
+    ("armbase_from_ee", "arm_base", "ee"),
+    ("ee_from_camera", "ee", "camera"),
+)
 
 DROP_REASONS = (
     "bad_encoding",
@@ -138,12 +149,17 @@ class CaptureSession:
         world_frame: str,
         camera_frame: str,
         buffer: TransformBuffer | None = None,
+        chain_frames: FramesConfig | None = None,
     ) -> None:
+        """chain_frames: when given, each keyframe also records the four links of the pose chain
+        (world<-lidar<-arm base<-ee<-camera) in scene.json, so the hand-eye can be calibrated from
+        the scan later (`m3 calibrate`)."""
         self.config = config
         self.writer = writer
         self.world_frame = world_frame
         self.camera_frame = camera_frame
         self.buffer = buffer or TransformBuffer(tolerance_ns=int(config.max_extrapolation_s * 1e9))
+        self.chain_frames = chain_frames
         self.stats = CaptureStats()
         self.selector = KeyframeSelector(config.keyframes)
         self._pairer = StampPairer(int(config.pair_slop_s * 1e9), max_queue=config.pair_queue)
@@ -336,10 +352,11 @@ class CaptureSession:
             self._drop("depth_invalid", f"frame at {item.stamp_ns * 1e-9:.3f}s has almost no valid depth")
             return 0
         try:
-            self.writer.add(item.rgb, item.depth_mm, camera, world_from_camera, item.stamp_ns)
+            frame = self.writer.add(item.rgb, item.depth_mm, camera, world_from_camera, item.stamp_ns)
         except SceneWriteError as err:
             self._drop("write_error", str(err), level=logging.ERROR)
             return 0
+        self._record_chain(frame.name, item.stamp_ns)
         self.selector.accept(world_from_camera, item.stamp_ns)
         self.stats.kept += 1
         if self.writer.save_due:
@@ -350,6 +367,23 @@ class CaptureSession:
                 self.stats.save_errors += 1
                 log.error("%s (will retry at the next save)", err)
         return 1
+
+    def _record_chain(self, name: str, stamp_ns: int) -> None:
+        """Store the chain's links at this keyframe in scene.json's extra (4x4 lists), if asked."""
+        f = self.chain_frames
+        if f is None:
+            return
+        try:
+            links = {
+                key: self.buffer.lookup(getattr(f, parent), getattr(f, child), stamp_ns).tolist()
+                for key, parent, child in CHAIN_LINKS
+            }
+        except TransformError as err:  # e.g. a robot with a URDF whose tree skips a frame
+            self._warn_once("chain_links", f"keyframes are saved without their pose-chain links: {err}")
+            return
+        record = self.writer.scene.extra.setdefault(POSE_CHAIN_KEY, {"frames": {}, "keyframes": {}})
+        record["frames"] = {k: getattr(f, k) for k in ("world", "lidar", "arm_base", "ee", "camera")}
+        record["keyframes"][name] = links
 
     def _check_clock(self, stream: str, stamp_ns: int) -> str | None:
         """Reset on a confirmed backwards jump of the input streams (a looping bag); caller holds the

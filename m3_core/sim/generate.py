@@ -130,6 +130,7 @@ class _Timeline:
     odom_ahead: ScanPoses  # 1 ms later, for the twist
     drift: np.ndarray  # [N,4,4] reported_from_true odom (identity without drift)
     ee_poses: ScanPoses
+    published: RobotConfig | None = None  # extrinsics on /tf_static (None: robot's, the truth)
 
     def events(self) -> list[tuple[int, int, str, int]]:
         """(log time, order at equal times, kind, index) sorted; poses before images so a live chain
@@ -164,13 +165,13 @@ def generate(
     for path in (bag_dir, gt_dir):
         if path.exists() and not force:
             raise FileExistsError(f"{path} exists; choose another --out or pass --force to replace it")
-    robot_path = Path(spec.robot_config)
-    if not robot_path.is_absolute():
-        robot_path = spec_dir / robot_path if (spec_dir / robot_path).exists() else config_dir() / robot_path
-    robot = load_robot_config(robot_path)
+    robot = load_robot_config(_robot_path(spec.robot_config, spec_dir))
+    published = robot
+    if spec.published_robot_config:
+        published = load_robot_config(_robot_path(spec.published_robot_config, spec_dir))
     with TabletopWorld(spec) as world:
         place_objects(spec, world, np.random.default_rng(spec.seed))
-        timeline = _plan(spec, robot, world)
+        timeline = replace(_plan(spec, robot, world), published=published)
         workers = workers if workers is not None else default_workers(len(timeline.cam_true_ns))
         bag_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = bag_dir.parent / f".{bag_dir.name}.tmp-{os.getpid()}"
@@ -209,6 +210,14 @@ def generate(
         seconds=time.perf_counter() - started,
         realism={k: getattr(real, k) for k in ("depth_noise", "odometry_drift", "stamp_jitter")},
     )
+
+
+def _robot_path(name: str, spec_dir: Path) -> Path:
+    """A robot YAML named in the spec: absolute, next to the spec, or in the package's config/."""
+    path = Path(name)
+    if not path.is_absolute():
+        path = spec_dir / path if (spec_dir / path).exists() else config_dir() / path
+    return path
 
 
 def _plan(spec: SimSpec, robot: RobotConfig, world: TabletopWorld) -> _Timeline:
@@ -270,9 +279,7 @@ def _write(tmp: Path, tl: _Timeline, world: TabletopWorld, progress: bool, worke
             writer.add_topic(topics.camera_info, bagmsg.CAMERA_INFO)
             writer.add_topic(topics.color, bagmsg.IMAGE)
             writer.add_topic(topics.depth, bagmsg.IMAGE)
-            static = [
-                *tl.robot.static_transforms(),
-            ]
+            static = (tl.published or tl.robot).static_transforms()
             writer.write("/tf_static", bagmsg.tf_message(static, tl.t0_ns), tl.t0_ns)
             for log_ns, _, kind, i in tl.events():
                 if kind == "odom":

@@ -170,6 +170,9 @@ class SimSpec:
     """Bag start time (ROS time, seconds) so stamps are deterministic."""
     robot_config: str = "robot_b1z1.yaml"
     """Topics, frames and extrinsics (relative to the spec's folder, or absolute)."""
+    published_robot_config: str = ""
+    """Robot YAML whose extrinsics the bag's /tf_static carries, i.e. what the robot believes (e.g. a
+    hand-eye that is off, to test `m3 calibrate`); empty: robot_config, the extrinsics rendered with."""
     odometry_rate_hz: float = 30.0
     """nav_msgs/Odometry rate (a multiple of the camera rate gives exact chain look-ups)."""
     ee_pose_rate_hz: float = 30.0
