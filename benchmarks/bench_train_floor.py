@@ -36,7 +36,9 @@ def _views(trainer) -> list[dict]:
     views = []
     for v in trainer.views:
         cam = v.camera
-        K = torch.tensor([[cam.fx, 0.0, cam.cx + 0.5], [0.0, cam.fy, cam.cy + 0.5], [0.0, 0.0, 1.0]])
+        K = torch.tensor(
+            [[cam.fx, 0.0, cam.cx + 0.5], [0.0, cam.fy, cam.cy + 0.5], [0.0, 0.0, 1.0]], dtype=torch.float32
+        )
         viewmat = torch.linalg.inv(v.world_from_camera.double()).float()
         views.append(
             {"K": K[None].to(v.rgb.device), "viewmat": viewmat[None], "rgb": v.rgb, "depth": v.depth_m}

@@ -3,6 +3,7 @@ equal to the selecting ones, statistics only while densifying, and (GPU) no sync
 
 from __future__ import annotations
 
+import traceback
 import warnings
 
 import pytest
@@ -133,14 +134,20 @@ def test_cuda_step_does_not_synchronise(small_scene) -> None:  # noqa: F811
     for _ in range(3):  # warm-up: caches, lazy CUDA initialisation
         trainer.step()
     torch.cuda.synchronize()
-    with warnings.catch_warnings(record=True) as caught:
+    seen: list[str] = []
+
+    def record(message, category, filename, lineno, file=None, line=None) -> None:
+        if "synchroniz" in str(message).lower():
+            seen.append("".join(traceback.format_stack(limit=12)))
+
+    with warnings.catch_warnings():
         warnings.simplefilter("always")
+        warnings.showwarning = record
         torch.cuda.set_sync_debug_mode("warn")
         try:
             for _ in range(3):
                 trainer.step()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    syncs = [(w.filename, w.lineno) for w in caught if "synchroniz" in str(w.message).lower()]
-    ours = [s for s in syncs if "gsplat" not in s[0]]
-    assert not ours, f"host synchronisations in the training step: {ours}"
+    ours = [stack for stack in seen if "/gsplat/" not in stack]  # gsplat package files
+    assert not ours, "host synchronisations in the training step:\n" + "\n".join(ours)
