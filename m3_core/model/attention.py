@@ -25,6 +25,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 SIMILARITIES = ("cosine", "dot")
+PRODUCT_BLOCK_ELEMENTS = 1 << 26
+"""feature_products works on [rows, T] logit blocks of at most this many elements (256 MB fp32)."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,62 @@ class MemoryAttention(nn.Module):
         logits = attention_logits(queries.float(), self.psc, self.w_m, cfg.similarity, cfg.temperature)
         weights = torch.softmax(logits, dim=1)
         return (weights.bfloat16() @ self.psc.bfloat16()).float()
+
+    def psc_basis(self) -> torch.Tensor:
+        """[T, r] coordinates of the PSC in an orthonormal basis of their row space (U S of the SVD,
+        r = numerical rank <= min(T, d)); cached until the bank changes. One SVD: call it when a
+        memory is loaded to keep it out of the first query."""
+        key = (self.psc.data_ptr(), self.psc._version, self.psc.device)
+        cached = getattr(self, "_basis_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with torch.no_grad():
+            u, s, _ = torch.linalg.svd(self.psc.double(), full_matrices=False)
+            # directions below float32 resolution of the largest one add nothing a float32 decode keeps
+            tol = s[0] * max(self.psc.shape) * torch.finfo(torch.float32).eps
+            rank = max(int((s > tol).sum()), 1)
+            basis = (u[:, :rank] * s[:rank]).float()
+        self._basis_cache = (key, basis)
+        return basis
+
+    @torch.no_grad()
+    def feature_products(
+        self,
+        queries: torch.Tensor,  # [..., l] rendered principal queries of this model
+        directions: torch.Tensor,  # [m, d] e.g. unit text and negative embeddings
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # [..., m], [...]
+        """(f . directions, |f|) of the features f = forward(queries), without forming f [..., d].
+
+        f = a PSC with a = softmax(logits) [T], so f . u = a . (PSC u) and, with PSC = U S V^T,
+        |f| = |a U S| (V^T has orthonormal rows). One [P, T] x [T, r + m] product replaces the
+        [P, T] x [T, d] decode (r <= min(T, d)) and no [P, d] map is materialised. Same numerics
+        as forward otherwise (fp32 logits; bf16 product on CUDA when the config says so)."""
+        if queries.shape[-1] != self.query_dim:
+            raise ValueError(f"queries have {queries.shape[-1]} dims, this memory expects {self.query_dim}")
+        if directions.ndim != 2 or directions.shape[1] != self.feature_dim:
+            raise ValueError(f"directions must be [m, {self.feature_dim}], got {tuple(directions.shape)}")
+        cfg = self.config
+        basis = self.psc_basis()
+        rank = basis.shape[1]
+        # [T, r + m]: basis coordinates for the norm, then the PSC's products with each direction
+        table = torch.cat([basis, self.psc @ directions.to(self.psc).T], dim=1)
+        low = cfg.bf16_on_cuda and queries.is_cuda
+        if low:
+            table = table.bfloat16()
+        lead = queries.shape[:-1]
+        flat = queries.reshape(-1, self.query_dim).float()
+        if flat.shape[0] == 0:
+            return flat.new_zeros(*lead, directions.shape[0]), flat.new_zeros(lead)
+        # rows per chunk: at least chunk_size, and a [rows, T] float32 logit block of up to 256 MB
+        step = max(cfg.chunk_size, PRODUCT_BLOCK_ELEMENTS // self.psc.shape[0])
+        parts = []
+        for s in range(0, flat.shape[0], step):
+            logits = attention_logits(flat[s : s + step], self.psc, self.w_m, cfg.similarity, cfg.temperature)
+            weights = torch.softmax(logits, dim=1)
+            parts.append((weights.to(table.dtype) @ table).float())
+        out = torch.cat(parts) if len(parts) > 1 else parts[0]
+        norms = out[:, :rank].norm(dim=1)
+        return out[:, rank:].reshape(*lead, -1), norms.reshape(lead)
 
     def forward(self, queries: torch.Tensor) -> torch.Tensor:  # [..., l] -> [..., d]
         if queries.shape[-1] != self.query_dim:

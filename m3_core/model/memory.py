@@ -165,6 +165,23 @@ class M3Memory(nn.Module):
         return out.rgb, out.depth, features, out.alpha
 
     @torch.no_grad()
+    def feature_products(
+        self,
+        model: str,
+        queries: torch.Tensor,  # [..., Q_all] rendered queries (all models' columns)
+        directions: torch.Tensor,  # [m, d] e.g. unit text and negative embeddings
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # [..., m], [...]
+        """(f . directions, |f|) for the features f = decode(model, queries): all that relevance
+        needs. The attention head computes them from its PSC without decoding the [..., d] map
+        (MemoryAttention.feature_products); other heads decode and multiply."""
+        sl = self.query_slice(model)  # checks the model first
+        head = self.heads[model]
+        if isinstance(head, MemoryAttention):
+            return head.feature_products(queries[..., sl], directions)
+        features = head(queries[..., sl]).float()
+        return features @ directions.to(features).T, features.norm(dim=-1)
+
+    @torch.no_grad()
     def gaussian_features(self, model: str) -> torch.Tensor:
         """[N, d]: the head applied to each Gaussian's own query (3D read-out without a view)."""
         return self.decode(model, self.gaussians.queries)

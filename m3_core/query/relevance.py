@@ -65,3 +65,58 @@ def relevance(
         rel = torch.sigmoid((similarity.unsqueeze(-1) - neg_sim) / temperature).amin(dim=-1)
     zero = torch.zeros((), device=device)
     return torch.where(valid, rel, zero), torch.where(valid, similarity, zero)
+
+
+def text_directions(
+    text_emb: torch.Tensor,  # [d] or [1, d]
+    negatives_emb: torch.Tensor | None = None,  # [k, d]
+) -> torch.Tensor:  # [1 + k, d]
+    """The query and its negatives as unit rows (query first), float32: what relevance compares
+    features with. Compute once per text and memory; pass to relevance_from_products."""
+    t = _as_float_tensor(text_emb, "text_emb").float()
+    t = t.reshape(-1) if t.ndim == 2 and t.shape[0] == 1 else t
+    if t.ndim != 1:
+        raise ValueError(f"text embedding must be [d], got shape {tuple(text_emb.shape)}")
+    rows = [t[None]]
+    if negatives_emb is not None and negatives_emb.numel() > 0:
+        n = _as_float_tensor(negatives_emb, "negatives_emb").float()
+        if n.ndim != 2 or n.shape[1] != t.shape[0]:
+            raise ValueError(f"negatives must be [k, {t.shape[0]}], got {tuple(negatives_emb.shape)}")
+        rows.append(n.to(t.device))
+    dirs = torch.cat(rows)
+    return dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+
+
+def relevance_from_products(
+    dots: torch.Tensor,  # [..., 1 + k] features . text_directions (unnormalised features)
+    norms: torch.Tensor,  # [...] feature norms
+    temperature: float = 0.1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`relevance` from the products of the features with text_directions and their norms (what
+    M3Memory.feature_products returns): same rules, same result up to float rounding."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    valid = norms > _EPS
+    cos = dots / norms.clamp_min(_EPS)[..., None]
+    similarity = cos[..., 0]
+    if cos.shape[-1] == 1:
+        rel = (similarity + 1.0) * 0.5
+    else:
+        rel = torch.sigmoid((similarity.unsqueeze(-1) - cos[..., 1:]) / temperature).amin(dim=-1)
+    zero = torch.zeros((), device=dots.device)
+    return torch.where(valid, rel, zero), torch.where(valid, similarity, zero)
+
+
+def relevance_from_queries(
+    memory,  # M3Memory (duck-typed: feature_products)
+    model: str,
+    queries: torch.Tensor,  # [..., Q_all] rendered queries, all models' columns
+    text_emb: torch.Tensor,  # [d]
+    negatives_emb: torch.Tensor | None = None,  # [k, d]
+    temperature: float = 0.1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """relevance(memory.decode(model, queries), text_emb, negatives_emb, temperature) without
+    decoding the [..., d] feature map (see M3Memory.feature_products)."""
+    dirs = text_directions(text_emb, negatives_emb).to(queries.device)
+    dots, norms = memory.feature_products(model, queries, dirs)
+    return relevance_from_products(dots, norms, temperature)

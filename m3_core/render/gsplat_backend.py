@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import os
 import sys
+from functools import lru_cache
 from types import ModuleType
 from typing import Any
 
@@ -72,6 +73,15 @@ def import_gsplat() -> ModuleType:
     return gsplat
 
 
+@lru_cache(maxsize=64)
+def intrinsics_matrix(fx: float, fy: float, cx: float, cy: float, device: torch.device, dtype) -> Tensor:
+    """[1, 3, 3] K on the device, built once per camera: torch.tensor(..., device="cuda") is a
+    host-to-device copy that waits for the GPU, every render otherwise. Read-only (shared)."""
+    with torch.inference_mode(False):
+        K = torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], dtype=dtype)
+        return K.to(device)[None]
+
+
 def rasterize_gsplat(
     means: Tensor,  # [N,3]
     quats: Tensor,  # [N,4] wxyz
@@ -92,7 +102,7 @@ def rasterize_gsplat(
     """Full image: (features [H,W,C], expected depth [H,W], alpha [H,W], gsplat's meta dict).
     channel_chunk: channels per rasterization pass (None: `channel_chunk_for`)."""
     gsplat = import_gsplat()
-    K = torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], device=means.device, dtype=means.dtype)
+    K = intrinsics_matrix(fx, fy, cx, cy, means.device, means.dtype)
     n_channels = features.shape[1] + 1  # + expected depth
     needs_grad = torch.is_grad_enabled() and any(
         t.requires_grad for t in (means, quats, scales, opacities, features, camera_from_world)
@@ -104,7 +114,7 @@ def rasterize_gsplat(
         opacities,
         features,
         viewmats=camera_from_world[None],
-        Ks=K[None],
+        Ks=K,
         width=width,
         height=height,
         near_plane=near,

@@ -113,8 +113,9 @@ def _camera_from_world(world_from_camera: Tensor | np.ndarray, device: torch.dev
     pose = torch.as_tensor(world_from_camera)
     if pose.shape != (4, 4):
         raise ValueError(f"world_from_camera must be a [4,4] matrix, got shape {tuple(pose.shape)}")
-    # Invert in float64 (poses are float64 in m3) and only then cast; stays differentiable.
-    return torch.linalg.inv(pose.to(device=device, dtype=torch.float64)).to(dtype)
+    # Invert in float64 (poses are float64 in m3) and only then cast; stays differentiable. inv_ex:
+    # linalg.inv's singularity check reads a flag back from the GPU, a synchronisation per render.
+    return torch.linalg.inv_ex(pose.to(device=device, dtype=torch.float64)).inverse.to(dtype)
 
 
 def _pixels_xy(pixels: Tensor, camera: PinholeCamera, device: torch.device, dtype) -> Tensor:

@@ -65,6 +65,13 @@ class Densifier:
         self.count: torch.Tensor | None = None
         self.generator = torch.Generator().manual_seed(seed)
 
+    def collects(self, it: int) -> bool:
+        """Whether the statistic of step `it` (1-based) will be read by a densification step: not
+        after the last one, so a finished densification costs nothing per step."""
+        cfg = self.config
+        last = (cfg.stop // max(cfg.every, 1)) * max(cfg.every, 1)
+        return cfg.enabled and last >= cfg.start and it <= last
+
     def accumulate(self, means2d: torch.Tensor, radii: torch.Tensor, width: int, height: int) -> None:
         """Add one view's d loss / d means2d (means2d must have had retain_grad())."""
         if means2d.grad is None:

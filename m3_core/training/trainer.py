@@ -40,7 +40,14 @@ from m3_core.model.memory import M3Memory, render_memory
 from m3_core.model.memory_bank import default_theta, features_from_grids, select_psc
 from m3_core.scene import Scene
 from m3_core.training.densify import Densifier, DensifyConfig
-from m3_core.training.losses import feature_loss, prepare_grid, rgb_loss, sample_prepared_grid
+from m3_core.training.losses import (
+    depth_l1,
+    feature_loss,
+    prepare_grid,
+    rgb_loss,
+    sample_prepared_grid,
+    ssim,
+)
 
 log = logging.getLogger(__name__)
 
@@ -244,10 +251,11 @@ def _param_groups(
     return groups
 
 
-def _random_pixels(n: int, h: int, w: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
-    rows = torch.randint(0, h, (n,), generator=gen)
-    cols = torch.randint(0, w, (n,), generator=gen)
-    return torch.stack([rows, cols], dim=1).to(device)
+def _random_pixels(n: int, h: int, w: int, gen: torch.Generator) -> torch.Tensor:
+    """[n, 2] (row, col) on the generator's device (a CUDA generator: no host-to-device copy)."""
+    rows = torch.randint(0, h, (n,), generator=gen, device=gen.device)
+    cols = torch.randint(0, w, (n,), generator=gen, device=gen.device)
+    return torch.stack([rows, cols], dim=1)
 
 
 def _patch_pixels(size: int, h: int, w: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -289,6 +297,11 @@ class Trainer:
         if self.mode == "auto":
             self.mode = "full" if device.type == "cuda" else "points"
         self.gen = torch.Generator().manual_seed(config.seed)
+        # Pixels are drawn where they are used. On CPU that is self.gen itself (the same stream as
+        # before); on CUDA a device generator, so no per-step host-to-device copy.
+        self.pixel_gen = (
+            self.gen if device.type == "cpu" else torch.Generator(device=device).manual_seed(config.seed)
+        )
         self.scale = scene_scale(self.views)
 
         t0 = time.perf_counter()
@@ -327,8 +340,11 @@ class Trainer:
             else:
                 heads[m] = LinearDecoder(dims[m], f.dim, seed=config.seed + k).to(device)
         self.heads = nn.ModuleDict(heads).to(device)
+        # Fused Adam on CUDA: one kernel per parameter group instead of ~7 per parameter.
         self.optimizer = torch.optim.Adam(
-            _param_groups(self.gaussians, self.heads, config.optim, self.scale), eps=1e-15
+            _param_groups(self.gaussians, self.heads, config.optim, self.scale),
+            eps=1e-15,
+            fused=device.type == "cuda" or None,
         )
         dcfg = config.densify
         if self.mode == "points" and dcfg.enabled and not config.densify_in_points_mode:
@@ -376,41 +392,25 @@ class Trainer:
         return cfg.means * self.scale * math.exp(t * math.log(cfg.means_final_ratio))
 
     def step(self) -> dict[str, Any]:
-        """One optimisation step; returns the losses (0-dim tensors) and the Gaussian count."""
+        """One optimisation step; returns the losses (0-dim tensors) and the Gaussian count.
+
+        Nothing here waits for the GPU (gsplat's own tile count aside): masks are weights, pixels
+        are drawn on the device, and the densification statistic is kept only while it is used."""
         cfg = self.config
         view = self.views[int(torch.randint(0, len(self.views), (1,), generator=self.gen))]
         H, W = view.rgb.shape[:2]
-        points = _random_pixels(cfg.points_per_view, H, W, self.gen, self.device)
+        points = _random_pixels(cfg.points_per_view, H, W, self.pixel_gen)
         if self.mode == "points":
-            patch = _patch_pixels(cfg.patch_size, H, W, self.gen, self.device)
-            pixels = torch.cat([points, patch])
-            out = render_memory(
-                self.gaussians, view.world_from_camera, view.camera,
-                pixels=pixels.float(), background=self.background,
-            )  # fmt: skip
-            n_pts = points.shape[0]
-            ph, pw = min(cfg.patch_size, H), min(cfg.patch_size, W)
-            # flat row-major indices + index_select: the same pixels as [rows, cols], faster on CPU
-            flat = pixels[:, 0] * W + pixels[:, 1]
-            rgb_all = out.rgb
-            gt_all = view.rgb.reshape(-1, 3).index_select(0, flat)
-            loss_rgb = 0.8 * (rgb_all - gt_all).abs().mean() + 0.2 * (
-                1.0 - _ssim_patch(out.rgb[n_pts:].reshape(ph, pw, 3), gt_all[n_pts:].reshape(ph, pw, 3))
-            )
-            depth, gt_depth = out.depth, view.depth_m.reshape(-1).index_select(0, flat)
-            queries = out.queries[:n_pts]
+            loss_rgb, depth, gt_depth, queries, out = self._render_points(view, points)
         else:
             out = render_memory(
                 self.gaussians, view.world_from_camera, view.camera, background=self.background
             )
             loss_rgb = rgb_loss(out.rgb, view.rgb)
             depth, gt_depth = out.depth.reshape(-1), view.depth_m.reshape(-1)
-            queries = out.queries[points[:, 0], points[:, 1]]
-        valid_depth = gt_depth > 0
-        if bool(valid_depth.any()):
-            loss_depth = (depth[valid_depth] - gt_depth[valid_depth]).abs().mean()
-        else:
-            loss_depth = depth.sum() * 0.0
+            flat = points[:, 0] * W + points[:, 1]
+            queries = out.queries.reshape(H * W, -1).index_select(0, flat)
+        loss_depth = depth_l1(depth, gt_depth)
         loss = loss_rgb + cfg.depth_weight * loss_depth
         # detached tensors, not floats: float() would synchronise CUDA every step
         logs: dict[str, Any] = {"rgb": loss_rgb.detach(), "depth": loss_depth.detach()}
@@ -420,9 +420,10 @@ class Trainer:
             lf = feature_loss(pred, gt, valid)
             loss = loss + cfg.feature_weight * lf
             logs[model] = lf.detach()
-        # The screen-space gradient statistic is only kept while densifying (retain_grad, a clone and a
-        # norm over all Gaussians per step otherwise wasted in points mode).
-        means2d = out.meta.get("means2d") if self.densifier.config.enabled else None
+        # The screen-space gradient statistic is kept only while densification will read it (a
+        # retain_grad, a clone and a norm over all Gaussians per step otherwise wasted).
+        collect = self.densifier.collects(self.iteration + 1)
+        means2d = out.meta.get("means2d") if collect else None
         if means2d is not None and means2d.requires_grad:
             means2d.retain_grad()
         loss.backward()
@@ -438,6 +439,27 @@ class Trainer:
         if any(dens.values()):
             logs.update(dens)
         return logs
+
+    def _render_points(self, view: TrainView, points: torch.Tensor):
+        """Points mode: render the sampled points plus one SSIM patch with the pixel mode of the
+        torch rasterizer -> (rgb loss, depth [P], sensor depth [P], queries at the points, output)."""
+        cfg = self.config
+        H, W = view.rgb.shape[:2]
+        patch = _patch_pixels(cfg.patch_size, H, W, self.gen, self.device)
+        pixels = torch.cat([points, patch])
+        out = render_memory(
+            self.gaussians, view.world_from_camera, view.camera, pixels=pixels.float(), background=self.background
+        )  # fmt: skip
+        n_pts = points.shape[0]
+        ph, pw = min(cfg.patch_size, H), min(cfg.patch_size, W)
+        # flat row-major indices + index_select: the same pixels as [rows, cols], faster on CPU
+        flat = pixels[:, 0] * W + pixels[:, 1]
+        gt_all = view.rgb.reshape(-1, 3).index_select(0, flat)
+        loss_rgb = 0.8 * (out.rgb - gt_all).abs().mean() + 0.2 * (
+            1.0 - ssim(out.rgb[n_pts:].reshape(ph, pw, 3), gt_all[n_pts:].reshape(ph, pw, 3))
+        )
+        gt_depth = view.depth_m.reshape(-1).index_select(0, flat)
+        return loss_rgb, out.depth, gt_depth, out.queries[:n_pts], out
 
     # -- results ----------------------------------------------------------------------------
 
@@ -464,12 +486,6 @@ class Trainer:
             },
         }
         return M3Memory(self.gaussians, dict(self.heads.items()), manifest)
-
-
-def _ssim_patch(img: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    from m3_core.training.losses import ssim
-
-    return ssim(img, ref)
 
 
 def _known_models() -> set[str]:
