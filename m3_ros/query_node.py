@@ -6,8 +6,9 @@
 Per request: the camera pose comes from the request (camera_pose with a frame id) or from the
 transform buffer (/tf, /tf_static) at the latest time both the camera and the target frame are
 known; the memory is rendered there; m3_core.query finds the object and its grasp pose. Outputs:
-the response, and latched topics with the target (PoseStamped, GraspTarget), RViz markers (approach
-arrow + object box), the relevance heatmap over the rendered image (rgb8) and, for RViz, the
+the response, and latched topics with the target (PoseStamped, GraspTarget with the ranked grasps),
+the grasps as a PoseArray (/m3/grasp_candidates), RViz markers (the gripper at the best grasp and
+the next candidates, the object box), the relevance heatmap over the rendered image (rgb8) and, for RViz, the
 memory as a coloured PointCloud2 (/m3/memory_cloud, once loaded) and the answer's relevance per
 Gaussian (/m3/relevance_cloud); `rviz2 -d config/m3_demo.rviz` shows them.
 Every failure (no memory, unknown model, empty or long text, no transform, not found, wrong depth
@@ -24,7 +25,7 @@ from dataclasses import fields
 from typing import Any
 
 import numpy as np
-from geometry_msgs.msg import Point, PoseStamped
+from geometry_msgs.msg import Point, PoseArray, PoseStamped
 from m3_grasp.msg import GraspTarget
 from m3_grasp.srv import Query
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
@@ -47,13 +48,13 @@ from m3_ros.conversions import (
     depth_m_from_msg,
     matrix_from_pose_msg,
     msg_from_image,
-    pose_msg_from_matrix,
     stamp_ns_from_msg,
     time_msg_from_ns,
     transforms_from_tf_msg,
     xyzrgb_cloud_msg,
 )
 from m3_ros.drops import DropCounter
+from m3_ros.grasp_msgs import grasp_markers, grasp_pose_array, grasp_target_msg
 from m3_ros.params import QUERY_PARAMS, dataclass_kwargs, declare_parameters
 from m3_ros.spin import spin_node
 
@@ -119,6 +120,7 @@ class QueryNode(Node):
         self.pose_pub = self.create_publisher(PoseStamped, "/m3/target_pose", LATCHED)
         self.target_pub = self.create_publisher(GraspTarget, "/m3/grasp_target", LATCHED)
         self.marker_pub = self.create_publisher(MarkerArray, "/m3/target_markers", LATCHED)
+        self.grasps_pub = self.create_publisher(PoseArray, "/m3/grasp_candidates", LATCHED)
         self.overlay_pub = self.create_publisher(Image, "/m3/relevance_overlay", LATCHED)
         # RViz: the memory (Gaussian centres, RGB) once loaded, the last answer's relevance per Gaussian
         self.memory_cloud_pub = self.create_publisher(PointCloud2, "/m3/memory_cloud", LATCHED)
@@ -297,19 +299,20 @@ class QueryNode(Node):
         ).require_found()
         target_from_grasp = target_from_world @ result.world_from_grasp
         extent = robust_extent(transform_points(target_from_world, result.points), config.extent_percentile)
-        pose = pose_msg_from_matrix(target_from_grasp, stamp_ns, target_frame)
-
-        target = response.target
-        target.pose = pose
-        target.query, target.label, target.model = request.text, result.label, model
-        target.score = float(result.score)
-        target.extent.x, target.extent.y, target.extent.z = (float(v) for v in extent)
-        target.num_points = int(result.num_points)
+        target = grasp_target_msg(result, target_from_world, extent, target_frame, stamp_ns, request.text)
+        response.target = target
+        pose = target.pose
         response.success = True
         where = "in view" if result.source == "view" else "among the Gaussians (outside the view)"
+        grasp = (
+            f", grasp {100 * target.width:.1f} cm wide, quality {target.quality:.2f} "
+            f"({len(result.grasps)} feasible)"
+            if result.grasps
+            else ""
+        )
         response.message = (
             f"found {result.text!r} {where} at ({pose.pose.position.x:.3f}, {pose.pose.position.y:.3f}, "
-            f"{pose.pose.position.z:.3f}) in {target_frame}, score {result.score:.2f}"
+            f"{pose.pose.position.z:.3f}) in {target_frame}, score {result.score:.2f}{grasp}"
             + (f", depth from {result.depth_source}" if result.depth_source else "")
         )
         t = result.timings_ms
@@ -319,9 +322,12 @@ class QueryNode(Node):
             response.relevance = msg_from_image(result.relevance, "32FC1", stamp_ns, self.camera_frame)
         self.pose_pub.publish(pose)
         self.target_pub.publish(target)
-        self.marker_pub.publish(
-            self._markers(target_from_grasp, extent, target_frame, stamp_ns, request.text)
+        self.grasps_pub.publish(grasp_pose_array(result.grasps, target_from_world, target_frame, stamp_ns))
+        markers = grasp_markers(
+            result.grasps, self.robot.gripper, target_from_world, target_frame, stamp_ns, request.text
         )
+        markers.markers += self._markers(target_from_grasp, extent, target_frame, stamp_ns, request.text).markers
+        self.marker_pub.publish(markers)
         if result.relevance is not None:
             image = draw_target(
                 overlay_relevance(result.rgb, result.relevance, result.mask),
