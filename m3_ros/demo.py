@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -58,6 +59,48 @@ class Stage:
         self.timings[self.name] = round(time.perf_counter() - self.t0, 1)
         if exc[0] is None:
             print(f"   done in {self.timings[self.name]:.1f} s", flush=True)
+
+
+def _answer_report(answer_arm, answer_odom, truth: np.ndarray) -> dict[str, Any]:
+    """The answer's numbers for summary.json: object centre and error, the best grasp in odom."""
+    from m3_ros.conversions import matrix_from_pose_msg
+
+    c, a = answer_odom.target.object_centre, answer_arm.target.object_centre
+    target_world = np.array([c.x, c.y, c.z])
+    out: dict[str, Any] = {
+        "target_arm_base": [a.x, a.y, a.z],
+        "target_world": target_world.tolist(),
+        "truth_world": truth.tolist(),
+        "error_m": float(np.linalg.norm(target_world - truth)),
+        "label": answer_arm.target.label,
+        "score": answer_arm.target.score,
+        "latency_ms": {"first_call": answer_arm.total_ms, "second_call": answer_odom.total_ms},
+        "grasp_world": None,
+    }
+    target = answer_odom.target
+    if len(target.grasps):
+        out["grasp_world"] = {
+            "world_from_grasp": matrix_from_pose_msg(target.pose).tolist(),
+            "world_from_pregrasp": matrix_from_pose_msg(target.pregrasp_pose).tolist(),
+            "width_m": float(target.width),
+            "quality": float(target.quality),
+        }
+    return out
+
+
+def _physics_check(out: Path, gt_dir: Path, grasp: dict | None, target: str, timeout: float) -> dict | None:
+    """Execute the best grasp on the simulator's ground truth (`m3 sim grasp`): did it hold?"""
+    if grasp is None:
+        return None
+    grasp_file = out / "grasp.json"
+    grasp_file.write_text(json.dumps(grasp, indent=1) + "\n")
+    cmd = [sys.executable, *SAFE_PATH_FLAGS, "-m", "m3_ros.cli", "sim", "grasp", str(grasp_file), "--gt", str(gt_dir),
+           "--target", target, "--json", "--picture", str(out / "grasp_physics.png")]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    try:
+        return json.loads(result.stdout)
+    except json.JSONDecodeError:
+        return {"success": False, "error": (result.stderr or result.stdout).strip()[-300:]}
 
 
 def _m3(args: list[str], timeout: float) -> None:
@@ -181,18 +224,8 @@ def _run(args: argparse.Namespace) -> int:
             "timings_s": timings,
         }
         if report["success"]:
-            p = answer_odom.target.pose.pose.position
-            target_world = np.array([p.x, p.y, p.z])
-            a = answer_arm.target.pose.pose.position
-            report.update(
-                target_arm_base=[a.x, a.y, a.z],
-                target_world=target_world.tolist(),
-                truth_world=truth.tolist(),
-                error_m=float(np.linalg.norm(target_world - truth)),
-                label=answer_arm.target.label,
-                score=answer_arm.target.score,
-                latency_ms={"first_call": answer_arm.total_ms, "second_call": answer_odom.total_ms},
-            )
+            report.update(_answer_report(answer_arm, answer_odom, truth))
+            report["physics"] = _physics_check(out, gt_dir, report["grasp_world"], args.object, args.timeout)
         from m3_ros.demo_report import write_pictures
 
         report["pictures"] = write_pictures(out, scene_dir, memory_dir, gt_dir, report, overlay)
@@ -208,6 +241,13 @@ def _run(args: argparse.Namespace) -> int:
         f"   '{args.query}' -> grasp target in arm_base_link: x={ta[0]:+.3f} y={ta[1]:+.3f} z={ta[2]:+.3f} m"
     )
     print(f"   error against ground truth ({args.object} box centre): {report['error_m'] * 100:.1f} cm")
+    grasp, physics = report.get("grasp_world"), report.get("physics") or {}
+    if grasp:
+        print(f"   best grasp: {100 * grasp['width_m']:.1f} cm wide, quality {grasp['quality']:.2f}; physics check "
+              f"(pybullet, lift 10 cm, hold 1 s): {'HELD' if physics.get('success') else 'FAILED'} - "
+              f"{physics.get('message', physics.get('error', ''))}")  # fmt: skip
+    else:
+        print("   no feasible grasp in the answer: nothing to execute")
     print(f"   node exit codes: {exit_codes}")
     print(f"   pictures: {', '.join(report['pictures'])}")
     print(f"   total {report['timings_s']['total']:.0f} s; summary: {out / 'summary.json'}")

@@ -2,7 +2,8 @@
 
 relevance_overlay.png   the query node's relevance heatmap over the rendered view
 render_vs_capture.png   a captured keyframe beside the memory rendered at the same pose (RGB, depth)
-top_down.png            the table from above: ground-truth objects, camera path, target, truth
+top_down.png            the table from above: ground-truth objects, camera path, target, truth,
+                        the gripper at the best grasp (green: held in physics, red: not)
 """
 
 from __future__ import annotations
@@ -11,6 +12,34 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.spatial import ConvexHull
+
+from m3_core.geometry.se3 import transform_points
+from m3_core.grasp.gripper import gripper_boxes
+from m3_core.grasp.types import Grasp
+from m3_core.robot import GripperConfig, load_robot_config
+
+
+def gripper_footprints(grasp: dict[str, Any], gripper: GripperConfig) -> list[np.ndarray]:
+    """[K,2] x-y outlines (convex hulls of the 8 corners) of the fingers and palm at a grasp, world."""
+    g = Grasp(np.array(grasp["world_from_grasp"]), float(grasp["width_m"]), np.array(grasp["world_from_pregrasp"]),
+              float(grasp["quality"]))  # fmt: skip
+    outlines = []
+    signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], float)
+    for world_from_box, size in gripper_boxes(g, gripper):
+        corners = transform_points(world_from_box, 0.5 * signs * size)[:, :2]
+        outlines.append(corners[ConvexHull(corners).vertices])
+    return outlines
+
+
+def _draw_gripper(axis: Any, grasp: dict[str, Any], physics: dict[str, Any]) -> None:
+    import matplotlib.pyplot as plt
+
+    held = physics.get("success")
+    verdict = "held in physics" if held else ("failed in physics" if physics else "not checked")
+    for i, outline in enumerate(gripper_footprints(grasp, load_robot_config().gripper)):
+        axis.add_patch(plt.Polygon(outline, closed=True, fc="tab:green" if held else "tab:red", alpha=0.5,
+                                   ec="k", lw=0.8, label=f"gripper at the grasp ({verdict})" if i == 0 else None))  # fmt: skip
 
 
 def write_pictures(
@@ -82,6 +111,8 @@ def write_pictures(
         t, g = np.array(report["target_world"]), np.array(report["truth_world"])
         axis.plot(*g[:2], "g+", ms=16, mew=2, label="ground truth")
         axis.plot(*t[:2], "rx", ms=12, mew=2, label=f"target ({report['error_m'] * 100:.1f} cm off)")
+    if report.get("grasp_world"):
+        _draw_gripper(axis, report["grasp_world"], report.get("physics") or {})
     axis.set_aspect("equal")
     axis.set_xlabel("x (m, odom)")
     axis.set_ylabel("y (m, odom)")

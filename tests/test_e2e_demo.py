@@ -36,5 +36,10 @@ def test_demo_finds_the_duck_through_real_nodes(tmp_path, ros_env):
     stats = summary["capture_stats"]
     assert stats["paired"] == stats["received_color"] == stats["received_depth"] > 0, stats
     assert stats["kept"] >= 10 and "unpaired" not in stats["dropped"], stats
+    # the best grasp was executed in physics on the simulator's ground truth and the outcome reported
+    if summary["grasp_world"] is not None:
+        assert "physics check (pybullet" in result.stdout and "success" in summary["physics"], summary
+    else:
+        assert "no feasible grasp" in result.stdout
     for picture in summary["pictures"]:
         assert (out / picture).stat().st_size > 1000
