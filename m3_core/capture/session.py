@@ -368,6 +368,11 @@ class CaptureSession:
                 log.error("%s (will retry at the next save)", err)
         return 1
 
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._logged:
+            self._logged.add(key)
+            log.warning("%s", message)
+
     def _record_chain(self, name: str, stamp_ns: int) -> None:
         """Store the chain's links at this keyframe in scene.json's extra (4x4 lists), if asked."""
         f = self.chain_frames
