@@ -129,7 +129,7 @@ def test_query_in_the_browser_shows_object_and_gripper(viewer_url, browser) -> N
     assert "Found yellow rubber duck" in page and "grasp shown" in page, page
     shots: list[np.ndarray] = []
     _wait_for(
-        lambda: _green_pixels(shots.append(_screenshot(browser)) or shots[-1]) >= green_before + 200,
+        lambda: _green_pixels(shots.append(_screenshot(browser)) or shots[-1]) >= green_before + 40,
         60, "the gripper to be drawn",
     )  # fmt: skip
     after = shots[-1]
