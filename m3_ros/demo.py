@@ -149,7 +149,11 @@ def _run(args: argparse.Namespace) -> int:
     gt_dir = gt_dir_for(bag)
 
     values = {"bag": str(bag), "rate": str(args.rate), "scene_dir": str(scene_dir), "memory": str(memory_dir),
-              "device": args.device, "camera_reliable": "true"}  # fmt: skip
+              "device": args.device, "camera_reliable": "true",
+              # A short CPU training can leave a memory on which the planner finds no grasp of the
+              # object (1 of 3 fresh-clone CI runs): the demo still reports the located object and
+              # says "no feasible grasp" rather than failing. On a robot the node refuses instead.
+              "require_grasp": "false"}  # fmt: skip
     exit_codes: dict[str, int] = {}
     rclpy.init()
     client = DemoClient()

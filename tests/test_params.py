@@ -155,6 +155,7 @@ def test_each_group_declares_only_the_arguments_it_uses():
         "robot_config",
         "memory",
         "device",
+        "require_grasp",
         "publish_static",
     }
     assert [a.name for a in group_arguments(["replay", "capture"]) if a.required] == ["bag"]
