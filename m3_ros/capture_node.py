@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections import Counter
 from dataclasses import fields, replace
 from datetime import datetime
 from pathlib import Path
@@ -103,7 +104,10 @@ class CaptureNode(Node):
                 Image, self.topics["depth"], self._on_depth, sensor_qos, callback_group=depth_group
             ),
             self.create_subscription(
-                CameraInfo, self.topics["camera_info"], self._on_camera_info, sensor_qos,
+                CameraInfo,
+                self.topics["camera_info"],
+                self._on_camera_info,
+                sensor_qos,
                 callback_group=info_group,
             ),  # fmt: skip
             self.create_subscription(TFMessage, "/tf", self._on_tf, tf_qos, callback_group=tf_group),
@@ -112,7 +116,10 @@ class CaptureNode(Node):
             TFMessage, "/tf_static", self._on_tf_static, tf_static_qos, callback_group=tf_group
         )
         # /tf_static is not required: a robot may publish its fixed transforms on /tf
-        self.readiness = ReadinessReporter(self, inputs)
+        # Messages taken in per topic (before any check), so that a driver can wait until the capture
+        # has every message a replay sent before it asks for the final save (m3_ros.ready.StatusBoard).
+        self.received: Counter[str] = Counter({s.topic_name: 0 for s in inputs})
+        self.readiness = ReadinessReporter(self, inputs, stats=self._progress)
         self.drops = DropCounter(self.get_logger())
         self.create_timer(float(p["poll_period_s"]), self._on_poll, callback_group=heavy_group)
         self.create_service(Trigger, "~/save", self._on_save, callback_group=heavy_group)
@@ -125,14 +132,25 @@ class CaptureNode(Node):
             f"into {out}"
         )
 
+    def _progress(self) -> dict:
+        """What the node reports on /m3/node_status under "stats"."""
+        return {
+            "received": dict(self.received),
+            "pending": self.session.pending,
+            "kept": self.session.stats.kept,
+        }
+
     # -- inputs ------------------------------------------------------------------------------
     def _on_color(self, msg: Image) -> None:
+        self.received[self.topics["color"]] += 1
         self.session.add_image_msg("color", msg, stamp_ns_from_msg(msg.header.stamp), self.topics["color"])
 
     def _on_depth(self, msg: Image) -> None:
+        self.received[self.topics["depth"]] += 1
         self.session.add_image_msg("depth", msg, stamp_ns_from_msg(msg.header.stamp), self.topics["depth"])
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
+        self.received[self.topics["camera_info"]] += 1
         try:
             self.session.set_camera(camera_from_info_msg(msg))
         except ValueError as err:
@@ -151,6 +169,7 @@ class CaptureNode(Node):
         self.drops.drop(topic, error)
 
     def _on_tf(self, msg: TFMessage) -> None:
+        self.received["/tf"] += 1
         self._feed_tf(msg, static=False)
 
     def _on_tf_static(self, msg: TFMessage) -> None:

@@ -18,6 +18,7 @@ import logging
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,17 @@ def _physics_check(out: Path, gt_dir: Path, grasp: dict | None, target: str, tim
         return {"success": False, "error": (result.stderr or result.stdout).strip()[-300:]}
 
 
+def bag_message_counts(bag: Path) -> dict[str, int]:
+    """Messages per topic in a ROS 2 bag (what a full replay sends)."""
+    from rosbags.rosbag2 import Reader
+
+    counts: Counter[str] = Counter()
+    with Reader(bag) as reader:
+        for connection in reader.connections:
+            counts[connection.topic] += connection.msgcount
+    return dict(counts)
+
+
 def _m3(args: list[str], timeout: float) -> None:
     """Run an `m3` subcommand as a child process (what a user would type), failing loudly."""
     cmd = [sys.executable, *SAFE_PATH_FLAGS, "-m", "m3_ros.cli", *args]
@@ -167,6 +179,10 @@ def _run(args: argparse.Namespace) -> int:
             code = nodes.wait("m3_replay", timeout=args.timeout)
             if code != 0:
                 raise RuntimeError(f"replay exited with {code}; see {logs / 'm3_replay.log'}")
+            # the replay has handed every message over; a loaded capture may still be decoding them
+            missing = client.wait_capture_received(bag_message_counts(bag), timeout=args.timeout)
+            if missing:
+                print(f"   WARNING: the capture never received {missing} (messages per topic)")
             saved = client.save_scene(timeout=60.0)
             exit_codes.update(nodes.stop())
             # what the capture received, paired and kept (every frame sent should be received and paired)

@@ -3,6 +3,7 @@ like an operator with `ros2 service call` would."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -13,6 +14,7 @@ from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 
 from m3_ros.conversions import image_from_msg
+from m3_ros.ready import StatusBoard
 
 # Answers that mean "not ready yet" (memory still loading, no TF received yet): ask again.
 _RETRY_PREFIXES = ("no memory loaded", "no transform")
@@ -21,7 +23,9 @@ _RETRY_PREFIXES = ("no memory loaded", "no transform")
 class DemoClient(Node):
     def __init__(self, capture_node: str = "m3_capture", query_service: str = "/m3/query") -> None:
         super().__init__("m3_demo")
+        self.capture_node = capture_node
         self.save_client = self.create_client(Trigger, f"/{capture_node}/save")
+        self.status_board = StatusBoard(self)
         self.query_client = self.create_client(Query, query_service)
         self._overlay: Image | None = None
         latched = QoSProfile(
@@ -47,11 +51,27 @@ class DemoClient(Node):
                 f"capture node service {self.save_client.srv_name} did not appear in {timeout:.0f} s"
             )
 
+    def wait_capture_received(self, sent: dict[str, int], timeout: float) -> dict[str, int]:
+        """Wait until the capture node has taken in every message of `sent` (per topic); returns what
+        is still missing when its counts stopped growing (empty: all arrived)."""
+        import rclpy
+
+        return self.status_board.wait_for_received(
+            self.capture_node, sent, lambda t: rclpy.spin_once(self, timeout_sec=t), timeout_s=timeout
+        )
+
     def save_scene(self, timeout: float) -> str:
-        answer = self._call(self.save_client, Trigger.Request(), timeout)
-        if not answer.success:
-            raise RuntimeError(f"capture save failed: {answer.message}")
-        return answer.message
+        """~/save until no frame is left pending (the last frames wait for their transforms for up
+        to tf_timeout_s); returns the last answer."""
+        deadline = time.monotonic() + timeout
+        while True:
+            answer = self._call(self.save_client, Trigger.Request(), timeout)
+            if not answer.success:
+                raise RuntimeError(f"capture save failed: {answer.message}")
+            pending = re.search(r"\((\d+) pending\)", answer.message)
+            if pending is None or int(pending.group(1)) == 0 or time.monotonic() > deadline:
+                return answer.message
+            time.sleep(0.2)
 
     def query(self, text: str, target_frame: str, timeout: float) -> Query.Response:
         """Ask until the answer is final (success, or a failure that waiting cannot fix)."""

@@ -9,7 +9,9 @@ receiving node therefore publishes its own view on READY_TOPIC (std_msgs/String,
      "inputs": {"/camera/...": 1, "/tf": 1}, "outputs": {}}
 
 `inputs` counts the publishers each required subscription has matched, `outputs` the subscribers
-each required publisher has matched; `ready` is true once none is 0. The status is re-published
+each required publisher has matched; `ready` is true once none is 0. A node may add its own
+progress under "stats" (the capture node: messages received per topic, frames pending), so that a
+driver can wait until a receiver has taken in everything a replay sent (`StatusBoard.wait_for`). The status is re-published
 whenever it changes, and every HEARTBEAT_S anyway (a late reader that missed the latched sample under
 heavy load still hears it). `m3 replay --wait-ready NODE...` starts only when every named node says
 ready, i.e. both sides of every needed connection have matched.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rclpy.node import Node
@@ -47,11 +50,19 @@ HEARTBEAT_S = 1.0
 class ReadinessReporter:
     """Publishes a node's readiness (see the module docstring) from a timer of that node."""
 
-    def __init__(self, node: Node, inputs: list[Any], outputs: list[Any] = ()) -> None:
-        """inputs: subscriptions that need a publisher; outputs: publishers that need a subscriber."""
+    def __init__(
+        self,
+        node: Node,
+        inputs: list[Any],
+        outputs: list[Any] = (),
+        stats: Callable[[], dict] | None = None,
+    ) -> None:
+        """inputs: subscriptions that need a publisher; outputs: publishers that need a subscriber;
+        stats: the node's progress (JSON-able), published with the status under "stats"."""
         self.node = node
         self.inputs = list(inputs)
         self.outputs = list(outputs)
+        self.stats = stats
         self._pub = node.create_publisher(String, READY_TOPIC, READY_QOS)
         self._last: dict | None = None
         self._last_sent = 0.0
@@ -61,13 +72,16 @@ class ReadinessReporter:
         inputs = {s.topic_name: s.get_publisher_count() for s in self.inputs}
         outputs = {p.topic_name: p.get_subscription_count() for p in self.outputs}
         waiting = sorted(t for t, n in {**inputs, **outputs}.items() if n < 1)
-        return {
+        status = {
             "node": self.node.get_fully_qualified_name(),
             "ready": not waiting,
             "waiting": waiting,
             "inputs": inputs,
             "outputs": outputs,
         }
+        if self.stats is not None:
+            status["stats"] = self.stats()
+        return status
 
     def check(self) -> None:
         status = self.status()
@@ -94,3 +108,57 @@ def node_matches(name: str, fully_qualified: str) -> bool:
     if name.startswith("/"):
         return fully_qualified == name
     return fully_qualified.rsplit("/", 1)[-1] == name
+
+
+class StatusBoard:
+    """The latest status of every node heard on READY_TOPIC (a subscription of `node`)."""
+
+    def __init__(self, node: Node) -> None:
+        self.statuses: dict[str, dict] = {}  # fully qualified node name -> its latest status
+        node.create_subscription(String, READY_TOPIC, self._on_status, READY_READER_QOS)
+
+    def _on_status(self, msg: String) -> None:
+        status = parse_status(msg.data)
+        if status is not None:
+            self.statuses[status["node"]] = status
+
+    def get(self, name: str) -> dict | None:
+        """The latest status of the node `name` ('m3_capture' or '/ns/m3_capture'), if heard."""
+        for fully_qualified, status in self.statuses.items():
+            if node_matches(name, fully_qualified):
+                return status
+        return None
+
+    def ready(self, name: str) -> bool:
+        status = self.get(name)
+        return bool(status and status.get("ready"))
+
+    def wait_for_received(
+        self,
+        name: str,
+        sent: dict[str, int],
+        spin_once: Callable[[float], None],
+        timeout_s: float = 300.0,
+        stall_s: float = 60.0,
+    ) -> dict[str, int]:
+        """Spin until node `name` reports (stats.received, per topic) at least what a sender `sent`
+        on each topic it receives, or until its counts stopped growing for `stall_s` / `timeout_s`
+        passed. A reliable replay has handed its samples over when it exits, but a loaded receiver
+        may still be decoding them: saving before it took them in loses frames it was sent.
+        Returns what is still missing per topic (empty when everything arrived)."""
+        deadline = time.monotonic() + timeout_s
+        last_counts: dict[str, int] | None = None
+        last_change = time.monotonic()
+        while True:
+            status = self.get(name) or {}
+            received = (status.get("stats") or {}).get("received") or {}
+            missing = {t: n - int(received.get(t, 0)) for t, n in sent.items() if t in received}
+            missing = {t: n for t, n in missing.items() if n > 0}
+            if received and not missing:
+                return {}
+            now = time.monotonic()
+            if received != last_counts:
+                last_counts, last_change = dict(received), now
+            if now > deadline or now - last_change > stall_s:
+                return missing or {t: n for t, n in sent.items()}
+            spin_once(0.1)

@@ -34,13 +34,12 @@ try:  # where rclpy raises its C-layer errors from (no public alias in rclpy.exc
 except ImportError:  # pragma: no cover - other rclpy layouts
     RCLError = RuntimeError  # type: ignore[misc,assignment]
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from std_msgs.msg import String
 
 from m3_core.config import config_dir
 from m3_core.robot import load_robot_config
 from m3_ros.msg_types import BAG_READ_ERRORS, message_class
 from m3_ros.params import REPLAY_PARAMS, declare_parameters
-from m3_ros.ready import READY_READER_QOS, READY_TOPIC, node_matches, parse_status
+from m3_ros.ready import StatusBoard
 
 log = logging.getLogger(__name__)
 
@@ -173,9 +172,7 @@ class ReplayNode(Node):
             self.publishers_by_topic[topic] = self.create_publisher(cls, topic, qos)
         self.wait_for = [t for t in wait_for if t in self.types]
         self.wait_ready = list(p["wait_ready"])
-        self._ready: dict[str, dict] = {}  # fully qualified node name -> its latest status
-        if self.wait_ready:
-            self.create_subscription(String, READY_TOPIC, self._on_status, READY_READER_QOS)
+        self.status_board = StatusBoard(self) if self.wait_ready else None
         self.summary = ReplaySummary(bag=str(self.bag), rate=self.rate, types=dict(self.types))
         self.summary.sent = {t: 0 for t in self.types}
         # /clock (rosgraph_msgs/Clock) with the bag's time, for nodes with use_sim_time, as
@@ -233,18 +230,9 @@ class ReplayNode(Node):
         self.summary.sent["/clock"] += 1
         self._next_clock = time.monotonic() + self._clock_period_s
 
-    def _on_status(self, msg: String) -> None:
-        status = parse_status(msg.data)
-        if status is not None:
-            self._ready[status["node"]] = status
-
     def _unready(self) -> list[str]:
         """The --wait-ready nodes that have not (yet) reported every input matched."""
-        return [
-            name
-            for name in self.wait_ready
-            if not any(node_matches(name, fq) and s.get("ready") for fq, s in self._ready.items())
-        ]
+        return [name for name in self.wait_ready if not self.status_board.ready(name)]
 
     def wait_for_subscribers(self) -> float:
         """Block until each wait topic has a subscriber and each --wait-ready node reports ready, or
@@ -261,7 +249,7 @@ class ReplayNode(Node):
                 f"no subscriber on {pending} after {self.wait_timeout_s:.1f} s; playing anyway"
             )
         if unready:
-            waiting = {n: s.get("waiting") for n, s in self._ready.items()}
+            waiting = {n: s.get("waiting") for n, s in self.status_board.statuses.items()}
             self.get_logger().warning(
                 f"{unready} not ready after {self.wait_timeout_s:.1f} s (statuses: {waiting}); playing anyway"
             )

@@ -7,6 +7,11 @@ no /tf. The body drives along x while the arm sweeps; a few frames are blurred a
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +24,8 @@ from rosbags.typesys import Stores, get_typestore
 from m3_core.geometry.camera import PinholeCamera
 from m3_core.geometry.se3 import matrix_from_pose, pose_from_matrix
 from m3_core.robot import RobotConfig, load_robot_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
 _T = TYPESTORE.types
@@ -193,6 +200,134 @@ def write_synthetic_bag(
 # -- live pipeline: replay -> pose chain -> capture, as separate processes ----------------------
 
 
+class LiveCapture:
+    """Replay -> m3_pose_chain_node -> m3_capture_node as three processes, driven by a test node
+    that waits on events only: the capture's ~/save service, the nodes' readiness reports, the
+    replay's exit and its `sent` counts, the capture's received counts and its pending queue."""
+
+    def __init__(
+        self, out: Path, env: dict[str, str], log_dir: Path, capture_params: tuple[str, ...]
+    ) -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from std_srvs.srv import Trigger
+
+        from m3_ros.ready import StatusBoard
+
+        self.env, self.log_dir = env, log_dir
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, Path] = {}
+        py = sys.executable
+        self.cmds = {
+            "pose_chain": [py, "-m", "m3_ros.pose_chain_node"],
+            "capture": [
+                py, "-m", "m3_ros.capture_node", "--ros-args", "-p", f"output_dir:={out}",
+                "-p", "diagnostics_period_s:=1.0", "-p", "qos_depth:=30",
+                *[a for kv in capture_params for a in ("-p", kv)],
+            ],
+        }  # fmt: skip
+        self.context = rclpy.context.Context()
+        rclpy.init(context=self.context, domain_id=int(env["ROS_DOMAIN_ID"]))
+        self.node = rclpy.create_node("capture_test_driver", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.client = self.node.create_client(Trigger, "/m3_capture/save")
+        self.status_board = StatusBoard(self.node)
+        self.save_message = ""
+
+    def start(self, name: str, cmd: list[str]) -> None:
+        self.logs[name] = self.log_dir / f"{name}.log"
+        self.procs[name] = subprocess.Popen(
+            cmd, env=self.env, cwd=REPO, stdout=self.logs[name].open("w"), stderr=subprocess.STDOUT
+        )
+
+    def spin(self, timeout_s: float = 0.05) -> None:
+        self.executor.spin_once(timeout_sec=timeout_s)
+
+    def check_alive(self) -> None:
+        for name, p in self.procs.items():
+            if name != "replay" and p.poll() is not None:
+                raise AssertionError(f"{name} exited with {p.returncode}:\n{self.logs[name].read_text()}")
+
+    def wait(self, predicate, timeout_s: float, what: str) -> None:
+        """Spin until predicate(), failing if a node died or `timeout_s` passed."""
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            self.spin()
+
+    def start_nodes(self) -> None:
+        for name, cmd in self.cmds.items():
+            self.start(name, cmd)
+        # the nodes are up once the capture's ~/save service is there; the replay itself waits until
+        # both nodes report (m3_ros.ready) that they have matched every input they need
+        self.wait(self.client.service_is_ready, 120, "the capture node's ~/save service")
+
+    def replay(self, bag: Path, rate: float, timeout_s: float, loop_until: str | None) -> dict:
+        """Play the bag (with --loop until the capture logged `loop_until` twice); its summary."""
+        self.start(
+            "replay",
+            [sys.executable, "-m", "m3_ros.cli", "replay", str(bag), "--rate", str(rate),
+             *(["--loop"] if loop_until else []),
+             "--wait-ready", "m3_capture", "m3_pose_chain", "--wait-timeout", "120", "--json"],
+        )  # fmt: skip
+        if loop_until:
+            self.wait(lambda: self.logs["capture"].read_text().count(loop_until) >= 2, timeout_s,
+                      f"{loop_until!r} logged twice by the capture")  # fmt: skip
+            self.procs["replay"].send_signal(2)
+        self.procs["replay"].wait(timeout=timeout_s)
+        replay_log = self.logs["replay"].read_text()
+        if self.procs["replay"].returncode != 0:
+            raise AssertionError(f"replay failed:\n{replay_log}")
+        replay = json.loads(replay_log[replay_log.index("{\n") :])
+        if replay["not_ready"] or replay["missing_subscribers"]:
+            raise AssertionError(f"replay started before its receivers were ready:\n{replay_log}")
+        return replay
+
+    def drain_and_save(self, sent: dict[str, int], timeout_s: float) -> str:
+        """Wait until the capture took in everything `sent` (the replay handed it over reliably, but
+        a loaded capture may still be decoding), then ~/save until no frame is pending (the last
+        frames wait for their transforms). Returns the last ~/save message."""
+        from std_srvs.srv import Trigger
+
+        missing = self.status_board.wait_for_received("m3_capture", sent, self.spin, timeout_s=timeout_s)
+        if missing:
+            raise AssertionError(f"capture never received {missing} of {sent}")
+        deadline = time.monotonic() + 60
+        while True:
+            self.check_alive()
+            future = self.client.call_async(Trigger.Request())
+            self.executor.spin_until_future_complete(future, timeout_sec=60)
+            response = future.result()
+            assert response is not None and response.success, f"~/save failed: {response}"
+            self.save_message = response.message
+            if int(re.search(r"\((\d+) pending\)", self.save_message).group(1)) == 0:
+                return self.save_message
+            if time.monotonic() > deadline:
+                raise AssertionError(f"capture still has pending frames: {self.save_message}")
+            poll_end = time.monotonic() + 0.2  # ask again in 0.2 s (spin_once returns early on any event)
+            while time.monotonic() < poll_end:
+                self.spin()
+
+    def close(self) -> None:
+        import rclpy
+
+        for name in ("replay", "capture", "pose_chain"):
+            p = self.procs.get(name)
+            if p is not None and p.poll() is None:
+                p.send_signal(2)  # SIGINT, like Ctrl-C: the capture node saves on the way out
+                try:
+                    p.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
 def run_live_capture(
     bag: Path,
     out: Path,
@@ -204,116 +339,22 @@ def run_live_capture(
     loop_until: str | None = None,
 ) -> dict:
     """Replay `bag` at `rate` through m3_pose_chain_node and m3_capture_node (three processes) into
-    the scene `out`; waits on graph discovery and on the capture's pending queue, never on sleeps.
-    loop_until: replay with --loop until the capture log contains this text twice, then stop it.
-    Returns {"save": last ~/save message, "logs": {name: text}, "returncodes": {name: code}}."""
-    import json
-    import re
-    import subprocess
-    import sys
-    import time
-
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    from std_srvs.srv import Trigger
-
-    py = sys.executable
-    repo = Path(__file__).resolve().parents[1]
-    cmds = {
-        "pose_chain": [py, "-m", "m3_ros.pose_chain_node"],
-        "capture": [
-            py, "-m", "m3_ros.capture_node", "--ros-args", "-p", f"output_dir:={out}",
-            "-p", "diagnostics_period_s:=1.0", "-p", "qos_depth:=30",
-            *[a for kv in capture_params for a in ("-p", kv)],
-        ],
-    }  # fmt: skip
-    procs: dict[str, subprocess.Popen] = {}
-    logs: dict[str, Path] = {}
-
-    def start(name: str, cmd: list[str]) -> None:
-        logs[name] = log_dir / f"{name}.log"
-        procs[name] = subprocess.Popen(
-            cmd, env=env, cwd=repo, stdout=logs[name].open("w"), stderr=subprocess.STDOUT
-        )
-
-    def check_alive() -> None:
-        for name, p in procs.items():
-            if name != "replay" and p.poll() is not None:
-                raise AssertionError(f"{name} exited with {p.returncode}:\n{logs[name].read_text()}")
-
-    context = rclpy.context.Context()
-    rclpy.init(context=context, domain_id=int(env["ROS_DOMAIN_ID"]))
-    node = rclpy.create_node("capture_test_driver", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    client = node.create_client(Trigger, "/m3_capture/save")
-    save_message = ""
+    the scene `out` (LiveCapture: events, never sleeps). loop_until: replay with --loop until the
+    capture log contains this text twice, then stop it.
+    Returns {"save": last ~/save message, "replay": its summary, "logs": {name: text},
+    "returncodes": {name: code}}."""
+    live = LiveCapture(out, env, log_dir, capture_params)
     try:
-        for name, cmd in cmds.items():
-            start(name, cmd)
-        # the nodes are up once the capture's ~/save service is there; the replay itself waits until
-        # both nodes report (m3_ros.ready) that they have matched every input they need
-        deadline = time.monotonic() + 120
-        while not client.service_is_ready():
-            check_alive()
-            if time.monotonic() > deadline:
-                raise AssertionError("capture node's ~/save service not discovered within 120 s")
-            executor.spin_once(timeout_sec=0.05)
-        start(
-            "replay",
-            [py, "-m", "m3_ros.cli", "replay", str(bag), "--rate", str(rate), *(["--loop"] if loop_until else []),
-             "--wait-ready", "m3_capture", "m3_pose_chain", "--wait-timeout", "120", "--json"],
-        )  # fmt: skip
-        if loop_until:
-            deadline = time.monotonic() + timeout_s
-            while logs["capture"].read_text().count(loop_until) < 2:
-                check_alive()
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"{loop_until!r} not logged twice:\n{logs['capture'].read_text()}")
-                executor.spin_once(timeout_sec=0.1)
-            procs["replay"].send_signal(2)
-        procs["replay"].wait(timeout=timeout_s)
-        replay_log = logs["replay"].read_text()
-        if procs["replay"].returncode != 0:
-            raise AssertionError(f"replay failed:\n{replay_log}")
-        replay = json.loads(replay_log[replay_log.index("{\n") :])
-        if replay["not_ready"] or replay["missing_subscribers"]:
-            raise AssertionError(f"replay started before its receivers were ready:\n{replay_log}")
-        # the capture decides the last frames once their transform wait times out; ask until none pend
-        deadline = time.monotonic() + 60
-        while True:
-            check_alive()
-            future = client.call_async(Trigger.Request())
-            executor.spin_until_future_complete(future, timeout_sec=60)
-            response = future.result()
-            assert response is not None and response.success, f"~/save failed: {response}"
-            save_message = response.message
-            pending = int(re.search(r"\((\d+) pending\)", save_message).group(1))
-            if pending == 0:
-                break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"capture still has pending frames: {save_message}")
-            poll_end = time.monotonic() + 0.2  # ask again in 0.2 s (spin_once returns early on any event)
-            while time.monotonic() < poll_end:
-                executor.spin_once(timeout_sec=0.05)
+        live.start_nodes()
+        replay = live.replay(bag, rate, timeout_s, loop_until)
+        live.drain_and_save(replay["sent"], timeout_s)
     finally:
-        for name in ("replay", "capture", "pose_chain"):
-            p = procs.get(name)
-            if p is not None and p.poll() is None:
-                p.send_signal(2)  # SIGINT, like Ctrl-C: the capture node saves on the way out
-                try:
-                    p.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown(context=context)
+        live.close()
     return {
-        "save": save_message,
+        "save": live.save_message,
         "replay": replay,
-        "logs": {n: p.read_text() for n, p in logs.items()},
-        "returncodes": {n: p.returncode for n, p in procs.items()},
+        "logs": {n: p.read_text() for n, p in live.logs.items()},
+        "returncodes": {n: p.returncode for n, p in live.procs.items()},
     }
 
 
