@@ -193,6 +193,13 @@ def load_cam():
     return PinholeCamera(120.0, 120.0, 79.5, 59.5, 160, 120)
 
 
+def add_track(session: CaptureSession, x0: float, x1: float, t0_ns: int, t1_ns: int) -> None:
+    """odom->lidar moving along x from x0 at t0 to x1 at t1, sampled every 0.5 s as odometry is
+    (one sample seconds ahead of every other input is an outlier stamp to the session)."""
+    for t in range(t0_ns, t1_ns + 1, S // 2):
+        session.add_transform("odom", "lidar_link", pose(x0 + (x1 - x0) * (t - t0_ns) / (t1_ns - t0_ns)), t)
+
+
 def feed_frame(session: CaptureSession, stamp_ns: int, i: int = 0, depth_value: int = 900) -> None:
     session.add_color(stamp_ns, textured_rgb(120, 160, 7 * i), "rgb8")
     session.add_depth(stamp_ns, np.full((120, 160), depth_value, np.uint16), "16UC1")
@@ -237,8 +244,7 @@ def test_frame_past_the_newest_transform_is_dropped_not_given_a_stale_pose(tmp_p
 
 def test_session_bad_inputs_are_counted_and_it_keeps_going(tmp_path):
     session = make_session(tmp_path)
-    session.add_transform("odom", "lidar_link", pose(0.0), 0)
-    session.add_transform("odom", "lidar_link", pose(1.0), 10 * S)
+    add_track(session, 0.0, 1.0, 0, 10 * S)
     session.add_color(S, np.zeros((120, 160), np.uint16), "16UC1")  # depth on the color topic
     session.add_depth(S, np.zeros((120, 160, 3), np.uint8), "rgb8")
     session.add_color(2 * S, textured_rgb(120, 160, 0), "rgb8")  # size mismatch
@@ -270,6 +276,7 @@ def test_session_clock_jump_clears_and_continues(tmp_path):
     # a depth image from the previous pass, still in flight, is not taken for the new one
     session.add_depth(100 * S + S // 2, np.full((120, 160), 900, np.uint16), "16UC1")
     assert session.stats.dropped["clock_jump"] == 1 and session.stats.clock_jumps == 1
+    session.add_transform("odom", "lidar_link", pose(5.0), 2 * S)
     session.add_transform("odom", "lidar_link", pose(5.0), 3 * S)
     feed_frame(session, 2 * S, 1)
     session.poll()
@@ -288,8 +295,7 @@ def test_images_lagging_transforms_is_not_a_clock_jump(tmp_path):
 
 def test_session_writes_incrementally_and_consistently(tmp_path):
     session = make_session(tmp_path)
-    session.add_transform("odom", "lidar_link", pose(0.0), 0)
-    session.add_transform("odom", "lidar_link", pose(10.0), 10 * S)
+    add_track(session, 0.0, 10.0, 0, 10 * S)
     for i in range(1, 4):
         feed_frame(session, i * S, i)
     session.poll()
@@ -375,9 +381,11 @@ def test_clock_detector_jump_and_stale_messages_of_the_previous_pass():
     assert clock.check("ee", 100 * S) is Clock.STALE
     assert clock.check("ee", 101 * S - 1) is Clock.STALE  # in flight, ahead of the old pass's newest
     assert clock.check("ee", 1 * S) is Clock.OK  # the new pass on that stream is no second jump
-    assert clock.check("ee", 3 * S) is Clock.OK  # a stream's own steps forward are never stale
+    assert clock.check("ee", 1 * S + S // 2) is Clock.OK  # a stream's own steps forward are never stale
     assert clock.jumps == 1
-    assert clock.check("odom", 200 * S) is Clock.OK  # a forward gap past the old pass is real data
+    # a forward gap past the old pass is real data, taken once a second message confirms it
+    assert clock.check("odom", 200 * S) is Clock.SUSPECT
+    assert clock.check("ee", 200 * S + S // 10) is Clock.OK
     with pytest.raises(ValueError):
         ClockJumpDetector(0)
 
@@ -416,6 +424,108 @@ def test_session_drops_one_image_stamped_in_the_past_alone(tmp_path):
     assert session.stats.kept == 3 and session.stats.dropped["no_transform"] == 0
 
 
+def test_clock_detector_drops_a_single_future_stamp_alone():
+    """Regression: one message stamped 10 s in the future was taken as progress, so the next good
+    messages were 10 s behind it: a suspect, then a confirmed jump back that cleared every buffer."""
+    clock = ClockJumpDetector(S)
+    for k in range(5):
+        assert clock.check("tf", 100 * S + k * S // 10) is Clock.OK
+        assert clock.check("color", 100 * S + k * S // 10) is Clock.OK
+    assert clock.check("color", 110 * S) is Clock.SUSPECT  # one image stamped 10 s in the future
+    assert clock.check("tf", 100 * S + S // 2) is Clock.OK
+    assert clock.check("color", 100 * S + S // 2) is Clock.OK  # its stream carries on: an outlier
+    assert clock.check("color", 100 * S + S // 2 + S // 30) is Clock.OK
+    assert clock.check("tf", 110 * S) is Clock.SUSPECT  # the same on another stream
+    assert clock.check("tf", 100 * S + S // 2 + S // 10) is Clock.OK
+    assert clock.jumps == 0 and clock.leaps == 0 and clock.outliers == 2
+
+
+def test_clock_detector_forward_jump_is_taken_once_confirmed():
+    clock = ClockJumpDetector(S)
+    for k in range(5):
+        assert clock.check("tf", k * S // 10) is Clock.OK
+        assert clock.check("color", k * S // 10) is Clock.OK
+    # every stream resumes 5 s later (a driver paused): one message is the price of the check
+    assert clock.check("tf", 5 * S) is Clock.SUSPECT
+    assert clock.check("color", 5 * S + S // 30) is Clock.OK  # another stream agrees: progress
+    assert clock.check("tf", 5 * S + S // 10) is Clock.OK
+    assert clock.check("color", 5 * S + S // 15) is Clock.OK
+    assert clock.leaps == 1 and clock.jumps == 0 and clock.outliers == 0
+    # a sparse stream (a /tf edge published on change) steps far ahead of its own last stamp but
+    # stays level with the others: no suspect
+    assert clock.check("tf:gripper", 5 * S + S // 10) is Clock.OK  # the first sample of that edge
+    for k in range(1, 4):
+        for j in range(30):
+            assert clock.check("color", 5 * S + (k - 1) * 3 * S + j * S // 10) is Clock.OK
+        assert clock.check("tf:gripper", 5 * S + k * 3 * S) is Clock.OK
+    assert clock.leaps == 1 and clock.jumps == 0
+
+
+def test_session_drops_one_image_stamped_in_the_future_alone(tmp_path):
+    """One colour image 10 s in the future used to be taken as progress: the next good images were
+    then 'behind', a confirmed clock jump cleared the transforms, and the frames after it were lost."""
+    session = make_session(tmp_path)
+    for k in range(31):
+        session.add_transform("odom", "lidar_link", pose(0.1 * k), 100 * S + k * S // 10)
+    feed_frame(session, 100 * S + S // 10, 0)
+    session.add_color(110 * S, textured_rgb(120, 160, 7), "rgb8")  # the outlier
+    for i, t in enumerate((1, 2), start=1):
+        feed_frame(session, 100 * S + t * S, i)
+    session.poll(flush=True)
+    assert session.stats.clock_jumps == 0 and session.stats.dropped["stamp_outlier"] == 1
+    assert session.stats.kept == 3 and session.stats.dropped["no_transform"] == 0
+    assert session.stats.dropped["unpaired"] == 0  # the outlier never reached the pairing
+
+
+def test_session_drops_one_transform_stamped_in_the_future_alone(tmp_path):
+    """A /tf sample 10 s ahead evicted the whole transform history (the buffer keeps 10 s behind
+    its newest) and made the next good samples look like a jump back: frames without a pose."""
+    session = make_session(tmp_path)
+    for k in range(11):
+        session.add_transform("odom", "lidar_link", pose(0.1 * k), 100 * S + k * S // 10)
+    feed_frame(session, 100 * S + S // 10, 0)
+    session.add_transform("odom", "lidar_link", pose(50.0), 111 * S)  # the outlier
+    for k in range(11, 31):
+        session.add_transform("odom", "lidar_link", pose(0.1 * k), 100 * S + k * S // 10)
+    for i, t in enumerate((1, 2), start=1):
+        feed_frame(session, 100 * S + t * S, i)
+    session.poll(flush=True)
+    d = session.stats.dropped
+    assert session.stats.clock_jumps == 0 and d["tf_stamp_outlier"] == 1 and d["tf_clock_jump"] == 0
+    assert session.stats.kept == 3 and d["no_transform"] == 0
+    np.testing.assert_allclose(session.writer.frames[-1].world_from_camera[:3, 3], [2.0, 0, 0], atol=1e-9)
+
+
+def test_session_counts_transforms_from_the_previous_pass(tmp_path):
+    session = make_session(tmp_path)
+    for k in range(11):
+        session.add_transform("odom", "lidar_link", pose(0.1 * k), 100 * S + k * S // 10)
+        session.add_transform("lidar_link", "arm", np.eye(4), 100 * S + k * S // 10)
+    session.add_transform("odom", "lidar_link", pose(0.0), 1 * S)  # the bag loops
+    session.add_transform("odom", "lidar_link", pose(0.0), 1 * S + S // 10)
+    session.add_transform("lidar_link", "arm", np.eye(4), 101 * S + S // 10)  # in flight
+    d = session.stats.dropped
+    assert session.stats.clock_jumps == 1 and d["tf_stamp_outlier"] == 1 and d["tf_clock_jump"] == 1
+
+
+def test_pose_chain_drops_one_odometry_stamped_in_the_future_alone():
+    """A future odometry sample made every pending ee pose computable (interpolated towards the
+    outlier) and the good odometry after it a clock jump that cleared the chain."""
+    robot = load_robot_config()
+    chain = PoseChain(robot)
+    ee = matrix_from_pose(np.array([0.3, 0.1, 0.2]), np.array([0.0, 0.0, 0.0, 1.0]))
+    for k in range(10):
+        chain.add_odometry(chain.odometry_transform("", "", pose(0.1 * k), 100 * S + k * S // 10))
+    chain.add_ee(chain.ee_transform("", ee, 100 * S + S))
+    with pytest.raises(StaleStampError):
+        chain.add_odometry(chain.odometry_transform("", "", pose(9.0), 110 * S))
+    out = chain.add_odometry(chain.odometry_transform("", "", pose(1.0), 100 * S + S))
+    e = robot.extrinsics.chain()
+    assert [s for s, _ in out] == [100 * S + S]
+    np.testing.assert_allclose(out[0][1], pose(1.0) @ e.lidar_from_armbase @ ee @ e.ee_from_camera, atol=1e-9)
+    assert chain.dropped == {"stamp_outlier": 1} and chain.clock.jumps == 0
+
+
 def test_pose_chain_ignores_previous_pass_after_a_clock_jump():
     """The looping-bag race: an ee pose from the old pass arriving after odometry jumped back would
     be interpolated towards (wrong camera poses by centimetres); it is refused instead."""
@@ -441,8 +551,7 @@ def test_pose_chain_ignores_previous_pass_after_a_clock_jump():
 def test_frames_wait_for_camera_info_like_transforms(tmp_path):
     session = make_session(tmp_path)
     session._camera = None  # as a node that has not received camera_info yet
-    session.add_transform("odom", "lidar_link", pose(0.0), 0)
-    session.add_transform("odom", "lidar_link", pose(1.0), 2 * S)
+    add_track(session, 0.0, 1.0, 0, 2 * S)
     feed_frame(session, S)
     assert session.poll() == 0 and session.pending == 1
     session.set_camera(load_cam())

@@ -10,6 +10,7 @@ bag2scene uses the same class to read the bag's odometry and ee poses as transfo
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,9 @@ class PoseChain:
         self._pending_ee: list[int] = []
         self._newest_odom_ns: int | None = None
         self._warned: set[str] = set()
+        # messages refused by the clock check: "stamp_outlier" (one far behind its stream or far
+        # ahead of both, unconfirmed), "clock_jump" (from the pass before a jump back, in flight)
+        self.dropped: Counter[str] = Counter()
 
     def odometry_transform(
         self, parent: str, child: str, world_from_lidar: np.ndarray, stamp_ns: int
@@ -70,7 +74,8 @@ class PoseChain:
     def add_odometry(self, tf: StampedTransform) -> list[tuple[int, np.ndarray]]:
         """Insert world->lidar; returns the camera poses [(stamp_ns, world_from_camera)] now computable.
 
-        Raises StaleStampError for a message from before a clock jump (a looping bag's previous pass)."""
+        Raises StaleStampError for a message from before a clock jump (a looping bag's previous pass)
+        or a single outlier stamp (see capture.clock); either is counted in `dropped`."""
         self._check_clock("odometry", tf.stamp_ns)
         self.buffer.set_transform(tf.parent, tf.child, tf.parent_from_child, tf.stamp_ns)
         self._newest_odom_ns = max(tf.stamp_ns, self._newest_odom_ns or tf.stamp_ns)
@@ -108,13 +113,15 @@ class PoseChain:
     def _check_clock(self, stream: str, stamp_ns: int) -> None:
         verdict = self.clock.check(stream, stamp_ns)
         if verdict is Clock.STALE:
+            self.dropped["clock_jump"] += 1
             raise StaleStampError(
                 f"{stream} stamp {stamp_ns * 1e-9:.3f}s is from before the clock jumped back (still in flight)"
             )
         if verdict is Clock.SUSPECT:
+            self.dropped["stamp_outlier"] += 1
             raise StaleStampError(
-                f"{stream} stamp {stamp_ns * 1e-9:.3f}s is far behind the stream's newest; dropped unless "
-                "the next message confirms a clock jump"
+                f"{stream} stamp {stamp_ns * 1e-9:.3f}s is far behind the stream's newest or far ahead of "
+                "every stream; dropped unless the next message confirms a clock jump"
             )
         if verdict is Clock.JUMP:
             log.warning("clock jumped back on %s (looping bag?): clearing the pose buffer", stream)

@@ -58,6 +58,8 @@ DROP_REASONS = (
     "write_error",
     "clock_jump",
     "stamp_outlier",
+    "tf_clock_jump",
+    "tf_stamp_outlier",
     "malformed",
     "queue_full",
 )
@@ -85,7 +87,9 @@ class CaptureConfig:
     0: keyframe poses are interpolated only. A frame decided on timeout past the newest odometry
     would otherwise get a pose up to this stale (0.05 s at 0.3 m/s is 1.5 cm): better dropped."""
     clock_jump_s: float = 1.0
-    """A stamp this far behind the newest seen (s) means the clock jumped (looping bag): reset."""
+    """A stamp this far behind its stream's newest (s) means the clock jumped back (looping bag):
+    reset, once a second message confirms it; this far ahead of every stream, a forward jump, taken
+    once confirmed. An unconfirmed one is a single outlier, dropped alone (see capture.clock)."""
     save_every: int = 10
     """Rewrite scene.json and sparse/0 every this many keyframes."""
     depth_scale_m: float = 0.001
@@ -180,7 +184,12 @@ class CaptureSession:
         self, parent: str, child: str, parent_from_child: np.ndarray, stamp_ns: int, static: bool = False
     ) -> None:
         with self._lock:
-            if not static and self._check_clock(f"tf:{child}", stamp_ns) is not None:
+            refused = None if static else self._check_clock(f"tf:{child}", stamp_ns)
+            if refused is not None:
+                self._drop(
+                    f"tf_{refused}",
+                    f"transform {parent}->{child} at {stamp_ns * 1e-9:.3f}s dropped ({refused})",
+                )
                 return
             try:
                 self.buffer.set_transform(parent, child, parent_from_child, stamp_ns, static)
@@ -393,8 +402,9 @@ class CaptureSession:
     def _check_clock(self, stream: str, stamp_ns: int) -> str | None:
         """Reset on a confirmed backwards jump of the input streams (a looping bag); caller holds the
         lock. Returns the drop reason for a message not to take: 'clock_jump' for one from before a
-        jump that arrives after it, 'stamp_outlier' for one far behind its stream that no other
-        message confirms (yet) as a jump (see capture.clock); None to take it."""
+        jump that arrives after it, 'stamp_outlier' for one far behind its stream or far ahead of
+        every stream that no other message confirms (yet) as a jump (see capture.clock); None to
+        take it."""
         verdict = self._clock.check(stream, stamp_ns)
         if verdict is Clock.STALE:
             return "clock_jump"
