@@ -40,6 +40,7 @@ from m3_core.robot import load_robot_config
 from m3_ros.msg_types import BAG_READ_ERRORS, message_class
 from m3_ros.params import REPLAY_PARAMS, declare_parameters
 from m3_ros.ready import StatusBoard
+from m3_ros.spin import install_stack_dump
 
 log = logging.getLogger(__name__)
 
@@ -394,6 +395,7 @@ def run(args: argparse.Namespace, ros_args: list[str] | None = None) -> int:
             wait_ready=args.wait_ready,
         )
         signal.signal(signal.SIGINT, node.request_stop)
+        install_stack_dump()  # SIGUSR1: where a replay that will not stop hangs
         summary = node.play()
     except (KeyboardInterrupt, ExternalShutdownException):
         if node is not None:

@@ -16,8 +16,16 @@ import time
 from pathlib import Path
 
 from m3_ros.graph import NodeSpec, graph_argument_specs, graph_arguments, load_group
+from m3_ros.spin import DRAIN_TIMEOUT_S, DUMP_SIGNAL
 
 log = logging.getLogger(__name__)
+
+STOP_TIMEOUT_S = DRAIN_TIMEOUT_S + 30.0
+"""How long `stop` waits after SIGINT before it kills (s): longer than a node's own drain of running
+callbacks (m3_ros.spin.DRAIN_TIMEOUT_S) plus its final save, so a node still saving is never killed."""
+DUMP_WAIT_S = 2.0
+"""How long a node that did not stop gets to print its threads' stacks (SIGUSR1) before the kill (s)."""
+LOG_TAIL_CHARS = 8000
 
 
 class NodeProcesses:
@@ -48,24 +56,49 @@ class NodeProcesses:
     def wait(self, name: str, timeout: float | None = None) -> int:
         return self.procs[name].wait(timeout)
 
-    def stop(self, names: list[str] | None = None, timeout: float = 15.0) -> dict[str, int]:
-        """SIGINT the named (default: all) processes, kill after timeout; returns exit codes."""
+    def stop(self, names: list[str] | None = None, timeout: float = STOP_TIMEOUT_S) -> dict[str, int]:
+        """SIGINT the named (default: all) processes, kill after timeout; returns exit codes.
+
+        A node that has not exited by then is asked for its threads' stacks (SIGUSR1) first, and its
+        output (with the stacks) is printed when it went to a log file, so a hang says where it is."""
         names = list(self.procs) if names is None else names
         for name in names:
             if self.procs[name].poll() is None:
                 self.procs[name].send_signal(signal.SIGINT)
         codes = {}
+        deadline = time.monotonic() + timeout
         for name in names:
+            proc = self.procs[name]
             try:
-                codes[name] = self.procs[name].wait(timeout)
+                codes[name] = proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.error("%s did not stop within %.0f s after SIGINT; killing it", name, timeout)
-                self.procs[name].kill()
-                codes[name] = self.procs[name].wait()
+                log.error(
+                    "%s did not stop within %.0f s after SIGINT; dumping its stacks, killing it",
+                    name,
+                    timeout,
+                )
+                codes[name] = kill_with_stack_dump(proc)
+                if self.log_dir is not None:
+                    text = (self.log_dir / f"{name}.log").read_text(errors="replace")
+                    print(
+                        f"--- {name} output (last {LOG_TAIL_CHARS} chars) ---\n{text[-LOG_TAIL_CHARS:]}",
+                        file=sys.stderr,
+                    )
         if names == list(self.procs):
             for fh in self._logs:
                 fh.close()
         return codes
+
+
+def kill_with_stack_dump(proc: subprocess.Popen, dump_wait_s: float = DUMP_WAIT_S) -> int:
+    """SIGUSR1 (the node prints every thread's stack, see m3_ros.spin), then SIGKILL; the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(DUMP_SIGNAL)
+        try:  # the dump does not end the node: this only gives it time to write
+            proc.wait(dump_wait_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,11 +12,13 @@ dump and a kill) silently replaces it. Here the handlers only set an event, the 
 it between short waits, and libraries named in `preload` are imported before the handlers are
 installed. Teardown is ordered: callbacks already running finish, then the executor stops, then
 `finalize`, then the node is destroyed (the old order ran finalize and the executor's shutdown
-while callbacks were still running; that is where teardown was seen to hang).
+while callbacks were still running; that is where teardown was seen to hang). SIGUSR1 prints the
+stack of every thread (faulthandler) without stopping the node, for a hang that still happens.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import importlib
 import logging
 import signal
@@ -31,6 +33,9 @@ from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+DUMP_SIGNAL = signal.SIGUSR1
+"""Prints every thread's Python stack to stderr and carries on: where a node that will not stop
+hangs (test harnesses send it before they escalate to SIGKILL)."""
 WAKE_PERIOD_S = 0.1
 """Longest wait of the main thread before it looks at the stop event again (s)."""
 DRAIN_TIMEOUT_S = 60.0
@@ -57,6 +62,7 @@ def spin_node(
     stop = threading.Event()
     for sig in STOP_SIGNALS:
         signal.signal(sig, lambda *_: stop.set())
+    install_stack_dump()
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = make_node()
@@ -85,6 +91,13 @@ def spin_node(
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def install_stack_dump() -> None:
+    """On DUMP_SIGNAL, print every thread's stack to stderr and carry on. faulthandler writes from
+    its C-level handler, so this works while the main thread is stuck in C code (a DDS wait, a lock),
+    where a Python signal handler would never get to run."""
+    faulthandler.register(DUMP_SIGNAL, file=sys.stderr, all_threads=True, chain=False)
 
 
 def _wait_for_callbacks(executor: SingleThreadedExecutor | MultiThreadedExecutor, timeout_s: float) -> None:

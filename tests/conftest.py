@@ -4,6 +4,7 @@ helpers to start real nodes as separate processes."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -63,6 +64,31 @@ def rclpy_node(request) -> Iterator[object]:
         rclpy.try_shutdown(context=context)
 
 
+def stop_timeout_s() -> float:
+    """How long to wait for a node after SIGINT: its callback drain plus a final save and margin."""
+    try:
+        from m3_ros.ros_demo import STOP_TIMEOUT_S
+    except ImportError:  # no rclpy: nothing of ours can be running as a node
+        return 90.0
+    return STOP_TIMEOUT_S
+
+
+def stop_process(popen: subprocess.Popen, name: str, output, timeout: float | None = None) -> int:
+    """Wait for a process already asked to stop; past `timeout` dump its stacks, kill it and print
+    its output (`output()`: the text so far) to stderr, which pytest shows with the failure."""
+    timeout = stop_timeout_s() if timeout is None else timeout
+    try:
+        return popen.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    from m3_ros.ros_demo import kill_with_stack_dump
+
+    code = kill_with_stack_dump(popen)
+    print(f"--- {name} did not exit {timeout:.0f} s after the stop signal; killed. Its output: ---\n"
+          f"{output()}", file=sys.stderr)  # fmt: skip
+    return code
+
+
 class Process:
     """A child process running a real node; output captured to a log file for failure messages."""
 
@@ -72,18 +98,17 @@ class Process:
         self.popen = subprocess.Popen(args, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
 
     def output(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text()
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
 
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGINT (like Ctrl-C / ros2 launch), then wait; returns the exit code."""
+    def stop(self, timeout: float | None = None) -> int:
+        """SIGINT (like Ctrl-C / ros2 launch), then wait; returns the exit code. A node still running
+        after `timeout` (default: longer than its own drain and final save) is asked for its stacks
+        (SIGUSR1), killed, and its output printed, so that the test log shows where it hung."""
         if self.popen.poll() is None:
-            self.popen.send_signal(2)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+            self.popen.send_signal(signal.SIGINT)
+            stop_process(self.popen, self.log_path.stem, self.output, timeout)
         self._log.close()
         return self.popen.returncode
 

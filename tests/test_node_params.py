@@ -5,6 +5,7 @@ and paths given with `~`."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import PYTHON, REPO, ros_available, wait_until
+from tests.conftest import PYTHON, REPO, ros_available, stop_process, wait_until
 from tests.conftest_query import OBJECTS, WORLD_FROM_CAMERA, build_memory
 
 pytestmark = [
@@ -49,14 +50,11 @@ def _start(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> subpro
     return subprocess.Popen(args, env=env, cwd=cwd, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
-def _stop(proc: subprocess.Popen, timeout: float = 30.0) -> int:
+def _stop(proc: subprocess.Popen, log: Path) -> int:
+    """SIGINT, then wait past the node's own drain; a hang is dumped, killed and printed."""
     if proc.poll() is None:
-        proc.send_signal(2)
-        try:
-            return proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    return proc.wait()
+        proc.send_signal(signal.SIGINT)
+    return stop_process(proc, log.stem, log.read_text)
 
 
 def test_capture_from_the_graph_keeps_a_number_like_scene_dir_and_reads_the_robot_yaml(home, tmp_path):
@@ -83,7 +81,7 @@ def test_capture_from_the_graph_keeps_a_number_like_scene_dir_and_reads_the_robo
         # topics and frames of the YAML found through `~`
         assert "capturing /cap/color + /cap/depth with poses map<-cam_optical into 20250101" in text, text
     finally:
-        code = _stop(proc)
+        code = _stop(proc, log)
     assert code == 0, log.read_text()
     assert (work / "20250101" / "images").is_dir()  # the string, in the working directory
 
@@ -182,11 +180,13 @@ def test_query_node_uses_the_robot_yaml_frames_and_publishes_clouds(rclpy_node, 
         assert client.wait_for_service(timeout_sec=120.0), log.read_text()
 
         wait_until(lambda: tf_static.get_subscription_count() >= 1, 30.0, what="/tf_static subscriber")
-        for _ in range(600):  # the memory and the encoder load in the node's own thread
+        deadline = time.monotonic() + 300.0  # the memory and the encoder load in the node's own thread
+        while True:  # ask until the answer is not "still loading" (the service answers at once)
             future = client.call_async(Query.Request(text="yellow bath duck"))
             executor.spin_until_future_complete(future, timeout_sec=120.0)
             answer = future.result()
-            if "still loading" not in answer.message:
+            assert answer is not None, "no answer within 120 s\n" + log.read_text()
+            if "still loading" not in answer.message or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
         assert answer.success, answer.message + "\n" + log.read_text()
@@ -204,7 +204,7 @@ def test_query_node_uses_the_robot_yaml_frames_and_publishes_clouds(rclpy_node, 
             node.destroy_subscription(sub)
     finally:
         executor.shutdown()
-        code = _stop(proc)
+        code = _stop(proc, log)
     assert code == 0, log.read_text()
     assert not os.path.exists(tmp_path / "~")
 
