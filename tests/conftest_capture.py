@@ -12,7 +12,7 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -44,6 +44,9 @@ class SyntheticBagSpec:
     start_ns: int = 1_700_000_000_000_000_000
     blurred: tuple[int, ...] = (5, 6, 20)
     no_depth: tuple[int, ...] = (12,)
+    future_outlier_s: float = 0.0
+    """> 0: one extra colour image (beside frame 20) and one extra odometry message (beside the one
+    at 1 s) stamped this far in the future, as a misbehaving driver would send them."""
     camera: PinholeCamera = field(default_factory=lambda: PinholeCamera(120.0, 120.0, 79.5, 59.5, 160, 120))
 
 
@@ -159,6 +162,9 @@ def write_synthetic_bag(
             ),
         )  # fmt: skip
         events.append((stamp + 2_000_000, t.odometry, msg, "nav_msgs/msg/Odometry"))
+        if spec.future_outlier_s > 0 and k == int(spec.odom_hz):
+            outlier = replace(msg, header=_header(stamp + int(spec.future_outlier_s * 1e9), f.world))
+            events.append((stamp + 2_500_000, t.odometry, outlier, "nav_msgs/msg/Odometry"))
     for k in range(int(end_s * spec.ee_hz) + 1):
         ts = k / spec.ee_hz
         stamp = spec.start_ns + int(round(ts * 1e9)) + 3_000_000
@@ -176,6 +182,11 @@ def write_synthetic_bag(
         events.append(
             (stamp + 5_000_000, t.color, _image(rgb, "rgb8", stamp, f.camera), "sensor_msgs/msg/Image")
         )
+        if spec.future_outlier_s > 0 and i == 20:
+            future = stamp + int(spec.future_outlier_s * 1e9)
+            events.append(
+                (stamp + 5_500_000, t.color, _image(rgb, "rgb8", future, f.camera), "sensor_msgs/msg/Image")
+            )
         events.append(
             (stamp + 6_000_000, t.depth, _image(depth, "16UC1", stamp, f.camera), "sensor_msgs/msg/Image")
         )

@@ -107,6 +107,21 @@ def test_bag2scene_is_deterministic(synthetic_bag, synthetic_scene, tmp_path):
         np.testing.assert_array_equal(fa.world_from_camera, fb.world_from_camera)
 
 
+def test_bag2scene_drops_future_stamped_image_and_odometry_alone(synthetic_scene, tmp_path):
+    """A bag with one colour image and one odometry message stamped 10 s in the future (beside the
+    good ones) keeps exactly the clean bag's keyframes. Before, each outlier was taken as progress
+    and the next good messages as a clock jump back: 2 jumps, buffers cleared, 6 of 8 kept."""
+    bag = write_synthetic_bag(tmp_path / "bag", SyntheticBagSpec(future_outlier_s=10.0))
+    session = bag_to_scene(bag, tmp_path / "scene")
+    d = session.stats.dropped
+    assert session.stats.clock_jumps == 0 and d["stamp_outlier"] == 1 and d["tf_stamp_outlier"] == 1
+    assert d["no_transform"] == 0 and d["unpaired"] == 0
+    clean, outliers = load_scene(synthetic_scene[0]), load_scene(tmp_path / "scene")
+    assert [f.stamp_ns for f in outliers.frames] == [f.stamp_ns for f in clean.frames]
+    for fa, fb in zip(clean.frames, outliers.frames):
+        np.testing.assert_array_equal(fa.world_from_camera, fb.world_from_camera)
+
+
 def test_bag2scene_cli(synthetic_bag, tmp_path, capsys):
     out = tmp_path / "cli_scene"
     assert (

@@ -129,6 +129,30 @@ def test_looping_bag_clock_jumps_are_survived(synthetic_bag, ros_env, tmp_path):
         assert np.linalg.norm(f.world_from_camera[:3, 3] - true[:3, 3]) < 0.004
 
 
+def test_future_stamped_image_and_odometry_are_dropped_alone_live(synthetic_bag, ros_env, tmp_path):
+    """Through the real nodes: one colour image and one odometry message stamped 10 s ahead. The
+    pose chain drops the odometry (it never reaches /tf), the capture drops the image; no clock jump,
+    the same keyframes as the clean bag. Before, each was taken as progress and the good messages
+    after it as a jump back that cleared the transforms (frames without a pose, keyframes lost)."""
+    from tests.conftest_capture import SyntheticBagSpec
+
+    clean = bag_to_scene(synthetic_bag, tmp_path / "offline")
+    bag = write_synthetic_bag(tmp_path / "bag", SyntheticBagSpec(future_outlier_s=10.0))
+    params = ("camera_reliable:=true", "qos_depth:=100", "tf_timeout_s:=5.0", "max_pending:=150")
+    result = run_live_capture(bag, tmp_path / "live", 1.0, ros_env, tmp_path, capture_params=params)
+    log, chain_log = result["logs"]["capture"], result["logs"]["pose_chain"]
+    stats = load_scene(tmp_path / "live").extra["capture_stats"]
+    assert result["returncodes"]["capture"] == 0, log
+    assert stats["clock_jumps"] == 0 and stats["dropped"].get("stamp_outlier") == 1, log
+    assert "tf_stamp_outlier" not in stats["dropped"] and "no_transform" not in stats["dropped"], log
+    assert "far ahead of every stream" in chain_log and "clock jumped" not in chain_log, chain_log
+    assert clean.stats.kept >= 5
+    try:
+        assert_same_scene(tmp_path / "live", tmp_path / "offline")
+    except AssertionError as err:
+        raise AssertionError(f"{err}\n--- capture log ---\n{log}") from err
+
+
 def test_pose_chain_node_publishes_tf_and_eq3_camera_pose(rclpy_node, start_process, ros_env):
     from geometry_msgs.msg import PoseStamped
     from nav_msgs.msg import Odometry
