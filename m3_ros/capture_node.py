@@ -134,10 +134,15 @@ class CaptureNode(Node):
 
     def _progress(self) -> dict:
         """What the node reports on /m3/node_status under "stats"."""
+        stats = self.session.stats
         return {
             "received": dict(self.received),
             "pending": self.session.pending,
-            "kept": self.session.stats.kept,
+            "kept": stats.kept,
+            "clock_jumps": stats.clock_jumps,
+            # by reason, e.g. stamp_outlier, tf_stamp_outlier, tf_clock_jump, malformed. dict() of a
+            # Counter copies in one step under the GIL, so a callback counting meanwhile is safe
+            "dropped": dict(stats.dropped),
         }
 
     # -- inputs ------------------------------------------------------------------------------

@@ -76,11 +76,20 @@ class PoseChainNode(Node):
             self.create_subscription(Odometry, odom_topic, self._on_odometry, in_qos),
             self.create_subscription(PoseStamped, ee_topic, self._on_ee_pose, in_qos),
         ]
-        self.readiness = ReadinessReporter(self, inputs, outputs=[self.tf_pub])
+        self.readiness = ReadinessReporter(self, inputs, outputs=[self.tf_pub], stats=self._progress)
         self.drops = DropCounter(self.get_logger())
         self.get_logger().info(
             f"{odom_topic} + {ee_topic} -> /tf{' + /tf_static' if p['publish_static'] else ''} and {camera_topic}"
         )
+
+    def _progress(self) -> dict:
+        """What the node reports on /m3/node_status under "stats": messages refused by the clock
+        check (stamp_outlier, clock_jump) and malformed ones, per reason / topic."""
+        return {
+            "dropped": dict(self.chain.dropped),
+            "clock_jumps": self.chain.clock.jumps,
+            "malformed": dict(self.drops.counts),
+        }
 
     def _publish(self, tf: StampedTransform, poses: list) -> None:
         self.tf_pub.publish(
@@ -118,7 +127,6 @@ class PoseChainNode(Node):
             self._publish(tf, self.chain.add_ee(tf))
         except (ValueError, TransformError, StaleStampError) as err:
             self.get_logger().warning(f"end-effector pose ignored: {err}", throttle_duration_sec=5.0)
-
 
 
 def main(args: list[str] | None = None) -> int:

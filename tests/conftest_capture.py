@@ -325,15 +325,14 @@ class LiveCapture:
     def close(self) -> None:
         import rclpy
 
+        from tests.conftest import stop_process
+
         for name in ("replay", "capture", "pose_chain"):
             p = self.procs.get(name)
             if p is not None and p.poll() is None:
                 p.send_signal(2)  # SIGINT, like Ctrl-C: the capture node saves on the way out
-                try:
-                    p.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+                # waits past the node's own drain; a hang is dumped (SIGUSR1), killed and printed
+                stop_process(p, name, self.logs[name].read_text)
         self.executor.shutdown()
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)

@@ -131,18 +131,32 @@ def test_looping_bag_clock_jumps_are_survived(synthetic_bag, ros_env, tmp_path):
 
 def test_future_stamped_image_and_odometry_are_dropped_alone_live(synthetic_bag, ros_env, tmp_path):
     """Through the real nodes: one colour image and one odometry message stamped 10 s ahead. The
-    pose chain drops the odometry (it never reaches /tf), the capture drops the image; no clock jump,
-    the same keyframes as the clean bag. Before, each was taken as progress and the good messages
-    after it as a jump back that cleared the transforms (frames without a pose, keyframes lost)."""
-    from tests.conftest_capture import SyntheticBagSpec
+    pose chain drops the odometry (it never reaches /tf), the capture drops the image, each counts it
+    in its /m3/node_status stats; no clock jump, the same keyframes as the clean bag. Before, each
+    was taken as progress and the good messages after it as a jump back that cleared the transforms
+    (frames without a pose, keyframes lost)."""
+    from tests.conftest_capture import LiveCapture, SyntheticBagSpec
 
     clean = bag_to_scene(synthetic_bag, tmp_path / "offline")
     bag = write_synthetic_bag(tmp_path / "bag", SyntheticBagSpec(future_outlier_s=10.0))
     params = ("camera_reliable:=true", "qos_depth:=100", "tf_timeout_s:=5.0", "max_pending:=150")
-    result = run_live_capture(bag, tmp_path / "live", 1.0, ros_env, tmp_path, capture_params=params)
-    log, chain_log = result["logs"]["capture"], result["logs"]["pose_chain"]
+    live = LiveCapture(tmp_path / "live", ros_env, tmp_path, params)
+    try:
+        live.start_nodes()
+        replay = live.replay(bag, 1.0, 180.0, None)
+        live.drain_and_save(replay["sent"], 180.0)
+
+        def counted(node: str, key: str) -> bool:
+            stats = (live.status_board.get(node) or {}).get("stats") or {}
+            return (stats.get("dropped") or {}).get(key) == 1 and stats.get("clock_jumps") == 0
+
+        live.wait(lambda: counted("m3_pose_chain", "stamp_outlier") and counted("m3_capture", "stamp_outlier"),
+                  60, "both nodes to report the outlier they dropped")  # fmt: skip
+    finally:
+        live.close()
+    log, chain_log = live.logs["capture"].read_text(), live.logs["pose_chain"].read_text()
     stats = load_scene(tmp_path / "live").extra["capture_stats"]
-    assert result["returncodes"]["capture"] == 0, log
+    assert live.procs["capture"].returncode == 0, log
     assert stats["clock_jumps"] == 0 and stats["dropped"].get("stamp_outlier") == 1, log
     assert "tf_stamp_outlier" not in stats["dropped"] and "no_transform" not in stats["dropped"], log
     assert "far ahead of every stream" in chain_log and "clock jumped" not in chain_log, chain_log
