@@ -25,7 +25,7 @@ import time
 from dataclasses import replace
 
 
-def main() -> int:
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -48,21 +48,14 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--thetas", default=None, help="PSC thresholds, e.g. clip=0.9,language=0.95")
     parser.add_argument("--out", default=None, help="write the memory here (default: not written)")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    import torch
 
+def _train_config(args: argparse.Namespace, cuda: bool):
+    """TrainConfig from --config and the flags (CUDA: 3000 steps at width 640 unless told)."""
     from m3_core.config import load_yaml
-    from m3_core.features import load_scene_features
-    from m3_core.scene import load_scene
-    from m3_core.training.eval import evaluate_memory
-    from m3_core.training.trainer import TrainConfig, train_memory
+    from m3_core.training.trainer import TrainConfig
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    cuda = device.type == "cuda"
-    models = (args.models or ("clip" if cuda else "language")).split(",")
     config = load_yaml(TrainConfig, args.config, "train") if args.config else TrainConfig()
     if cuda and args.iters is None and not args.config:
         config = replace(config, iters=3000, train_width=640)
@@ -73,6 +66,25 @@ def main() -> int:
     if args.thetas:
         pairs = dict(kv.split("=") for kv in args.thetas.split(","))
         config = replace(config, thetas={**config.thetas, **{k: float(v) for k, v in pairs.items()}})
+    return config
+
+
+def main() -> int:
+    args = _parse_args()
+
+    import torch
+
+    from m3_core.features import load_scene_features
+    from m3_core.scene import load_scene
+    from m3_core.training.eval import evaluate_memory
+    from m3_core.training.trainer import train_memory
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    models = (args.models or ("clip" if cuda else "language")).split(",")
+    config = _train_config(args, cuda)
 
     print(f"machine: {platform.node()} {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, torch threads "
           f"{torch.get_num_threads()}" + (f", GPU {torch.cuda.get_device_name(device)}" if cuda else ""))  # fmt: skip
@@ -116,14 +128,18 @@ def main() -> int:
             print(f"  {m}: cosine distance {v['cosine']:.4f}, L2 distance {v['l2']:.4f}")
         results[label] = {"seconds_total_with_features": round(total, 2), **summary, "train_stats": s}
     if args.baseline:
-        for m in models:
-            a = results["M3"]["features"].get(m, {}).get("cosine")
-            b = results["distill baseline"]["features"].get(m, {}).get("cosine")
-            if a is not None and b is not None:
-                verdict = "M3 better" if a < b else "baseline better"
-                print(f"\n{m} cosine distance: M3 {a:.4f} vs baseline {b:.4f} -> {verdict}")
+        _compare(results, models)
     print("\nJSON " + json.dumps(results, default=str))
     return 0
+
+
+def _compare(results: dict, models: list[str]) -> None:
+    for m in models:
+        a = results["M3"]["features"].get(m, {}).get("cosine")
+        b = results["distill baseline"]["features"].get(m, {}).get("cosine")
+        if a is not None and b is not None:
+            verdict = "M3 better" if a < b else "baseline better"
+            print(f"\n{m} cosine distance: M3 {a:.4f} vs baseline {b:.4f} -> {verdict}")
 
 
 if __name__ == "__main__":

@@ -53,19 +53,28 @@ def write_pictures(
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import torch
 
-    from m3_core.model.memory import M3Memory
     from m3_core.scene import atomic_write_png, load_scene
-    from m3_core.sim import read_objects
 
     written = []
     if overlay is not None:
         atomic_write_png(out / "relevance_overlay.png", overlay)
         written.append("relevance_overlay.png")
-
     scene = load_scene(scene_dir)
+    _render_vs_capture(out / "render_vs_capture.png", scene, memory_dir)
+    written.append("render_vs_capture.png")
+    _top_down(out / "top_down.png", scene, gt_dir, report)
+    written.append("top_down.png")
+    return [str(out / w) for w in written]
+
+
+def _render_vs_capture(path: Path, scene: Any, memory_dir: Path) -> None:
+    """The middle keyframe beside the memory rendered at its pose: RGB on top, depth below."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    from m3_core.model.memory import M3Memory
+
     memory = M3Memory.load(memory_dir, device="cpu")
     i = len(scene) // 2
     frame = scene.frames[i]
@@ -92,9 +101,15 @@ def write_pictures(
     fig.colorbar(im, ax=ax[1, :], shrink=0.8)
     for a in ax.flat:
         a.axis("off")
-    fig.savefig(out / "render_vs_capture.png", dpi=90)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
-    written.append("render_vs_capture.png")
+
+
+def _top_down(path: Path, scene: Any, gt_dir: Path, report: dict[str, Any]) -> None:
+    """The table from above: objects, camera path, target vs truth, the gripper at the best grasp."""
+    import matplotlib.pyplot as plt
+
+    from m3_core.sim import read_objects
 
     fig, axis = plt.subplots(figsize=(7, 7))
     for obj in read_objects(gt_dir):
@@ -119,7 +134,5 @@ def write_pictures(
     axis.set_title(f"top-down: '{report['query']}'")
     axis.legend(loc="best", fontsize=8)
     axis.autoscale_view()
-    fig.savefig(out / "top_down.png", dpi=90)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
-    written.append("top_down.png")
-    return [str(out / w) for w in written]

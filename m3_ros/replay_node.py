@@ -28,6 +28,7 @@ from pathlib import Path
 
 import rclpy
 from rclpy.node import Node
+from rclpy.publisher import Publisher
 
 try:  # where rclpy raises its C-layer errors from (no public alias in rclpy.exceptions)
     from rclpy._rclpy_pybind11 import RCLError
@@ -157,20 +158,8 @@ class ReplayNode(Node):
                 )
             conns = [c for c in conns if c.topic in topics]
         self.types = {c.topic: c.msgtype for c in conns}
-        self.publishers_by_topic = {}
         self._raw_ok = {}
-        for topic, msgtype in self.types.items():
-            cls = message_class(msgtype)
-            static = topic in STATIC_TOPICS
-            # A reliable writer keeps unacknowledged samples only up to its depth: with 10, a reader
-            # slowed by a loaded host lost 14 of 300 colour frames (0.9 MB each) at 2x. 100 is ~3 s.
-            qos = QoSProfile(
-                history=HistoryPolicy.KEEP_LAST,
-                depth=1 if static else PUBLISHER_DEPTH,
-                reliability=ReliabilityPolicy.RELIABLE,
-                durability=DurabilityPolicy.TRANSIENT_LOCAL if static else DurabilityPolicy.VOLATILE,
-            )
-            self.publishers_by_topic[topic] = self.create_publisher(cls, topic, qos)
+        self.publishers_by_topic = self._create_topic_publishers()
         self.wait_for = [t for t in wait_for if t in self.types]
         self.wait_ready = list(p["wait_ready"])
         self._ready: dict[str, dict] = {}  # fully qualified node name -> its latest status
@@ -187,6 +176,22 @@ class ReplayNode(Node):
             self._clock_pub = self.create_publisher(Clock, "/clock", 10)
             self._clock_period_s = 1.0 / clock_hz
             self.summary.sent["/clock"] = 0
+
+    def _create_topic_publishers(self) -> dict[str, Publisher]:
+        publishers = {}
+        for topic, msgtype in self.types.items():
+            cls = message_class(msgtype)
+            static = topic in STATIC_TOPICS
+            # A reliable writer keeps unacknowledged samples only up to its depth: with 10, a reader
+            # slowed by a loaded host lost 14 of 300 colour frames (0.9 MB each) at 2x. 100 is ~3 s.
+            qos = QoSProfile(
+                history=HistoryPolicy.KEEP_LAST,
+                depth=1 if static else PUBLISHER_DEPTH,
+                reliability=ReliabilityPolicy.RELIABLE,
+                durability=DurabilityPolicy.TRANSIENT_LOCAL if static else DurabilityPolicy.VOLATILE,
+            )
+            publishers[topic] = self.create_publisher(cls, topic, qos)
+        return publishers
 
     # -- stopping ------------------------------------------------------------------------------
 

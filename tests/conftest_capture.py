@@ -7,6 +7,11 @@ no /tf. The body drives along x while the arm sweeps; a few frames are blurred a
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -193,6 +198,118 @@ def write_synthetic_bag(
 # -- live pipeline: replay -> pose chain -> capture, as separate processes ----------------------
 
 
+class LiveCapture:
+    """The three processes of a live capture test and the test's own client node (for ~/save)."""
+
+    def __init__(self, out: Path, env: dict[str, str], log_dir: Path, capture_params: tuple[str, ...]) -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from std_srvs.srv import Trigger
+
+        self.env, self.log_dir = env, log_dir
+        self.py = sys.executable
+        self.repo = Path(__file__).resolve().parents[1]
+        self.cmds = {
+            "pose_chain": [self.py, "-m", "m3_ros.pose_chain_node"],
+            "capture": [
+                self.py, "-m", "m3_ros.capture_node", "--ros-args", "-p", f"output_dir:={out}",
+                "-p", "diagnostics_period_s:=1.0", "-p", "qos_depth:=30",
+                *[a for kv in capture_params for a in ("-p", kv)],
+            ],
+        }  # fmt: skip
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, Path] = {}
+        self.context = rclpy.context.Context()
+        rclpy.init(context=self.context, domain_id=int(env["ROS_DOMAIN_ID"]))
+        self.node = rclpy.create_node("capture_test_driver", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.trigger = Trigger
+        self.client = self.node.create_client(Trigger, "/m3_capture/save")
+
+    def start(self, name: str, cmd: list[str]) -> None:
+        self.logs[name] = self.log_dir / f"{name}.log"
+        self.procs[name] = subprocess.Popen(
+            cmd, env=self.env, cwd=self.repo, stdout=self.logs[name].open("w"), stderr=subprocess.STDOUT
+        )
+
+    def check_alive(self) -> None:
+        for name, p in self.procs.items():
+            if name != "replay" and p.poll() is not None:
+                raise AssertionError(f"{name} exited with {p.returncode}:\n{self.logs[name].read_text()}")
+
+    def start_nodes(self) -> None:
+        """Pose chain and capture; up once the capture's ~/save service is there."""
+        for name, cmd in self.cmds.items():
+            self.start(name, cmd)
+        deadline = time.monotonic() + 120
+        while not self.client.service_is_ready():
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise AssertionError("capture node's ~/save service not discovered within 120 s")
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def replay(self, bag: Path, rate: float, timeout_s: float, loop_until: str | None) -> dict:
+        """Play the bag once the nodes report (m3_ros.ready) that they matched every input they need;
+        loop_until: with --loop until the capture log contains this text twice, then stop it."""
+        self.start(
+            "replay",
+            [self.py, "-m", "m3_ros.cli", "replay", str(bag), "--rate", str(rate), *(["--loop"] if loop_until else []),
+             "--wait-ready", "m3_capture", "m3_pose_chain", "--wait-timeout", "120", "--json"],
+        )  # fmt: skip
+        if loop_until:
+            deadline = time.monotonic() + timeout_s
+            while self.logs["capture"].read_text().count(loop_until) < 2:
+                self.check_alive()
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{loop_until!r} not logged twice:\n{self.logs['capture'].read_text()}")
+                self.executor.spin_once(timeout_sec=0.1)
+            self.procs["replay"].send_signal(2)
+        self.procs["replay"].wait(timeout=timeout_s)
+        replay_log = self.logs["replay"].read_text()
+        if self.procs["replay"].returncode != 0:
+            raise AssertionError(f"replay failed:\n{replay_log}")
+        replay = json.loads(replay_log[replay_log.index("{\n") :])
+        if replay["not_ready"] or replay["missing_subscribers"]:
+            raise AssertionError(f"replay started before its receivers were ready:\n{replay_log}")
+        return replay
+
+    def save_when_drained(self) -> str:
+        """Call ~/save until no frame pends (the capture decides the last frames once their transform
+        wait times out); returns the last answer's message."""
+        deadline = time.monotonic() + 60
+        while True:
+            self.check_alive()
+            future = self.client.call_async(self.trigger.Request())
+            self.executor.spin_until_future_complete(future, timeout_sec=60)
+            response = future.result()
+            assert response is not None and response.success, f"~/save failed: {response}"
+            pending = int(re.search(r"\((\d+) pending\)", response.message).group(1))
+            if pending == 0:
+                return response.message
+            if time.monotonic() > deadline:
+                raise AssertionError(f"capture still has pending frames: {response.message}")
+            poll_end = time.monotonic() + 0.2  # ask again in 0.2 s (spin_once returns early on any event)
+            while time.monotonic() < poll_end:
+                self.executor.spin_once(timeout_sec=0.05)
+
+    def close(self) -> None:
+        import rclpy
+
+        for name in ("replay", "capture", "pose_chain"):
+            p = self.procs.get(name)
+            if p is not None and p.poll() is None:
+                p.send_signal(2)  # SIGINT, like Ctrl-C: the capture node saves on the way out
+                try:
+                    p.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
 def run_live_capture(
     bag: Path,
     out: Path,
@@ -207,113 +324,18 @@ def run_live_capture(
     the scene `out`; waits on graph discovery and on the capture's pending queue, never on sleeps.
     loop_until: replay with --loop until the capture log contains this text twice, then stop it.
     Returns {"save": last ~/save message, "logs": {name: text}, "returncodes": {name: code}}."""
-    import json
-    import re
-    import subprocess
-    import sys
-    import time
-
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    from std_srvs.srv import Trigger
-
-    py = sys.executable
-    repo = Path(__file__).resolve().parents[1]
-    cmds = {
-        "pose_chain": [py, "-m", "m3_ros.pose_chain_node"],
-        "capture": [
-            py, "-m", "m3_ros.capture_node", "--ros-args", "-p", f"output_dir:={out}",
-            "-p", "diagnostics_period_s:=1.0", "-p", "qos_depth:=30",
-            *[a for kv in capture_params for a in ("-p", kv)],
-        ],
-    }  # fmt: skip
-    procs: dict[str, subprocess.Popen] = {}
-    logs: dict[str, Path] = {}
-
-    def start(name: str, cmd: list[str]) -> None:
-        logs[name] = log_dir / f"{name}.log"
-        procs[name] = subprocess.Popen(
-            cmd, env=env, cwd=repo, stdout=logs[name].open("w"), stderr=subprocess.STDOUT
-        )
-
-    def check_alive() -> None:
-        for name, p in procs.items():
-            if name != "replay" and p.poll() is not None:
-                raise AssertionError(f"{name} exited with {p.returncode}:\n{logs[name].read_text()}")
-
-    context = rclpy.context.Context()
-    rclpy.init(context=context, domain_id=int(env["ROS_DOMAIN_ID"]))
-    node = rclpy.create_node("capture_test_driver", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    client = node.create_client(Trigger, "/m3_capture/save")
-    save_message = ""
+    live = LiveCapture(out, env, log_dir, capture_params)
     try:
-        for name, cmd in cmds.items():
-            start(name, cmd)
-        # the nodes are up once the capture's ~/save service is there; the replay itself waits until
-        # both nodes report (m3_ros.ready) that they have matched every input they need
-        deadline = time.monotonic() + 120
-        while not client.service_is_ready():
-            check_alive()
-            if time.monotonic() > deadline:
-                raise AssertionError("capture node's ~/save service not discovered within 120 s")
-            executor.spin_once(timeout_sec=0.05)
-        start(
-            "replay",
-            [py, "-m", "m3_ros.cli", "replay", str(bag), "--rate", str(rate), *(["--loop"] if loop_until else []),
-             "--wait-ready", "m3_capture", "m3_pose_chain", "--wait-timeout", "120", "--json"],
-        )  # fmt: skip
-        if loop_until:
-            deadline = time.monotonic() + timeout_s
-            while logs["capture"].read_text().count(loop_until) < 2:
-                check_alive()
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"{loop_until!r} not logged twice:\n{logs['capture'].read_text()}")
-                executor.spin_once(timeout_sec=0.1)
-            procs["replay"].send_signal(2)
-        procs["replay"].wait(timeout=timeout_s)
-        replay_log = logs["replay"].read_text()
-        if procs["replay"].returncode != 0:
-            raise AssertionError(f"replay failed:\n{replay_log}")
-        replay = json.loads(replay_log[replay_log.index("{\n") :])
-        if replay["not_ready"] or replay["missing_subscribers"]:
-            raise AssertionError(f"replay started before its receivers were ready:\n{replay_log}")
-        # the capture decides the last frames once their transform wait times out; ask until none pend
-        deadline = time.monotonic() + 60
-        while True:
-            check_alive()
-            future = client.call_async(Trigger.Request())
-            executor.spin_until_future_complete(future, timeout_sec=60)
-            response = future.result()
-            assert response is not None and response.success, f"~/save failed: {response}"
-            save_message = response.message
-            pending = int(re.search(r"\((\d+) pending\)", save_message).group(1))
-            if pending == 0:
-                break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"capture still has pending frames: {save_message}")
-            poll_end = time.monotonic() + 0.2  # ask again in 0.2 s (spin_once returns early on any event)
-            while time.monotonic() < poll_end:
-                executor.spin_once(timeout_sec=0.05)
+        live.start_nodes()
+        replay = live.replay(bag, rate, timeout_s, loop_until)
+        save_message = live.save_when_drained()
     finally:
-        for name in ("replay", "capture", "pose_chain"):
-            p = procs.get(name)
-            if p is not None and p.poll() is None:
-                p.send_signal(2)  # SIGINT, like Ctrl-C: the capture node saves on the way out
-                try:
-                    p.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown(context=context)
+        live.close()
     return {
         "save": save_message,
         "replay": replay,
-        "logs": {n: p.read_text() for n, p in logs.items()},
-        "returncodes": {n: p.returncode for n, p in procs.items()},
+        "logs": {n: p.read_text() for n, p in live.logs.items()},
+        "returncodes": {n: p.returncode for n, p in live.procs.items()},
     }
 
 

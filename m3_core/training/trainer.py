@@ -304,61 +304,16 @@ class Trainer:
         )
         self.scale = scene_scale(self.views)
 
-        t0 = time.perf_counter()
-        self.psc_stats: dict[str, dict[str, float]] = {}
-        pscs = {}
-        for model, grid in self.grids.items():
-            theta = config.thetas.get(model, default_theta(model) if model in _known_models() else 0.9)
-            raw = features_from_grids(grid[self.train_idx])
-            psc, _, stats = select_psc(raw, theta, chunk=config.psc_chunk)
-            pscs[model] = psc
-            self.psc_stats[model] = stats.to_dict()
-            log.info(
-                "%s: %d features -> %d PSC (theta %.2f)", model, stats.raw_features, stats.psc_size, theta
-            )
-        self.psc_seconds = time.perf_counter() - t0
-
-        init_scene = _subset_scene(scene, self.train_idx)
-        dims = {m: config.query_dim for m in features}
-        self.gaussians = init_from_scene(init_scene, dims, config.init)
-        if config.head == "linear":
-            n = self.gaussians.num_gaussians
-            dims = {
-                m: latent_dim_for_budget(n, pscs[m].shape[0], features[m].dim, config.query_dim)
-                for m in features
-            }
-            self.gaussians = init_from_scene(init_scene, dims, config.init)
-        with torch.no_grad():
-            self.gaussians.log_scales += math.log(config.init_scale_factor)
-        self.gaussians = self.gaussians.to(device)
-        heads: dict[str, nn.Module] = {}
-        for k, (m, f) in enumerate(features.items()):
-            if config.head == "attention":
-                heads[m] = MemoryAttention(
-                    pscs[m].to(device), dims[m], config.attention, seed=config.seed + k
-                )
-            else:
-                heads[m] = LinearDecoder(dims[m], f.dim, seed=config.seed + k).to(device)
-        self.heads = nn.ModuleDict(heads).to(device)
+        pscs = self._select_pscs()
+        dims = self._init_gaussians(features, pscs)
+        self.heads = self._make_heads(features, pscs, dims)
         # Fused Adam on CUDA: one kernel per parameter group instead of ~7 per parameter.
         self.optimizer = torch.optim.Adam(
             _param_groups(self.gaussians, self.heads, config.optim, self.scale),
             eps=1e-15,
             fused=device.type == "cuda" or None,
         )
-        dcfg = config.densify
-        if self.mode == "points" and dcfg.enabled and not config.densify_in_points_mode:
-            # Measured on the built-in scene (BENCHMARKS.md): with ~3% of the pixels sending gradient the
-            # statistic is noisy; scaled thresholds grew 35k -> 230k Gaussians in 400 steps, no better PSNR,
-            # and CPU step time grows with N. The depth init is dense already.
-            log.info("points mode: densification off (set densify_in_points_mode to force it)")
-            dcfg = replace(dcfg, enabled=False)
-        if dcfg.enabled and dcfg.stop > config.iters // 2:
-            # As 3DGS (densify until 15k of 30k): the second half converges. Without this an opacity
-            # reset could land on the last step (3000 % 3000 == 0) and leave every opacity at 0.01:
-            # the GPU bench's held-out PSNR of 8.6 dB with a train L1 of 0.012.
-            dcfg = replace(dcfg, stop=config.iters // 2)
-        self.densifier = Densifier(dcfg, self.scale, seed=config.seed)
+        self.densifier = Densifier(self._densify_config(), self.scale, seed=config.seed)
         self.features_meta = {
             m: {
                 "model_id": f.model_id,
@@ -376,6 +331,78 @@ class Trainer:
             )
         self.iteration = 0
         self.history: list[dict[str, float]] = []
+
+    def _select_pscs(self) -> dict[str, torch.Tensor]:
+        """Each model's principal scene components from its training views' features (timed)."""
+        config = self.config
+        t0 = time.perf_counter()
+        self.psc_stats: dict[str, dict[str, float]] = {}
+        pscs = {}
+        for model, grid in self.grids.items():
+            theta = config.thetas.get(model, default_theta(model) if model in _known_models() else 0.9)
+            raw = features_from_grids(grid[self.train_idx])
+            psc, _, stats = select_psc(raw, theta, chunk=config.psc_chunk)
+            pscs[model] = psc
+            self.psc_stats[model] = stats.to_dict()
+            log.info(
+                "%s: %d features -> %d PSC (theta %.2f)", model, stats.raw_features, stats.psc_size, theta
+            )
+        self.psc_seconds = time.perf_counter() - t0
+        return pscs
+
+    def _init_gaussians(
+        self, features: dict[str, SceneFeaturesLike], pscs: dict[str, torch.Tensor]
+    ) -> dict[str, int]:
+        """self.gaussians from the training views' depth; returns each model's query dimension.
+
+        The linear head's latent size depends on the Gaussian count (same memory budget as the
+        attention head), which is known only after a first initialisation: it initialises twice."""
+        config = self.config
+        init_scene = _subset_scene(self.scene, self.train_idx)
+        dims = {m: config.query_dim for m in features}
+        self.gaussians = init_from_scene(init_scene, dims, config.init)
+        if config.head == "linear":
+            n = self.gaussians.num_gaussians
+            dims = {
+                m: latent_dim_for_budget(n, pscs[m].shape[0], features[m].dim, config.query_dim)
+                for m in features
+            }
+            self.gaussians = init_from_scene(init_scene, dims, config.init)
+        with torch.no_grad():
+            self.gaussians.log_scales += math.log(config.init_scale_factor)
+        self.gaussians = self.gaussians.to(self.device)
+        return dims
+
+    def _make_heads(
+        self, features: dict[str, SceneFeaturesLike], pscs: dict[str, torch.Tensor], dims: dict[str, int]
+    ) -> nn.ModuleDict:
+        """One decoder per model: memory attention over its PSC, or the linear head."""
+        config, device = self.config, self.device
+        heads: dict[str, nn.Module] = {}
+        for k, (m, f) in enumerate(features.items()):
+            if config.head == "attention":
+                heads[m] = MemoryAttention(
+                    pscs[m].to(device), dims[m], config.attention, seed=config.seed + k
+                )
+            else:
+                heads[m] = LinearDecoder(dims[m], f.dim, seed=config.seed + k).to(device)
+        return nn.ModuleDict(heads).to(device)
+
+    def _densify_config(self) -> DensifyConfig:
+        config = self.config
+        dcfg = config.densify
+        if self.mode == "points" and dcfg.enabled and not config.densify_in_points_mode:
+            # Measured on the built-in scene (BENCHMARKS.md): with ~3% of the pixels sending gradient the
+            # statistic is noisy; scaled thresholds grew 35k -> 230k Gaussians in 400 steps, no better PSNR,
+            # and CPU step time grows with N. The depth init is dense already.
+            log.info("points mode: densification off (set densify_in_points_mode to force it)")
+            dcfg = replace(dcfg, enabled=False)
+        if dcfg.enabled and dcfg.stop > config.iters // 2:
+            # As 3DGS (densify until 15k of 30k): the second half converges. Without this an opacity
+            # reset could land on the last step (3000 % 3000 == 0) and leave every opacity at 0.01:
+            # the GPU bench's held-out PSNR of 8.6 dB with a train L1 of 0.012.
+            dcfg = replace(dcfg, stop=config.iters // 2)
+        return dcfg
 
     def _initial_background(self) -> torch.Tensor:
         bg = torch.tensor(self.config.background, dtype=torch.float32, device=self.device)
