@@ -7,12 +7,15 @@ A memory is a directory:
                            gaussians.<name>      the GaussianModel parameters (means, quats, ...)
                            heads.<model>.psc     [T, d] principal scene components  (M3 head)
                            heads.<model>.w_m     [l, d] memory projection            (M3 head)
-                           heads.<model>.weight  [d, L], heads.<model>.bias [d]     (distillation head)
-      manifest.json        {"format": "m3-memory", "version": 1, "kind": "m3" | "distill",
+                           heads.<model>.weight  [d, L], heads.<model>.bias [d]     (linear head)
+      manifest.json        {"format": "m3-memory", "version": 1, "head": "attention" | "linear",
                             "models": {name: {dim, query_dim, query_slice, theta, model_id,
                                               random_weights, head, attention, psc_stats}},
                             "num_gaussians", "frames": {"train": [...], "heldout": [...]},
                             "world_frame", "scene_bounds": {"min", "max"}, "training": {...}}
+
+Memories written before the `head` key named the head by `kind` ("m3" / "distill");
+`read_manifest` maps those through LEGACY_KIND_HEADS, so they still load.
 
 `save` writes a temporary directory next to the target and renames it into place, so a reader
 sees the old memory or the new one, never half of one.
@@ -36,7 +39,7 @@ from m3_core.config import from_dict, to_dict
 from m3_core.errors import M3Error
 from m3_core.geometry.camera import PinholeCamera
 from m3_core.model.attention import AttentionConfig, MemoryAttention
-from m3_core.model.baseline import LinearDecoder
+from m3_core.model.linear import LinearDecoder
 from m3_core.scene import atomic_directory, atomic_write_json, plain_file_mode
 
 log = logging.getLogger(__name__)
@@ -321,8 +324,29 @@ def verify_tensors_file(path: Path, tensors: dict[str, torch.Tensor]) -> None:
         raise MemoryFileError(f"writing {path.name} failed: the tensors read back differ from those written")
 
 
+HEADS = ("attention", "linear")
+"""The feature head of a memory: M3's memory attention, or the F-3DGS-style linear decoder."""
+LEGACY_KIND_HEADS = {"m3": "attention", "distill": "linear"}
+"""Manifests before the `head` key said `kind`: its values, mapped to the head they mean."""
+
+
+def manifest_head(manifest: dict[str, Any], where: str | Path = "manifest") -> str:
+    """The head a manifest names: its `head` key, or (older memories) the head of its `kind`."""
+    if "head" in manifest:
+        head = manifest["head"]
+    else:
+        head = LEGACY_KIND_HEADS.get(manifest.get("kind", "m3"))
+    if head not in HEADS:
+        raise MemoryFileError(
+            f"{where} names an unknown head ({manifest.get('head', manifest.get('kind'))!r}); "
+            f"known: {HEADS} (or the older kind {sorted(LEGACY_KIND_HEADS)})"
+        )
+    return head
+
+
 def read_manifest(path: str | Path) -> dict[str, Any]:
-    """The manifest of a memory directory, checked for format and version."""
+    """The manifest of a memory directory, checked for format and version; an older manifest's
+    `kind` is replaced by the `head` it means."""
     path = Path(path)
     man_path = path / MANIFEST_FILE
     if not man_path.exists():
@@ -343,6 +367,8 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         )
     if not manifest.get("models"):
         raise MemoryFileError(f"{man_path} lists no models")
+    manifest["head"] = manifest_head(manifest, man_path)
+    manifest.pop("kind", None)
     return manifest
 
 

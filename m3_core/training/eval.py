@@ -228,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
     summary["per_view"] = [
         {"name": r.name, "psnr": r.psnr, "ssim": r.ssim, "features": r.features} for r in results
     ]
-    summary["memory_kind"] = memory.manifest.get("kind", "m3")
+    summary["head"] = memory.manifest["head"]
     atomic_write_json(out / "metrics.json", summary)
     for r in results:
         for name, img in r.images.items():

@@ -1,4 +1,4 @@
-"""Train an M3 memory (or the distillation baseline) from a scene directory and its features.
+"""Train an M3 memory (attention head, or the linear head for comparison) from a scene directory and its features.
 
 Per iteration one training view is rendered and the loss is
     0.8 L1 + 0.2 D-SSIM (RGB)  +  depth_weight * L1(depth on valid sensor pixels)
@@ -34,9 +34,9 @@ from m3_core.config import to_dict
 from m3_core.errors import M3Error
 from m3_core.geometry.camera import PinholeCamera
 from m3_core.model.attention import AttentionConfig, MemoryAttention
-from m3_core.model.baseline import LinearDecoder, latent_dim_for_budget
 from m3_core.model.gaussians import GaussianInitConfig, GaussianModel, init_from_scene
-from m3_core.model.memory import M3Memory, render_memory
+from m3_core.model.linear import LinearDecoder, latent_dim_for_budget
+from m3_core.model.memory import HEADS, M3Memory, render_memory
 from m3_core.model.memory_bank import default_theta, features_from_grids, select_psc
 from m3_core.scene import Scene
 from m3_core.training.densify import Densifier, DensifyConfig
@@ -51,7 +51,6 @@ from m3_core.training.losses import (
 
 log = logging.getLogger(__name__)
 
-HEADS = ("attention", "linear")
 RENDER_MODES = ("auto", "full", "points")
 
 
@@ -87,9 +86,9 @@ class OptimConfig:
     colors: float = 2.5e-3
     """RGB colours (SH degree 0)."""
     queries: float = 0.02
-    """Principal queries (distillation latents too); 5e-3 sharpened the attention too slowly."""
+    """Principal queries (the linear head's latents too); 5e-3 sharpened the attention too slowly."""
     heads: float = 1e-3
-    """Learned head parameters (W_m when learned, the baseline's linear decoder)."""
+    """Learned head parameters (W_m when learned, the linear head's decoder)."""
 
 
 @dataclass(frozen=True)
@@ -111,9 +110,9 @@ class TrainConfig:
     feature_weight: float = 0.5
     """Weight of the summed per-model feature losses (M3 code: 0.5)."""
     query_dim: int = 16
-    """Principal query dims per model (paper: 16); the baseline's latent dims are set by budget."""
+    """Principal query dims per model (paper: 16); the linear head's latent dims are set by budget."""
     head: str = "attention"
-    """"attention" (M3) or "linear" (F-3DGS-style distillation baseline at the same parameter budget)."""
+    """"attention" (M3) or "linear" (F-3DGS-style linear decoder at the same parameter budget)."""
     thetas: dict[str, float] = field(default_factory=dict)
     """PSC threshold per model; models not listed use memory_bank.DEFAULT_THETAS."""
     psc_chunk: int = 1024
@@ -494,7 +493,7 @@ class Trainer:
         scene = self.scene
         means = self.gaussians.means.detach()
         manifest = {
-            "kind": "m3" if self.config.head == "attention" else "distill",
+            "head": self.config.head,
             "models": self.features_meta,
             "frames": {
                 "train": [scene.frames[i].name for i in self.train_idx],
