@@ -8,7 +8,8 @@ distance <= 0.10, CLIP cosine distance of the attention head below the linear he
 
 Build the built-in scene first:
     m3 sim --out /tmp/b1z1_bag                       (the simulated B1+Z1 scan, a ROS 2 bag)
-    m3 bag2scene /tmp/b1z1_bag /tmp/b1z1_scene --gt /tmp/b1z1_bag_gt   (see `m3 sim --help`)
+    m3 bag2scene /tmp/b1z1_bag /tmp/b1z1_scene
+    m3 sim masks /tmp/b1z1_scene /tmp/b1z1_bag_gt    (instance masks + captions; see `m3 sim --help`)
 
 Examples:
     python benchmarks/bench_train.py --scene /tmp/b1z1_scene --device cpu --models language

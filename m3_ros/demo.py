@@ -2,7 +2,7 @@
 
   1. m3 sim            simulated B1+Z1 scan -> ROS 2 bag (+ ground truth kept aside)
   2. capture (ROS)     replay node -> pose-chain node -> capture node, three processes -> scene dir
-  3. masks             the simulator's instance masks + captions for the language-mask model
+  3. m3 sim masks      the simulator's instance masks + captions for the language-mask model
   4. m3 train          M3 memory (language-mask features + RGB)
   5. query (ROS)       query node + pose chain + looping replay (live TF); call /m3/query
   6. report            grasp target in the arm-base frame, its error against ground truth, pictures
@@ -207,7 +207,11 @@ def _capture(args: argparse.Namespace, run: DemoRun, client: Any) -> None:
 def _masks(run: DemoRun) -> None:
     from m3_core.sim import write_scene_masks
 
-    with Stage(run.timings, "3/6 instance masks + captions for the language-mask model"):
+    with Stage(
+        run.timings,
+        "3/6 instance masks + captions for the language-mask model",
+        f"m3 sim masks {run.paths.scene_dir} {run.paths.gt_dir}",
+    ):
         n = write_scene_masks(run.paths.scene_dir, run.paths.gt_dir)
         print(f"   {n} keyframes got masks from {run.paths.gt_dir}")
 

@@ -7,6 +7,7 @@ imported earlier hides a violation.
 
 from __future__ import annotations
 
+import ast
 import json
 import pkgutil
 import subprocess
@@ -33,6 +34,22 @@ for name in names:
         failed[name] = str(err)
 print(json.dumps({"modules": names, "loaded": sorted(sys.modules), "failed": failed}))
 """
+
+
+def _py_files(*folders: str) -> list[Path]:
+    return sorted(p for folder in folders for p in (REPO / folder).rglob("*.py"))
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at the top or inside a function (`from a import b` counts a and a.b)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
 
 
 def _is_ros(module: str) -> bool:
@@ -63,3 +80,22 @@ def test_every_module_is_found() -> None:
     names = {m.name for m in pkgutil.walk_packages(m3_core.__path__, "m3_core.")}
     for expected in ("m3_core.model.memory", "m3_core.training.trainer", "m3_core.robot", "m3_core.grasp.types"):
         assert expected in names
+
+
+def test_capture_and_sim_stay_independent() -> None:
+    """Two sources of scenes: the robot's capture tools never read the simulator (its ground-truth
+    masks are copied by `m3 sim masks`), and the simulator never needs the capture code."""
+    crossings = []
+    for source, other in (("capture", "sim"), ("sim", "capture")):
+        for path in _py_files(f"m3_core/{source}"):
+            bad = sorted(m for m in _imported_modules(path) if m.startswith(f"m3_core.{other}"))
+            if bad:
+                crossings.append(f"{path.relative_to(REPO)} imports {bad}")
+    assert not crossings, "\n".join(crossings)
+
+
+def test_import_finder_sees_local_and_from_imports(tmp_path) -> None:
+    code = "import os\nfrom m3_core import sim\ndef f():\n    from m3_core.sim.gt import read_mask\n"
+    (tmp_path / "x.py").write_text(code)
+    found = _imported_modules(tmp_path / "x.py")
+    assert {"os", "m3_core", "m3_core.sim", "m3_core.sim.gt", "m3_core.sim.gt.read_mask"} <= found

@@ -190,7 +190,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--save-every", type=int, default=d.save_every, help="rewrite metadata every N keyframes"
     )
-    parser.add_argument("--gt", type=Path, default=None, help="copy ground-truth masks from this sim GT dir")
+    # ground-truth masks are the simulator's: say where the flag went
+    parser.add_argument("--gt", type=Path, default=None, help=argparse.SUPPRESS)
 
 
 def config_from_args(args: argparse.Namespace) -> CaptureConfig:
@@ -210,8 +211,8 @@ def run(args: argparse.Namespace) -> int:
     from rosbags.rosbag2 import ReaderError
 
     t0 = time.perf_counter()
-    if args.gt is not None and not (args.gt / "objects.json").is_file():
-        print(f"m3 bag2scene: --gt {args.gt} is not a simulator ground-truth folder (no objects.json)")
+    if args.gt is not None:
+        print("m3 bag2scene: --gt moved to the simulator: run `m3 sim masks SCENE GT_DIR` after bag2scene")
         return 2
     try:
         robot = load_robot_config(args.config)
@@ -228,17 +229,6 @@ def run(args: argparse.Namespace) -> int:
             f"m3 bag2scene: {lost} keyframe write(s) failed in {args.out} (disk full?); {session.stats.line()}"
         )
         return 1
-    if args.gt is not None:
-        try:
-            from m3_core.sim import write_scene_masks
-        except ImportError as err:
-            print(f"m3 bag2scene: --gt needs m3_core.sim ({err})")
-            return 3
-        try:
-            write_scene_masks(args.out, args.gt)
-        except (ValueError, M3Error, OSError) as err:
-            print(f"m3 bag2scene: cannot copy the ground-truth masks from {args.gt}: {err}")
-            return 2
     print(
         f"{args.out}: {session.stats.kept} keyframes in {time.perf_counter() - t0:.1f}s; {session.stats.line()}"
     )
