@@ -29,22 +29,6 @@ from m3_ros.graph import SAFE_PATH_FLAGS
 log = logging.getLogger(__name__)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--out", type=Path, default=Path("runs/demo"), help="output folder (default %(default)s)"
-    )
-    parser.add_argument("--query", default="yellow bath duck", help="text to ask (default %(default)r)")
-    parser.add_argument("--object", default="duck", help="ground-truth object the query should find")
-    parser.add_argument("--frames", type=int, default=300, help="camera frames in the simulated scan")
-    parser.add_argument("--size", default="640x480", help="camera image size WxH")
-    parser.add_argument("--rate", type=float, default=2.0, help="replay speed factor for capture")
-    parser.add_argument("--iters", type=int, default=None, help="training iterations (default: trainer's)")
-    parser.add_argument("--models", default="language", help="feature models to train (comma list)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (training and query node)")
-    parser.add_argument("--max-error-m", type=float, default=0.03, help="fail if the target is further off")
-    parser.add_argument("--timeout", type=float, default=1800.0, help="per-stage timeout, seconds")
-
-
 class Stage:
     """Times a stage and prints it as a headline."""
 
@@ -110,16 +94,6 @@ def _m3(args: list[str], timeout: float) -> None:
     result = subprocess.run(cmd, timeout=timeout)
     if result.returncode != 0:
         raise RuntimeError(f"`m3 {' '.join(args)}` failed with exit code {result.returncode}")
-
-
-def run(args: argparse.Namespace) -> int:
-    from m3_core.errors import M3Error
-
-    try:
-        return _run(args)
-    except (RuntimeError, TimeoutError, M3Error, ValueError, subprocess.TimeoutExpired) as err:
-        print(f"\nm3 demo failed: {err}\n   node logs: {args.out.absolute() / 'logs'}", file=sys.stderr)
-        return 1
 
 
 @dataclass(frozen=True)
@@ -319,7 +293,7 @@ def _print_result(args: argparse.Namespace, report: dict[str, Any], out: Path) -
     return 0 if ok else 1
 
 
-def _run(args: argparse.Namespace) -> int:
+def run_demo(args: argparse.Namespace) -> int:
     paths = DemoPaths.under(args.out.absolute())
     paths.out.mkdir(parents=True, exist_ok=True)
     run = DemoRun(paths, _launch_values(args, paths))

@@ -99,3 +99,40 @@ def test_import_finder_sees_local_and_from_imports(tmp_path) -> None:
     (tmp_path / "x.py").write_text(code)
     found = _imported_modules(tmp_path / "x.py")
     assert {"os", "m3_core", "m3_core.sim", "m3_core.sim.gt", "m3_core.sim.gt.read_mask"} <= found
+
+
+def _is_cli_module(path: Path) -> bool:
+    return path.name == "cli.py" or path.name.endswith("_cli.py")
+
+
+def _cli_code(path: Path) -> list[str]:
+    """What makes a module command-line code: `def add_arguments`, building or filling an argparse parser."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.FunctionDef) and node.name == "add_arguments":
+            found.append(f"line {node.lineno}: def add_arguments")
+        elif isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Name)):
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id
+            if name in ("ArgumentParser", "add_argument", "add_subparsers", "add_parser"):
+                found.append(f"line {node.lineno}: {name}(...)")
+    return found
+
+
+def test_cli_code_lives_in_cli_modules() -> None:
+    """One place for command lines: a package's cli.py or a <name>_cli.py next to the logic it drives,
+    never inside a logic module or a node file."""
+    misplaced = {
+        str(path.relative_to(REPO)): found
+        for path in _py_files("m3_core", "m3_ros")
+        if not _is_cli_module(path) and (found := _cli_code(path))
+    }
+    assert not misplaced, f"command-line code outside cli modules: {misplaced}"
+
+
+def test_cli_finder_sees_parsers(tmp_path) -> None:
+    (tmp_path / "logic.py").write_text(
+        "import argparse\ndef add_arguments(p):\n    p.add_argument('--x')\n"
+        "def main():\n    argparse.ArgumentParser()\n"
+    )
+    assert len(_cli_code(tmp_path / "logic.py")) == 3
+    assert _is_cli_module(Path("m3_core/capture/bag2scene_cli.py")) and not _is_cli_module(Path("a/b.py"))

@@ -59,7 +59,7 @@ def _bag_color_stamps(bag: Path) -> list[int]:
 
 
 def _replay(bag: Path, env: dict, *extra: str, timeout: float = 120) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "m3_ros.replay_node", str(bag), "--json", *extra]
+    cmd = [sys.executable, "-m", "m3_ros.replay_cli", str(bag), "--json", *extra]
     return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
