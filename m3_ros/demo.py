@@ -23,8 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rclpy
 
-from m3_ros.graph import SAFE_PATH_FLAGS
+from m3_core.scene import load_scene
+from m3_core.sim import gt_dir_for, read_objects, write_scene_masks
+from m3_ros.conversions import matrix_from_pose_msg
+from m3_ros.demo_client import DemoClient
+from m3_ros.demo_report import write_pictures
+from m3_ros.graph import SAFE_PATH_FLAGS, load_group
+from m3_ros.ros_demo import NodeProcesses
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +55,6 @@ class Stage:
 
 def _answer_report(answer_arm, answer_odom, truth: np.ndarray) -> dict[str, Any]:
     """The answer's numbers for summary.json: object centre and error, the best grasp in odom."""
-    from m3_ros.conversions import matrix_from_pose_msg
 
     c, a = answer_odom.target.object_centre, answer_arm.target.object_centre
     target_world = np.array([c.x, c.y, c.z])
@@ -109,8 +115,6 @@ class DemoPaths:
 
     @classmethod
     def under(cls, out: Path) -> DemoPaths:
-        from m3_core.sim import gt_dir_for
-
         return cls(out, out / "bag", out / "scene", out / "memory", out / "logs", gt_dir_for(out / "bag"))
 
 
@@ -153,10 +157,6 @@ def _simulate(args: argparse.Namespace, run: DemoRun) -> None:
 
 
 def _capture(args: argparse.Namespace, run: DemoRun, client: Any) -> None:
-    from m3_core.scene import load_scene
-    from m3_ros.graph import load_group
-    from m3_ros.ros_demo import NodeProcesses
-
     p = run.paths
     with Stage(run.timings, "2/6 capture through ROS (replay -> pose chain -> capture)",
                f"m3 ros-demo replay capture --bag {p.bag} --rate {args.rate} --scene-dir {p.scene_dir}"):  # fmt: skip
@@ -179,8 +179,6 @@ def _capture(args: argparse.Namespace, run: DemoRun, client: Any) -> None:
 
 
 def _masks(run: DemoRun) -> None:
-    from m3_core.sim import write_scene_masks
-
     with Stage(
         run.timings,
         "3/6 instance masks + captions for the language-mask model",
@@ -205,9 +203,6 @@ def _train(args: argparse.Namespace, run: DemoRun) -> None:
 
 
 def _query(args: argparse.Namespace, run: DemoRun, client: Any) -> None:
-    from m3_ros.graph import load_group
-    from m3_ros.ros_demo import NodeProcesses
-
     with Stage(run.timings, "5/6 query through ROS (query node at the live camera pose)",
                f"ros2 service call /m3/query m3_grasp/srv/Query \"{{text: '{args.query}'}}\""):  # fmt: skip
         run.values["rate"] = "1.0"
@@ -222,9 +217,7 @@ def _query(args: argparse.Namespace, run: DemoRun, client: Any) -> None:
 
 def _ros_stages(args: argparse.Namespace, run: DemoRun) -> None:
     """Stages 2-5: the ones that talk to ROS nodes through one client node."""
-    import rclpy
 
-    from m3_ros.demo_client import DemoClient
 
     rclpy.init()
     client = DemoClient()
@@ -239,9 +232,6 @@ def _ros_stages(args: argparse.Namespace, run: DemoRun) -> None:
 
 
 def _report(args: argparse.Namespace, run: DemoRun) -> dict[str, Any]:
-    from m3_core.sim import read_objects
-    from m3_ros.demo_report import write_pictures
-
     p = run.paths
     with Stage(run.timings, "6/6 report"):
         objects = {o["name"]: o for o in read_objects(p.gt_dir)}

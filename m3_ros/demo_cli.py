@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from m3_core.errors import M3Error
 from m3_ros.demo import run_demo
 
 
@@ -27,8 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from m3_core.errors import M3Error
-
     try:
         return run_demo(args)
     except (RuntimeError, TimeoutError, M3Error, ValueError, subprocess.TimeoutExpired) as err:

@@ -38,6 +38,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from m3_core.errors import M3Error, TransformError
 from m3_core.geometry import PinholeCamera, TransformBuffer, transform_points
+from m3_core.model.memory import M3Memory
 from m3_core.query import QueryConfig, QueryEngine, View, robust_extent
 from m3_core.query.gaussian3d import gaussian_relevance
 from m3_core.query.overlay import draw_target, heatmap, overlay_relevance
@@ -142,8 +143,6 @@ class QueryNode(Node):
 
     # -- setup -------------------------------------------------------------------------------
     def _load_memory(self) -> None:
-        from m3_core.model.memory import M3Memory
-
         try:
             t0 = time.perf_counter()
             memory = M3Memory.load(self.memory_path, device=self.device)

@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
 import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.signals import SignalHandlerOptions
+from rclpy.utilities import remove_ros_args
 
 from m3_ros.msg_types import BAG_READ_ERRORS
 from m3_ros.replay_node import ReplayNode
@@ -51,11 +55,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, ros_args: list[str] | None = None) -> int:
-    import signal
-
-    from rclpy.executors import ExternalShutdownException
-    from rclpy.signals import SignalHandlerOptions
-
     # our own SIGINT handling: rclpy's raises KeyboardInterrupt anywhere, e.g. between a publish and
     # its count, and the summary would then miss a message that was sent
     rclpy.init(args=ros_args, signal_handler_options=SignalHandlerOptions.NO)
@@ -96,7 +95,6 @@ def run(args: argparse.Namespace, ros_args: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Console script `m3_replay_node BAG [options] [--ros-args ...]`."""
-    from rclpy.utilities import remove_ros_args
 
     argv = list(sys.argv if argv is None else argv)
     parser = argparse.ArgumentParser(prog="m3_replay_node", description="publish a ROS 2 bag with its timing")

@@ -31,7 +31,12 @@ try:  # where rclpy raises its C-layer errors from (no public alias in rclpy.exc
     from rclpy._rclpy_pybind11 import RCLError
 except ImportError:  # pragma: no cover - other rclpy layouts
     RCLError = RuntimeError  # type: ignore[misc,assignment]
+from builtin_interfaces.msg import Time
+from rclpy.duration import Duration
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.serialization import deserialize_message
+from rosbags.rosbag2 import Reader
+from rosgraph_msgs.msg import Clock
 from std_msgs.msg import String
 
 from m3_core.config import config_dir
@@ -112,7 +117,6 @@ class ReplayNode(Node):
         wins. wait_for None: the robot YAML's topics; []: start at once."""
         super().__init__(node_name)
         self._stop_requested = False
-        from rosbags.rosbag2 import Reader
 
         p = declare_parameters(
             self, REPLAY_PARAMS,
@@ -168,8 +172,6 @@ class ReplayNode(Node):
         # `ros2 bag play --clock` does
         self._clock_pub, self._clock_period_s, self._next_clock = None, 0.0, 0.0
         if clock_hz > 0:
-            from rosgraph_msgs.msg import Clock
-
             self._clock_pub = self.create_publisher(Clock, "/clock", 10)
             self._clock_period_s = 1.0 / clock_hz
             self.summary.sent["/clock"] = 0
@@ -213,8 +215,6 @@ class ReplayNode(Node):
                         self._raw_ok[topic] = False
                         continue
                 else:
-                    from rclpy.serialization import deserialize_message
-
                     pub.publish(deserialize_message(bytes(raw), pub.msg_type))
                 self.summary.sent[topic] += 1
                 return
@@ -227,8 +227,6 @@ class ReplayNode(Node):
     def _tick_clock(self, bag_ns: float) -> None:
         if self._clock_pub is None or time.monotonic() < self._next_clock:
             return
-        from builtin_interfaces.msg import Time
-        from rosgraph_msgs.msg import Clock
 
         sec, nsec = divmod(int(bag_ns), 1_000_000_000)
         self._clock_pub.publish(Clock(clock=Time(sec=sec, nanosec=nsec)))
@@ -279,7 +277,6 @@ class ReplayNode(Node):
     def wait_for_acks(self, timeout_s: float = 5.0) -> None:
         """Let reliable subscribers receive what is still in flight before the node goes away
         (exiting right after the last publish lost the last frames at 3x)."""
-        from rclpy.duration import Duration
 
         for topic, pub in self.publishers_by_topic.items():
             wait = getattr(pub, "wait_for_all_acked", None)  # rclpy >= Galactic

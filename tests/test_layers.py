@@ -78,7 +78,12 @@ def test_ros_detector_sees_ros_modules() -> None:
 def test_every_module_is_found() -> None:
     """walk_packages reaches the subpackages (model/, training/, grasp/...), not only top level."""
     names = {m.name for m in pkgutil.walk_packages(m3_core.__path__, "m3_core.")}
-    for expected in ("m3_core.model.memory", "m3_core.training.trainer", "m3_core.robot", "m3_core.grasp.types"):
+    for expected in (
+        "m3_core.model.memory",
+        "m3_core.training.trainer",
+        "m3_core.robot",
+        "m3_core.grasp.types",
+    ):
         assert expected in names
 
 
@@ -136,3 +141,43 @@ def test_cli_finder_sees_parsers(tmp_path) -> None:
     )
     assert len(_cli_code(tmp_path / "logic.py")) == 3
     assert _is_cli_module(Path("m3_core/capture/bag2scene_cli.py")) and not _is_cli_module(Path("a/b.py"))
+
+
+def _local_import_problems(path: Path) -> list[str]:
+    """Function-local imports that break the rule: of m3_core/m3_ros at all (they go to the top of the
+    file; a cycle is broken by moving code), of anything else without a `# local: <reason>` comment."""
+    lines = path.read_text().splitlines()
+    problems = []
+    for fn in ast.walk(ast.parse("\n".join(lines), str(path))):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(fn):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            module = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
+            statement = lines[node.lineno - 1 : node.end_lineno]
+            if getattr(node, "level", 0) or (module or "").split(".")[0] in ("m3_core", "m3_ros"):
+                problems.append(
+                    f"{path.name}:{node.lineno} imports the project's {module} inside {fn.name}()"
+                )
+            elif not any("# local:" in line for line in statement):
+                problems.append(
+                    f"{path.name}:{node.lineno} imports {module} inside {fn.name}() without '# local:'"
+                )
+    return problems
+
+
+def test_function_local_imports_only_for_heavy_optional_dependencies() -> None:
+    problems = [p for path in _py_files("m3_core", "m3_ros") for p in _local_import_problems(path)]
+    assert not problems, "\n".join(problems)
+
+
+def test_local_import_finder(tmp_path) -> None:
+    (tmp_path / "x.py").write_text(
+        "import os\n"
+        "def f():\n    from m3_core.scene import load_scene\n"
+        "def g():\n    import pybullet\n"
+        "def h():\n    import pybullet  # local: heavy simulator\n"
+    )
+    problems = _local_import_problems(tmp_path / "x.py")
+    assert len(problems) == 2 and "project's m3_core.scene" in problems[0] and "'# local:'" in problems[1]

@@ -118,7 +118,7 @@ def bag_to_scene(
     """Convert a bag (directory or .mcap/.db3) into a scene directory at `out`; returns the session
     (its `stats` say what was kept and dropped). Raises ValueError for an unusable bag."""
     from rosbags.highlevel import AnyReader  # local: only this path needs rosbags
-    from rosbags.typesys import Stores, get_typestore
+    from rosbags.typesys import Stores, get_typestore  # local: rosbags loads only when a bag is read
 
     robot = robot or load_robot_config()
     config = config or CaptureConfig()

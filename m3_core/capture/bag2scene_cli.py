@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from rosbags.rosbag2 import ReaderError
+
 from m3_core.capture.bag2scene import bag_to_scene
 from m3_core.capture.keyframes import KeyframeConfig
 from m3_core.capture.session import CaptureConfig
@@ -59,7 +61,6 @@ def config_from_args(args: argparse.Namespace) -> CaptureConfig:
 
 def run(args: argparse.Namespace) -> int:
     from rosbags.highlevel import AnyReaderError  # local: rosbags loads only for this command
-    from rosbags.rosbag2 import ReaderError
 
     t0 = time.perf_counter()
     if args.gt is not None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from m3_core.capture.keyframes import rotation_angle_deg
 from m3_core.geometry.camera import PinholeCamera
@@ -51,8 +52,6 @@ class Alignment:
 
 
 def _rotvec(R: np.ndarray) -> np.ndarray:
-    from scipy.spatial.transform import Rotation
-
     return Rotation.from_matrix(R).as_rotvec()
 
 
@@ -86,7 +85,7 @@ def align_camera_poses(
 
 def write_aligned_reconstruction(recon_dir: Path, out_dir: Path, robot_from_colmap: Sim3) -> None:
     """Copy a COLMAP model to out_dir with every image and point mapped into robot coordinates."""
-    import pycolmap
+    import pycolmap  # local: heavy import, only for COLMAP models
 
     rec = pycolmap.Reconstruction(str(recon_dir))
     s = robot_from_colmap
@@ -108,7 +107,7 @@ def run_pycolmap_sfm(
     Returns the folder of the largest reconstruction (work_dir/sparse/<k>). Raises ValueError when
     nothing could be reconstructed (too few images, no texture).
     """
-    import pycolmap
+    import pycolmap  # local: heavy import, only for COLMAP models
 
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)

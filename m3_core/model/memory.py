@@ -37,9 +37,12 @@ from torch import nn
 
 from m3_core.config import from_dict, to_dict
 from m3_core.errors import M3Error
+from m3_core.features.registry import get_model, model_options
 from m3_core.geometry.camera import PinholeCamera
 from m3_core.model.attention import AttentionConfig, MemoryAttention
+from m3_core.model.gaussians import PARAM_NAMES, GaussianModel
 from m3_core.model.linear import LinearDecoder
+from m3_core.render import rasterize
 from m3_core.scene import atomic_directory, atomic_write_json, plain_file_mode
 
 log = logging.getLogger(__name__)
@@ -199,7 +202,6 @@ class M3Memory(nn.Module):
         Weights come from the local install / cache, or from `options` (e.g. weights_path), which
         must come from the user, never from a memory.
         """
-        from m3_core.features.registry import get_model, model_options  # local: loads model code on demand
 
         self._check_models([model])
         entry = self.manifest["models"][model]
@@ -374,7 +376,6 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 
 def gaussians_from_tensors(tensors: dict[str, torch.Tensor], query_slices: dict[str, slice]) -> nn.Module:
     """A GaussianModel holding the given parameter tensors."""
-    from m3_core.model.gaussians import PARAM_NAMES, GaussianModel
 
     missing = [n for n in PARAM_NAMES if n not in tensors]
     if missing:
@@ -393,6 +394,5 @@ def render_memory(
     gaussians: nn.Module, world_from_camera: torch.Tensor, camera: PinholeCamera, **kwargs: Any
 ):
     """rasterize() of the memory's Gaussians (one place, so trainer and reader render alike)."""
-    from m3_core.render import rasterize
 
     return rasterize(gaussians, world_from_camera, camera, **kwargs)

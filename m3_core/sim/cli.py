@@ -17,7 +17,10 @@ import sys
 from pathlib import Path
 
 from m3_core.errors import M3Error
+from m3_core.sim import grasp_cli
+from m3_core.sim.generate import config_dir, generate, with_overrides
 from m3_core.sim.gt import write_scene_masks
+from m3_core.sim.spec import load_spec
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +34,6 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from m3_core.sim.generate import config_dir
-
     parser.add_argument(
         "--spec",
         type=Path,
@@ -60,7 +61,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers", type=int, default=None, help="rendering processes (default: 2, 1 for tiny scenes)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    from m3_core.sim import grasp_cli
 
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     grasp = actions.add_parser(
@@ -94,12 +94,7 @@ def run_masks(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from m3_core.sim.generate import generate, with_overrides
-    from m3_core.sim.spec import load_spec
-
     if getattr(args, "action", None) == "grasp":
-        from m3_core.sim import grasp_cli
-
         return grasp_cli.run(args)
     if getattr(args, "action", None) == "masks":
         return run_masks(args)

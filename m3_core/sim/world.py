@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from m3_core.errors import M3Error
 from m3_core.geometry.camera import PinholeCamera
@@ -64,7 +65,7 @@ class Body:
 
 
 def data_path() -> Path:
-    import pybullet_data
+    import pybullet_data  # local: heavy simulator, only when a world is built
 
     return Path(pybullet_data.getDataPath())
 
@@ -96,7 +97,7 @@ class TabletopWorld:
     objects are placed resting on the table top by their visual mesh boxes)."""
 
     def __init__(self, spec: SimSpec) -> None:
-        import pybullet as p
+        import pybullet as p  # local: heavy simulator, only when a world is built
 
         self._p = p
         self.spec = spec
@@ -292,12 +293,8 @@ def _rot_z(a: float) -> np.ndarray:
 
 
 def _rot_rpy(rpy: np.ndarray) -> np.ndarray:
-    from scipy.spatial.transform import Rotation
-
     return Rotation.from_euler("xyz", rpy).as_matrix()
 
 
 def _quat_xyzw(R: np.ndarray) -> list[float]:
-    from scipy.spatial.transform import Rotation
-
     return Rotation.from_matrix(R).as_quat().tolist()

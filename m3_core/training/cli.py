@@ -9,9 +9,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
+from m3_core.config import load_yaml
 from m3_core.errors import M3Error
-from m3_core.model.memory import HEADS
-from m3_core.scene import OutputExistsError, check_replaceable
+from m3_core.features import load_scene_features
+from m3_core.features.base import resolve_device
+from m3_core.model.memory import HEADS, MANIFEST_FILE
+from m3_core.scene import OutputExistsError, check_replaceable, load_scene
+from m3_core.training.trainer import TrainConfig, train_memory
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +59,6 @@ def check_output(scene: Path, out: Path, marker: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from m3_core.config import load_yaml
-    from m3_core.features import load_scene_features
-    from m3_core.features.base import resolve_device
-    from m3_core.model.memory import MANIFEST_FILE
-    from m3_core.scene import load_scene
-    from m3_core.training.trainer import TrainConfig, train_memory
-
     if args.baseline:
         print("m3 train: --baseline is gone; use --head linear")
         return 2

@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
@@ -75,7 +76,7 @@ def _pca_rgb(gt: np.ndarray, pred: np.ndarray, valid: np.ndarray) -> tuple[np.nd
 
 
 def _depth_rgb(depth: np.ndarray, vmax: float) -> np.ndarray:
-    import matplotlib
+    import matplotlib  # local: heavy plotting library, only when pictures are drawn
 
     cmap = matplotlib.colormaps["turbo"]
     img = (cmap(np.clip(depth / max(vmax, 1e-6), 0, 1))[..., :3] * 255).astype(np.uint8)
@@ -84,8 +85,6 @@ def _depth_rgb(depth: np.ndarray, vmax: float) -> np.ndarray:
 
 
 def _side_by_side(a: np.ndarray, b: np.ndarray, scale_to: int | None = None) -> np.ndarray:
-    import cv2
-
     if scale_to is not None and a.shape[0] != scale_to:
         size = (round(a.shape[1] * scale_to / a.shape[0]), scale_to)
         a = cv2.resize(a, size, interpolation=cv2.INTER_NEAREST)

@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 
 from m3_core.errors import M3Error
+from m3_core.features import load_scene_features
+from m3_core.features.base import resolve_device
 from m3_core.model.memory import M3Memory
-from m3_core.scene import atomic_write_json, atomic_write_png
+from m3_core.scene import atomic_write_json, atomic_write_png, load_scene
 from m3_core.training.eval import evaluate_memory
 
 
@@ -23,10 +25,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from m3_core.features import load_scene_features
-    from m3_core.features.base import resolve_device
-    from m3_core.scene import load_scene
-
     try:
         device = resolve_device(args.device)
         memory = M3Memory.load(args.memory, device)

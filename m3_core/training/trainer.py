@@ -23,12 +23,14 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 import cv2
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from m3_core.config import to_dict
 from m3_core.errors import M3Error
@@ -37,7 +39,7 @@ from m3_core.model.attention import AttentionConfig, MemoryAttention
 from m3_core.model.gaussians import GaussianInitConfig, GaussianModel, init_from_scene
 from m3_core.model.linear import LinearDecoder, latent_dim_for_budget
 from m3_core.model.memory import HEADS, M3Memory, render_memory
-from m3_core.model.memory_bank import default_theta, features_from_grids, select_psc
+from m3_core.model.memory_bank import DEFAULT_THETAS, default_theta, features_from_grids, select_psc
 from m3_core.scene import Scene
 from m3_core.training.densify import Densifier, DensifyConfig
 from m3_core.training.losses import (
@@ -515,8 +517,6 @@ class Trainer:
 
 
 def _known_models() -> set[str]:
-    from m3_core.model.memory_bank import DEFAULT_THETAS
-
     return set(DEFAULT_THETAS)
 
 
@@ -533,7 +533,6 @@ def train_memory(
     progress: bool = False,
 ) -> TrainResult:
     """Train a memory; write it to out_dir (atomically) when given. Returns the memory and stats."""
-    from tqdm.auto import tqdm
 
     config = config or TrainConfig()
     device = torch.device(device)
@@ -549,8 +548,6 @@ def train_memory(
         if progress and (it % 10 == 0 or it == config.iters - 1):
             bar.set_postfix({k: (f"{float(v):.4f}" if torch.is_tensor(v) else v) for k, v in logs.items()})
         if out_dir is not None and config.checkpoint_every and (it + 1) % config.checkpoint_every == 0:
-            from pathlib import Path
-
             # beside OUT, not inside: the final save replaces OUT as a whole
             ckpt_root = Path(out_dir).with_name(Path(out_dir).name + "-checkpoints")
             trainer.memory({"checkpoint": it + 1}).save(ckpt_root / f"iter_{it + 1:06d}")
