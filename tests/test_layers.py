@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import m3_core
 
 REPO = Path(__file__).resolve().parents[1]
@@ -181,3 +183,24 @@ def test_local_import_finder(tmp_path) -> None:
     )
     problems = _local_import_problems(tmp_path / "x.py")
     assert len(problems) == 2 and "project's m3_core.scene" in problems[0] and "'# local:'" in problems[1]
+
+
+# Names of files and folders outside the repository that comments and docs once pointed at; the
+# repository must stand on its own (docs/ holds what users and contributors need).
+_OUTSIDE = ("ARCHITECTURE" + ".md", "_FACTS" + ".md", "shared" + " notes", "/work/" + "shared")
+
+
+def test_no_references_to_files_outside_the_repository() -> None:
+    suffixes = {".py", ".md", ".yaml", ".yml", ".toml", ".txt", ".sh", ".xml", ".cfg", ".json"}
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=False)
+    if tracked.returncode != 0:
+        pytest.skip(f"git ls-files failed (not a git checkout?): {tracked.stderr.strip()}")
+    hits = []
+    for name in tracked.stdout.splitlines():
+        path = REPO / name
+        if path.suffix not in suffixes or name.startswith("third_party/") or not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        # file names as written (docs/architecture.md is ours); the phrase in any case
+        hits += [f"{name}: {ref}" for ref in _OUTSIDE if ref in text or (" " in ref and ref in text.lower())]
+    assert not hits, f"references to files outside the repository: {hits}"

@@ -16,7 +16,7 @@ from scipy.spatial.transform import Rotation
 
 from m3_core.errors import M3Error
 from m3_core.geometry.camera import PinholeCamera
-from m3_core.geometry.se3 import invert, matrix_from_pose, transform_from_rt
+from m3_core.geometry.se3 import invert, matrix_from_pose, quat_xyzw_from_matrix, transform_from_rt
 from m3_core.sim.meshes import merge_meshes, placed_mesh
 from m3_core.sim.spec import CATALOG, ObjectSpec, SimSpec
 
@@ -184,7 +184,7 @@ class TabletopWorld:
         rpy = obj.upright_rpy_deg or entry.get("upright_rpy_deg", (0.0, 0.0, 0.0))
         R = _rot_z(yaw_rad) @ _rot_rpy(np.radians(rpy))
         world_R = self.world_from_table[:3, :3] @ R
-        quat = _quat_xyzw(world_R)
+        quat = quat_xyzw_from_matrix(world_R).tolist()
         body_id = p.loadURDF(
             resolve_urdf(obj),
             [0, 0, 5.0],
@@ -228,7 +228,7 @@ class TabletopWorld:
         body_id = p.loadURDF(
             resolve_urdf(obj),
             [0, 0, 5.0],
-            _quat_xyzw(R),
+            quat_xyzw_from_matrix(R).tolist(),
             globalScaling=float(obj.scale),
             physicsClientId=self.client,
         )
@@ -296,5 +296,3 @@ def _rot_rpy(rpy: np.ndarray) -> np.ndarray:
     return Rotation.from_euler("xyz", rpy).as_matrix()
 
 
-def _quat_xyzw(R: np.ndarray) -> list[float]:
-    return Rotation.from_matrix(R).as_quat().tolist()
