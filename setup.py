@@ -20,7 +20,7 @@ setup(
             "m3_capture_node = m3_ros.capture_node:main",
             "m3_pose_chain_node = m3_ros.pose_chain_node:main",
             "m3_query_node = m3_ros.query_node:main",
-            "m3_replay_node = m3_ros.replay_node:main",
+            "m3_replay_node = m3_ros.replay_cli:main",
         ],
     },
 )

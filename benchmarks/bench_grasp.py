@@ -8,7 +8,8 @@
 
 Building a memory of the built-in scene (minutes on a CPU; build once, reuse):
     m3 sim --out /tmp/g/bag --frames 90 --size 320x240      # add --depth-noise --odometry-drift
-    m3 bag2scene /tmp/g/bag /tmp/g/scene --gt /tmp/g/bag_gt
+    m3 bag2scene /tmp/g/bag /tmp/g/scene
+    m3 sim masks /tmp/g/scene /tmp/g/bag_gt
     m3 train /tmp/g/scene --models language --iters 400 --out /tmp/g/memory --device cpu
 
 `answer(...)` is the query under test: text + view -> ranked grasps. Each answer is classified by

@@ -3,16 +3,18 @@
 CPU target (2 cores): language-mask + RGB memory of the built-in scene in <= 5 min (features,
 PSC, init and training all counted). GPU target (one H100/H200): CLIP-only memory in <= 60 s
 (random CLIP weights are fine for timing). Quality: held-out RGB PSNR >= 28 dB, language cosine
-distance <= 0.10, CLIP cosine distance below the distillation baseline's (--baseline).
+distance <= 0.10, CLIP cosine distance of the attention head below the linear head's
+(--heads attention,linear: the same run with the F-3DGS-style linear head at the same budget).
 
 Build the built-in scene first:
     m3 sim --out /tmp/b1z1_bag                       (the simulated B1+Z1 scan, a ROS 2 bag)
-    m3 bag2scene /tmp/b1z1_bag /tmp/b1z1_scene --gt /tmp/b1z1_bag_gt   (see `m3 sim --help`)
+    m3 bag2scene /tmp/b1z1_bag /tmp/b1z1_scene
+    m3 sim masks /tmp/b1z1_scene /tmp/b1z1_bag_gt    (instance masks + captions; see `m3 sim --help`)
 
 Examples:
     python benchmarks/bench_train.py --scene /tmp/b1z1_scene --device cpu --models language
     python benchmarks/bench_train.py --scene /tmp/b1z1_scene --device cuda --models clip \
-        --allow-random-weights --baseline
+        --allow-random-weights --heads attention,linear
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import time
 from dataclasses import replace
 
 
-def main() -> int:
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -43,26 +45,25 @@ def main() -> int:
         "--allow-random-weights", action="store_true", help="random model weights (timing only)"
     )
     parser.add_argument(
-        "--baseline", action="store_true", help="also train the distillation baseline and compare"
+        "--heads", default="attention", help="comma list of heads to train and compare: attention, linear"
     )
+    # earlier runs (BENCHMARKS.md) said --baseline for "--heads attention,linear"
+    parser.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--thetas", default=None, help="PSC thresholds, e.g. clip=0.9,language=0.95")
     parser.add_argument("--out", default=None, help="write the memory here (default: not written)")
     args = parser.parse_args()
+    if args.baseline:
+        parser.exit(2, "bench_train.py: --baseline is gone; use --heads attention,linear\n")
+    args.heads = [h.strip() for h in args.heads.split(",") if h.strip()]
+    return args
 
-    import torch
 
+def _train_config(args: argparse.Namespace, cuda: bool):
+    """TrainConfig from --config and the flags (CUDA: 3000 steps at width 640 unless told)."""
     from m3_core.config import load_yaml
-    from m3_core.features import load_scene_features
-    from m3_core.scene import load_scene
-    from m3_core.training.eval import evaluate_memory
-    from m3_core.training.trainer import TrainConfig, train_memory
+    from m3_core.training.trainer import TrainConfig
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    cuda = device.type == "cuda"
-    models = (args.models or ("clip" if cuda else "language")).split(",")
     config = load_yaml(TrainConfig, args.config, "train") if args.config else TrainConfig()
     if cuda and args.iters is None and not args.config:
         config = replace(config, iters=3000, train_width=640)
@@ -73,6 +74,25 @@ def main() -> int:
     if args.thetas:
         pairs = dict(kv.split("=") for kv in args.thetas.split(","))
         config = replace(config, thetas={**config.thetas, **{k: float(v) for k, v in pairs.items()}})
+    return config
+
+
+def main() -> int:
+    args = _parse_args()
+
+    import torch
+
+    from m3_core.features import load_scene_features
+    from m3_core.scene import load_scene
+    from m3_core.training.eval import evaluate_memory
+    from m3_core.training.trainer import train_memory
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    models = (args.models or ("clip" if cuda else "language")).split(",")
+    config = _train_config(args, cuda)
 
     print(f"machine: {platform.node()} {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, torch threads "
           f"{torch.get_num_threads()}" + (f", GPU {torch.cuda.get_device_name(device)}" if cuda else ""))  # fmt: skip
@@ -92,7 +112,7 @@ def main() -> int:
           f"features {t_features:.1f} s (frames extracted {extracted}, rest cached)")  # fmt: skip
 
     results = {}
-    for head in ["attention", "linear"] if args.baseline else ["attention"]:
+    for head in args.heads:
         cfg = replace(config, head=head)
         t1 = time.perf_counter()
         res = train_memory(
@@ -101,10 +121,9 @@ def main() -> int:
         t_train = time.perf_counter() - t1
         summary, _ = evaluate_memory(res.memory, scene, features)
         s = res.stats
-        label = "M3" if head == "attention" else "distill baseline"
         total = t_features + t_train
         print(
-            f"\n[{label}] iters {cfg.iters} at width {cfg.train_width or 'native'} ({res.memory.manifest['training']['render_mode']} mode)"
+            f"\n[{head} head] iters {cfg.iters} at width {cfg.train_width or 'native'} ({res.memory.manifest['training']['render_mode']} mode)"
         )
         print(f"  setup {s['seconds_setup']:.1f} s (PSC {s['seconds_psc']:.1f} s), train {s['seconds_train']:.1f} s "
               f"({cfg.iters / max(s['seconds_train'], 1e-9):.1f} it/s), features+setup+train {total:.1f} s")  # fmt: skip
@@ -114,16 +133,20 @@ def main() -> int:
         )
         for m, v in summary["features"].items():
             print(f"  {m}: cosine distance {v['cosine']:.4f}, L2 distance {v['l2']:.4f}")
-        results[label] = {"seconds_total_with_features": round(total, 2), **summary, "train_stats": s}
-    if args.baseline:
-        for m in models:
-            a = results["M3"]["features"].get(m, {}).get("cosine")
-            b = results["distill baseline"]["features"].get(m, {}).get("cosine")
-            if a is not None and b is not None:
-                verdict = "M3 better" if a < b else "baseline better"
-                print(f"\n{m} cosine distance: M3 {a:.4f} vs baseline {b:.4f} -> {verdict}")
+        results[head] = {"seconds_total_with_features": round(total, 2), **summary, "train_stats": s}
+    if {"attention", "linear"} <= set(results):
+        _compare(results, models)
     print("\nJSON " + json.dumps(results, default=str))
     return 0
+
+
+def _compare(results: dict, models: list[str]) -> None:
+    for m in models:
+        a = results["attention"]["features"].get(m, {}).get("cosine")
+        b = results["linear"]["features"].get(m, {}).get("cosine")
+        if a is not None and b is not None:
+            verdict = "attention better" if a < b else "linear better"
+            print(f"\n{m} cosine distance: attention {a:.4f} vs linear {b:.4f} -> {verdict}")
 
 
 if __name__ == "__main__":

@@ -152,7 +152,7 @@ def profile_steps(step, steps: int = 20) -> dict[str, float]:
     }
 
 
-def main() -> int:
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -169,7 +169,11 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed blocks per row (median reported)")
     parser.add_argument("--profile", action="store_true", help="kernel launches and GPU busy share per row")
     parser.add_argument("--label", default="", help="printed with the results (e.g. the commit)")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = _parse_args()
 
     from m3_core.features import load_scene_features
     from m3_core.scene import load_scene

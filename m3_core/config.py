@@ -8,6 +8,7 @@ and `load_yaml` reads a file (optionally one top-level section of it).
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from pathlib import Path
@@ -98,7 +99,6 @@ def config_dir() -> Path:
     """The package's config/ folder: $M3_CONFIG_DIR, else the source tree's config/ (pip -e, a
     checkout), else share/m3_grasp/config of a colcon install found on $AMENT_PREFIX_PATH (read as a
     plain path list: m3_core imports nothing from ROS)."""
-    import os
 
     env = os.environ.get("M3_CONFIG_DIR")
     if env:

@@ -298,7 +298,7 @@ def verify_colmap_model(model_dir: Path, rec: Any) -> None:
     """Check the files pycolmap wrote before they replace the old model: pycolmap's writer returns
     normally on a full disk, leaving short or empty files. Sizes first (a truncated file must not
     reach the reader), then a read-back of what the model holds."""
-    import pycolmap
+    import pycolmap  # local: heavy import, only for COLMAP models
 
     for name, expected in colmap_file_sizes(rec).items():
         path = Path(model_dir) / name
@@ -320,7 +320,7 @@ def verify_colmap_model(model_dir: Path, rec: Any) -> None:
 
 def read_colmap_poses(sparse_dir: Path) -> dict[str, tuple[PinholeCamera, np.ndarray]]:
     """{image file name: (camera, world_from_camera)} from a COLMAP model (PINHOLE or SIMPLE_PINHOLE)."""
-    import pycolmap
+    import pycolmap  # local: heavy import, only for COLMAP models
 
     sparse_dir = Path(sparse_dir)
     if not sparse_dir.is_dir():

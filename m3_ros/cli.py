@@ -1,6 +1,8 @@
-"""The `m3` command line: one table of subcommands, each in the module that owns it.
+"""The `m3` command line: one table of subcommands, each in its package's command-line module.
 
-A subcommand module provides `add_arguments(parser)` and `run(args) -> int`. Modules are imported
+Command-line code lives in a package's `cli.py` or in a `<name>_cli.py` next to the logic it drives
+(`capture/bag2scene_cli.py` for `capture/bag2scene.py`), never inside logic modules or node files
+(tests/test_layers.py checks it). A subcommand module provides `add_arguments(parser)` and `run(args) -> int`. Modules are imported
 only when their subcommand runs, so `m3 sim` never loads rclpy and `m3 --help` stays fast.
 """
 
@@ -17,20 +19,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "m3_core.sim.cli",
         "generate the simulated B1+Z1 tabletop scan as a ROS 2 bag (m3 sim grasp: a grasp in physics)",
     ),
-    "replay": ("m3_ros.replay_node", "publish a bag on ROS 2 topics with its timing"),
-    "bag2scene": ("m3_core.capture.bag2scene", "turn a bag into a keyframed scene directory"),
-    "colmap-align": ("m3_core.capture.colmap_align", "align a COLMAP reconstruction to the robot frame"),
+    "replay": ("m3_ros.replay_cli", "publish a bag on ROS 2 topics with its timing"),
+    "bag2scene": ("m3_core.capture.bag2scene_cli", "turn a bag into a keyframed scene directory"),
+    "colmap-align": ("m3_core.capture.colmap_align_cli", "align a COLMAP reconstruction to the robot frame"),
     "calibrate": (
-        "m3_core.capture.calibrate",
+        "m3_core.capture.calibrate_cli",
         "hand-eye (and mount) from a scan; writes a corrected robot YAML",
     ),
     "features": ("m3_core.features.cli", "extract and cache foundation-model features of a scene"),
     "train": ("m3_core.training.cli", "train an M3 memory from a scene directory"),
-    "eval": ("m3_core.training.eval", "evaluate a memory on held-out views"),
+    "eval": ("m3_core.training.eval_cli", "evaluate a memory on held-out views"),
     "query": ("m3_core.query.cli", "text query -> grasp target without ROS"),
     "view": ("m3_core.view.cli", "open a memory in the browser: orbit, render, query, see the grasp"),
-    "demo": ("m3_ros.demo", "the whole chain on the built-in scene (README main command)"),
-    "ros-demo": ("m3_ros.ros_demo", "start the demo's ROS nodes as processes (like demo.launch.py)"),
+    "demo": ("m3_ros.demo_cli", "the whole chain on the built-in scene (README main command)"),
+    "ros-demo": ("m3_ros.ros_demo_cli", "start the demo's ROS nodes as processes (like demo.launch.py)"),
 }
 
 

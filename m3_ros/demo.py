@@ -2,7 +2,7 @@
 
   1. m3 sim            simulated B1+Z1 scan -> ROS 2 bag (+ ground truth kept aside)
   2. capture (ROS)     replay node -> pose-chain node -> capture node, three processes -> scene dir
-  3. masks             the simulator's instance masks + captions for the language-mask model
+  3. m3 sim masks      the simulator's instance masks + captions for the language-mask model
   4. m3 train          M3 memory (language-mask features + RGB)
   5. query (ROS)       query node + pose chain + looping replay (live TF); call /m3/query
   6. report            grasp target in the arm-base frame, its error against ground truth, pictures
@@ -19,30 +19,23 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rclpy
+from rosbags.rosbag2 import Reader
 
-from m3_ros.graph import SAFE_PATH_FLAGS
+from m3_core.scene import load_scene
+from m3_core.sim import gt_dir_for, read_objects, write_scene_masks
+from m3_ros.conversions import matrix_from_pose_msg
+from m3_ros.demo_client import DemoClient
+from m3_ros.demo_report import write_pictures
+from m3_ros.graph import SAFE_PATH_FLAGS, load_group
+from m3_ros.ros_demo import NodeProcesses
 
 log = logging.getLogger(__name__)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--out", type=Path, default=Path("runs/demo"), help="output folder (default %(default)s)"
-    )
-    parser.add_argument("--query", default="yellow bath duck", help="text to ask (default %(default)r)")
-    parser.add_argument("--object", default="duck", help="ground-truth object the query should find")
-    parser.add_argument("--frames", type=int, default=300, help="camera frames in the simulated scan")
-    parser.add_argument("--size", default="640x480", help="camera image size WxH")
-    parser.add_argument("--rate", type=float, default=2.0, help="replay speed factor for capture")
-    parser.add_argument("--iters", type=int, default=None, help="training iterations (default: trainer's)")
-    parser.add_argument("--models", default="language", help="feature models to train (comma list)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (training and query node)")
-    parser.add_argument("--max-error-m", type=float, default=0.03, help="fail if the target is further off")
-    parser.add_argument("--timeout", type=float, default=1800.0, help="per-stage timeout, seconds")
 
 
 class Stage:
@@ -64,7 +57,6 @@ class Stage:
 
 def _answer_report(answer_arm, answer_odom, truth: np.ndarray) -> dict[str, Any]:
     """The answer's numbers for summary.json: object centre and error, the best grasp in odom."""
-    from m3_ros.conversions import matrix_from_pose_msg
 
     c, a = answer_odom.target.object_centre, answer_arm.target.object_centre
     target_world = np.array([c.x, c.y, c.z])
@@ -106,8 +98,6 @@ def _physics_check(out: Path, gt_dir: Path, grasp: dict | None, target: str, tim
 
 def bag_message_counts(bag: Path) -> dict[str, int]:
     """Messages per topic in a ROS 2 bag (what a full replay sends)."""
-    from rosbags.rosbag2 import Reader
-
     counts: Counter[str] = Counter()
     with Reader(bag) as reader:
         for connection in reader.connections:
@@ -123,34 +113,51 @@ def _m3(args: list[str], timeout: float) -> None:
         raise RuntimeError(f"`m3 {' '.join(args)}` failed with exit code {result.returncode}")
 
 
-def run(args: argparse.Namespace) -> int:
-    from m3_core.errors import M3Error
+@dataclass(frozen=True)
+class DemoPaths:
+    """Where each stage writes: all under the demo's --out folder."""
 
-    try:
-        return _run(args)
-    except (RuntimeError, TimeoutError, M3Error, ValueError, subprocess.TimeoutExpired) as err:
-        print(f"\nm3 demo failed: {err}\n   node logs: {args.out.absolute() / 'logs'}", file=sys.stderr)
-        return 1
+    out: Path
+    bag: Path
+    scene_dir: Path
+    memory_dir: Path
+    logs: Path
+    gt_dir: Path
+
+    @classmethod
+    def under(cls, out: Path) -> DemoPaths:
+        return cls(out, out / "bag", out / "scene", out / "memory", out / "logs", gt_dir_for(out / "bag"))
 
 
-def _run(args: argparse.Namespace) -> int:
-    import rclpy
+@dataclass
+class DemoRun:
+    """What the stages hand on to the report: timings, node exit codes, capture counts, answers."""
 
-    from m3_core.scene import load_scene
-    from m3_core.sim import gt_dir_for, read_objects, write_scene_masks
-    from m3_ros.demo_client import DemoClient
-    from m3_ros.graph import load_group
-    from m3_ros.ros_demo import NodeProcesses
+    paths: DemoPaths
+    values: dict[str, str]
+    """Launch values of the node groups (config/graph.yaml)."""
+    timings: dict[str, float] = field(default_factory=dict)
+    exit_codes: dict[str, int] = field(default_factory=dict)
+    capture_stats: dict[str, Any] = field(default_factory=dict)
+    answer_arm: Any = None
+    answer_odom: Any = None
+    overlay: Any = None
+    t_start: float = field(default_factory=time.perf_counter)
 
-    out = args.out.absolute()
-    out.mkdir(parents=True, exist_ok=True)
-    bag, scene_dir, memory_dir = out / "bag", out / "scene", out / "memory"
-    logs = out / "logs"
-    timings: dict[str, float] = {}
-    t_start = time.perf_counter()
 
+def _launch_values(args: argparse.Namespace, paths: DemoPaths) -> dict[str, str]:
+    return {"bag": str(paths.bag), "rate": str(args.rate), "scene_dir": str(paths.scene_dir),
+            "memory": str(paths.memory_dir), "device": args.device, "camera_reliable": "true",
+            # A short CPU training can leave a memory on which the planner finds no grasp of the
+            # object (1 of 3 fresh-clone CI runs): the demo still reports the located object and
+            # says "no feasible grasp" rather than failing. On a robot the node refuses instead.
+            "require_grasp": "false"}  # fmt: skip
+
+
+def _simulate(args: argparse.Namespace, run: DemoRun) -> None:
+    bag = run.paths.bag
     with Stage(
-        timings,
+        run.timings,
         "1/6 simulate the robot scan",
         f"m3 sim --out {bag} --frames {args.frames} --size {args.size}",
     ):
@@ -158,100 +165,115 @@ def _run(args: argparse.Namespace) -> int:
             ["sim", "--out", str(bag), "--frames", str(args.frames), "--size", args.size, "--force"],
             args.timeout,
         )
-    gt_dir = gt_dir_for(bag)
 
-    values = {"bag": str(bag), "rate": str(args.rate), "scene_dir": str(scene_dir), "memory": str(memory_dir),
-              "device": args.device, "camera_reliable": "true",
-              # A short CPU training can leave a memory on which the planner finds no grasp of the
-              # object (1 of 3 fresh-clone CI runs): the demo still reports the located object and
-              # says "no feasible grasp" rather than failing. On a robot the node refuses instead.
-              "require_grasp": "false"}  # fmt: skip
-    exit_codes: dict[str, int] = {}
+
+def _capture(args: argparse.Namespace, run: DemoRun, client: Any) -> None:
+    p = run.paths
+    with Stage(run.timings, "2/6 capture through ROS (replay -> pose chain -> capture)",
+               f"m3 ros-demo replay capture --bag {p.bag} --rate {args.rate} --scene-dir {p.scene_dir}"):  # fmt: skip
+        nodes = NodeProcesses(p.logs)
+        nodes.start(load_group("capture", run.values))
+        client.wait_for_capture(timeout=60.0)
+        nodes.start(load_group("replay", run.values))
+        code = nodes.wait("m3_replay", timeout=args.timeout)
+        if code != 0:
+            raise RuntimeError(f"replay exited with {code}; see {p.logs / 'm3_replay.log'}")
+        # the replay has handed every message over; a loaded capture may still be decoding them
+        missing = client.wait_capture_received(bag_message_counts(p.bag), timeout=args.timeout)
+        if missing:
+            print(f"   WARNING: the capture never received {missing} (messages per topic)")
+        saved = client.save_scene(timeout=60.0)
+        run.exit_codes.update(nodes.stop())
+        # what the capture received, paired and kept (every frame sent should be received and paired)
+        run.capture_stats = load_scene(p.scene_dir).extra.get("capture_stats", {})
+        print(f"   capture: {saved.split(';')[0]}")
+        print(
+            "   capture counts: received color={received_color} depth={received_depth}, "
+            "paired={paired}, kept={kept}, dropped={dropped}".format(**run.capture_stats)
+        )
+
+
+def _masks(run: DemoRun) -> None:
+    with Stage(
+        run.timings,
+        "3/6 instance masks + captions for the language-mask model",
+        f"m3 sim masks {run.paths.scene_dir} {run.paths.gt_dir}",
+    ):
+        n = write_scene_masks(run.paths.scene_dir, run.paths.gt_dir)
+        print(f"   {n} keyframes got masks from {run.paths.gt_dir}")
+
+
+def _train(args: argparse.Namespace, run: DemoRun) -> None:
+    scene_dir, memory_dir = run.paths.scene_dir, run.paths.memory_dir
+    with Stage(
+        run.timings,
+        "4/6 train the M3 memory",
+        f"m3 train {scene_dir} --models {args.models} --out {memory_dir}",
+    ):
+        train_args = ["train", str(scene_dir), "--models", args.models, "--out", str(memory_dir)]
+        train_args += ["--device", args.device]
+        if args.iters is not None:
+            train_args += ["--iters", str(args.iters)]
+        _m3(train_args, args.timeout)
+
+
+def _query(args: argparse.Namespace, run: DemoRun, client: Any) -> None:
+    with Stage(run.timings, "5/6 query through ROS (query node at the live camera pose)",
+               f"ros2 service call /m3/query m3_grasp/srv/Query \"{{text: '{args.query}'}}\""):  # fmt: skip
+        run.values["rate"] = "1.0"
+        nodes = NodeProcesses(run.paths.logs)
+        nodes.start(load_group("query", run.values))
+        nodes.start(load_group("replay_loop", run.values))
+        run.answer_arm = client.query(args.query, "arm_base_link", timeout=args.timeout)
+        run.answer_odom = client.query(args.query, "odom", timeout=60.0)
+        run.overlay = client.latest_overlay()
+        run.exit_codes.update(nodes.stop())
+
+
+def _ros_stages(args: argparse.Namespace, run: DemoRun) -> None:
+    """Stages 2-5: the ones that talk to ROS nodes through one client node."""
+
+
     rclpy.init()
     client = DemoClient()
     try:
-        with Stage(timings, "2/6 capture through ROS (replay -> pose chain -> capture)",
-                   f"m3 ros-demo replay capture --bag {bag} --rate {args.rate} --scene-dir {scene_dir}"):  # fmt: skip
-            nodes = NodeProcesses(logs)
-            nodes.start(load_group("capture", values))
-            client.wait_for_capture(timeout=60.0)
-            nodes.start(load_group("replay", values))
-            code = nodes.wait("m3_replay", timeout=args.timeout)
-            if code != 0:
-                raise RuntimeError(f"replay exited with {code}; see {logs / 'm3_replay.log'}")
-            # the replay has handed every message over; a loaded capture may still be decoding them
-            missing = client.wait_capture_received(bag_message_counts(bag), timeout=args.timeout)
-            if missing:
-                print(f"   WARNING: the capture never received {missing} (messages per topic)")
-            saved = client.save_scene(timeout=60.0)
-            exit_codes.update(nodes.stop())
-            # what the capture received, paired and kept (every frame sent should be received and paired)
-            capture_stats = load_scene(scene_dir).extra.get("capture_stats", {})
-            print(f"   capture: {saved.split(';')[0]}")
-            print(
-                "   capture counts: received color={received_color} depth={received_depth}, "
-                "paired={paired}, kept={kept}, dropped={dropped}".format(**capture_stats)
-            )
-
-        with Stage(timings, "3/6 instance masks + captions for the language-mask model"):
-            n = write_scene_masks(scene_dir, gt_dir)
-            print(f"   {n} keyframes got masks from {gt_dir}")
-
-        with Stage(
-            timings,
-            "4/6 train the M3 memory",
-            f"m3 train {scene_dir} --models {args.models} --out {memory_dir}",
-        ):
-            train_args = [
-                "train",
-                str(scene_dir),
-                "--models",
-                args.models,
-                "--out",
-                str(memory_dir),
-                "--device",
-                args.device,
-            ]
-            if args.iters is not None:
-                train_args += ["--iters", str(args.iters)]
-            _m3(train_args, args.timeout)
-
-        with Stage(timings, "5/6 query through ROS (query node at the live camera pose)",
-                   f"ros2 service call /m3/query m3_grasp/srv/Query \"{{text: '{args.query}'}}\""):  # fmt: skip
-            values["rate"] = "1.0"
-            nodes = NodeProcesses(logs)
-            nodes.start(load_group("query", values))
-            nodes.start(load_group("replay_loop", values))
-            answer_arm = client.query(args.query, "arm_base_link", timeout=args.timeout)
-            answer_odom = client.query(args.query, "odom", timeout=60.0)
-            overlay = client.latest_overlay()
-            exit_codes.update(nodes.stop())
+        _capture(args, run, client)
+        _masks(run)
+        _train(args, run)
+        _query(args, run, client)
     finally:
         client.destroy_node()
         rclpy.try_shutdown()
 
-    with Stage(timings, "6/6 report"):
-        objects = {o["name"]: o for o in read_objects(gt_dir)}
+
+def _report(args: argparse.Namespace, run: DemoRun) -> dict[str, Any]:
+    p = run.paths
+    with Stage(run.timings, "6/6 report"):
+        objects = {o["name"]: o for o in read_objects(p.gt_dir)}
         if args.object not in objects:
             raise ValueError(f"--object {args.object!r} is not in the scene; objects: {sorted(objects)}")
         truth = np.array(objects[args.object]["box_center_world"])
         report = {
             "query": args.query,
-            "success": bool(answer_odom.success and answer_arm.success),
-            "message": answer_arm.message,
-            "exit_codes": exit_codes,
-            "capture_stats": capture_stats,
-            "timings_s": timings,
+            "success": bool(run.answer_odom.success and run.answer_arm.success),
+            "message": run.answer_arm.message,
+            "exit_codes": run.exit_codes,
+            "capture_stats": run.capture_stats,
+            "timings_s": run.timings,
         }
         if report["success"]:
-            report.update(_answer_report(answer_arm, answer_odom, truth))
-            report["physics"] = _physics_check(out, gt_dir, report["grasp_world"], args.object, args.timeout)
-        from m3_ros.demo_report import write_pictures
+            report.update(_answer_report(run.answer_arm, run.answer_odom, truth))
+            report["physics"] = _physics_check(
+                p.out, p.gt_dir, report["grasp_world"], args.object, args.timeout
+            )
+        report["pictures"] = write_pictures(p.out, p.scene_dir, p.memory_dir, p.gt_dir, report, run.overlay)
+        report["timings_s"]["total"] = round(time.perf_counter() - run.t_start, 1)
+        (p.out / "summary.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
 
-        report["pictures"] = write_pictures(out, scene_dir, memory_dir, gt_dir, report, overlay)
-        report["timings_s"]["total"] = round(time.perf_counter() - t_start, 1)
-        (out / "summary.json").write_text(json.dumps(report, indent=1) + "\n")
 
+def _print_result(args: argparse.Namespace, report: dict[str, Any], out: Path) -> int:
+    """The result block; 0 when the target is within --max-error-m and every node exited cleanly."""
     print("\n== result")
     if not report["success"]:
         print(f"   query failed: {report['message']}")
@@ -268,8 +290,19 @@ def _run(args: argparse.Namespace) -> int:
               f"{physics.get('message', physics.get('error', ''))}")  # fmt: skip
     else:
         print("   no feasible grasp in the answer: nothing to execute")
+    exit_codes = report["exit_codes"]
     print(f"   node exit codes: {exit_codes}")
     print(f"   pictures: {', '.join(report['pictures'])}")
     print(f"   total {report['timings_s']['total']:.0f} s; summary: {out / 'summary.json'}")
     ok = report["error_m"] <= args.max_error_m and all(c == 0 for c in exit_codes.values())
     return 0 if ok else 1
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    paths = DemoPaths.under(args.out.absolute())
+    paths.out.mkdir(parents=True, exist_ok=True)
+    run = DemoRun(paths, _launch_values(args, paths))
+    _simulate(args, run)
+    _ros_stages(args, run)
+    report = _report(args, run)
+    return _print_result(args, report, paths.out)

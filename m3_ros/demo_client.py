@@ -7,6 +7,7 @@ import re
 import time
 
 import numpy as np
+import rclpy
 from m3_grasp.srv import Query
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -37,8 +38,6 @@ class DemoClient(Node):
         self._overlay = msg
 
     def _call(self, client, request, timeout: float):
-        import rclpy
-
         future = client.call_async(request)
         rclpy.spin_until_future_complete(self, future, timeout_sec=timeout)
         if not future.done():
@@ -93,7 +92,6 @@ class DemoClient(Node):
 
     def latest_overlay(self, wait_s: float = 2.0) -> np.ndarray | None:
         """The query node's latest relevance overlay (RGB), if it published one."""
-        import rclpy
 
         deadline = time.monotonic() + wait_s
         while self._overlay is None and time.monotonic() < deadline:

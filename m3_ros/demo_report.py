@@ -12,12 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from scipy.spatial import ConvexHull
 
 from m3_core.geometry.se3 import transform_points
 from m3_core.grasp.gripper import gripper_boxes
 from m3_core.grasp.types import Grasp
+from m3_core.model.memory import M3Memory
 from m3_core.robot import GripperConfig, load_robot_config
+from m3_core.scene import atomic_write_png, load_scene
+from m3_core.sim import read_objects
 
 
 def gripper_footprints(grasp: dict[str, Any], gripper: GripperConfig) -> list[np.ndarray]:
@@ -33,7 +37,7 @@ def gripper_footprints(grasp: dict[str, Any], gripper: GripperConfig) -> list[np
 
 
 def _draw_gripper(axis: Any, grasp: dict[str, Any], physics: dict[str, Any]) -> None:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # local: heavy plotting library, only when pictures are drawn
 
     held = physics.get("success")
     verdict = "held in physics" if held else ("failed in physics" if physics else "not checked")
@@ -50,22 +54,28 @@ def write_pictures(
     report: dict[str, Any],
     overlay: np.ndarray | None,
 ) -> list[str]:
-    import matplotlib
+    import matplotlib  # local: heavy plotting library, only when pictures are drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import torch
 
-    from m3_core.model.memory import M3Memory
-    from m3_core.scene import atomic_write_png, load_scene
-    from m3_core.sim import read_objects
 
     written = []
     if overlay is not None:
         atomic_write_png(out / "relevance_overlay.png", overlay)
         written.append("relevance_overlay.png")
-
     scene = load_scene(scene_dir)
+    _render_vs_capture(out / "render_vs_capture.png", scene, memory_dir)
+    written.append("render_vs_capture.png")
+    _top_down(out / "top_down.png", scene, gt_dir, report)
+    written.append("top_down.png")
+    return [str(out / w) for w in written]
+
+
+def _render_vs_capture(path: Path, scene: Any, memory_dir: Path) -> None:
+    """The middle keyframe beside the memory rendered at its pose: RGB on top, depth below."""
+    import matplotlib.pyplot as plt  # local: heavy plotting library, only when pictures are drawn
+
+
     memory = M3Memory.load(memory_dir, device="cpu")
     i = len(scene) // 2
     frame = scene.frames[i]
@@ -92,9 +102,14 @@ def write_pictures(
     fig.colorbar(im, ax=ax[1, :], shrink=0.8)
     for a in ax.flat:
         a.axis("off")
-    fig.savefig(out / "render_vs_capture.png", dpi=90)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
-    written.append("render_vs_capture.png")
+
+
+def _top_down(path: Path, scene: Any, gt_dir: Path, report: dict[str, Any]) -> None:
+    """The table from above: objects, camera path, target vs truth, the gripper at the best grasp."""
+    import matplotlib.pyplot as plt  # local: heavy plotting library, only when pictures are drawn
+
 
     fig, axis = plt.subplots(figsize=(7, 7))
     for obj in read_objects(gt_dir):
@@ -119,7 +134,5 @@ def write_pictures(
     axis.set_title(f"top-down: '{report['query']}'")
     axis.legend(loc="best", fontsize=8)
     axis.autoscale_view()
-    fig.savefig(out / "top_down.png", dpi=90)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
-    written.append("top_down.png")
-    return [str(out / w) for w in written]

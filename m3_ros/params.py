@@ -452,7 +452,7 @@ NODE_PARAMS: dict[str, list[Param]] = {
     "m3_ros.capture_node": CAPTURE_PARAMS,
     "m3_ros.pose_chain_node": POSE_CHAIN_PARAMS,
     "m3_ros.query_node": QUERY_PARAMS,
-    "m3_ros.replay_node": REPLAY_PARAMS,
+    "m3_ros.replay_cli": REPLAY_PARAMS,
 }
 
 

@@ -38,6 +38,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from m3_core.errors import M3Error, TransformError
 from m3_core.geometry import PinholeCamera, TransformBuffer, transform_points
+from m3_core.model.memory import M3Memory
 from m3_core.query import QueryConfig, QueryEngine, View, robust_extent
 from m3_core.query.gaussian3d import gaussian_relevance
 from m3_core.query.overlay import draw_target, heatmap, overlay_relevance
@@ -142,8 +143,6 @@ class QueryNode(Node):
 
     # -- setup -------------------------------------------------------------------------------
     def _load_memory(self) -> None:
-        from m3_core.model.memory import M3Memory
-
         try:
             t0 = time.perf_counter()
             memory = M3Memory.load(self.memory_path, device=self.device)
@@ -301,26 +300,14 @@ class QueryNode(Node):
         extent = robust_extent(transform_points(target_from_world, result.points), config.extent_percentile)
         target = grasp_target_msg(result, target_from_world, extent, target_frame, stamp_ns, request.text)
         response.target = target
-        pose = target.pose
         response.success = True
-        where = "in view" if result.source == "view" else "among the Gaussians (outside the view)"
-        grasp = (
-            f", grasp {100 * target.width:.1f} cm wide, quality {target.quality:.2f} "
-            f"({len(result.grasps)} feasible)"
-            if result.grasps
-            else ""
-        )
-        response.message = (
-            f"found {result.text!r} {where} at ({pose.pose.position.x:.3f}, {pose.pose.position.y:.3f}, "
-            f"{pose.pose.position.z:.3f}) in {target_frame}, score {result.score:.2f}{grasp}"
-            + (f", depth from {result.depth_source}" if result.depth_source else "")
-        )
+        response.message = _found_message(result, target, target_frame)
         t = result.timings_ms
         response.encode_ms, response.render_ms = float(t["encode"]), float(t["render"])
         response.locate_ms = float(t["locate"])
         if result.relevance is not None:
             response.relevance = msg_from_image(result.relevance, "32FC1", stamp_ns, self.camera_frame)
-        self.pose_pub.publish(pose)
+        self.pose_pub.publish(target.pose)
         self.target_pub.publish(target)
         self.grasps_pub.publish(grasp_pose_array(result.grasps, target_from_world, target_frame, stamp_ns))
         markers = grasp_markers(
@@ -455,6 +442,23 @@ class QueryNode(Node):
         self.overlay_pub.publish(
             msg_from_image(np.ascontiguousarray(image), "rgb8", stamp_ns, self.camera_frame)
         )
+
+
+def _found_message(result: Any, target: Any, target_frame: str) -> str:
+    """The service's one-line answer: where the object is, its score and the best grasp."""
+    p = target.pose.pose.position
+    where = "in view" if result.source == "view" else "among the Gaussians (outside the view)"
+    grasp = (
+        f", grasp {100 * target.width:.1f} cm wide, quality {target.quality:.2f} "
+        f"({len(result.grasps)} feasible)"
+        if result.grasps
+        else ""
+    )
+    return (
+        f"found {result.text!r} {where} at ({p.x:.3f}, {p.y:.3f}, "
+        f"{p.z:.3f}) in {target_frame}, score {result.score:.2f}{grasp}"
+        + (f", depth from {result.depth_source}" if result.depth_source else "")
+    )
 
 
 def main(args: list[str] | None = None) -> int:

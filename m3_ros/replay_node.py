@@ -18,29 +18,31 @@ consumers should use message stamps, not arrival times.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import rclpy
 from rclpy.node import Node
+from rclpy.publisher import Publisher
 
 try:  # where rclpy raises its C-layer errors from (no public alias in rclpy.exceptions)
     from rclpy._rclpy_pybind11 import RCLError
 except ImportError:  # pragma: no cover - other rclpy layouts
     RCLError = RuntimeError  # type: ignore[misc,assignment]
+from builtin_interfaces.msg import Time
+from rclpy.duration import Duration
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.serialization import deserialize_message
+from rosbags.rosbag2 import Reader
+from rosgraph_msgs.msg import Clock
 
 from m3_core.config import config_dir
 from m3_core.robot import load_robot_config
-from m3_ros.msg_types import BAG_READ_ERRORS, message_class
+from m3_ros.msg_types import message_class
 from m3_ros.params import REPLAY_PARAMS, declare_parameters
 from m3_ros.ready import StatusBoard
-from m3_ros.spin import install_stack_dump
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +116,6 @@ class ReplayNode(Node):
         wins. wait_for None: the robot YAML's topics; []: start at once."""
         super().__init__(node_name)
         self._stop_requested = False
-        from rosbags.rosbag2 import Reader
 
         p = declare_parameters(
             self, REPLAY_PARAMS,
@@ -157,8 +158,23 @@ class ReplayNode(Node):
                 )
             conns = [c for c in conns if c.topic in topics]
         self.types = {c.topic: c.msgtype for c in conns}
-        self.publishers_by_topic = {}
         self._raw_ok = {}
+        self.publishers_by_topic = self._create_topic_publishers()
+        self.wait_for = [t for t in wait_for if t in self.types]
+        self.wait_ready = list(p["wait_ready"])
+        self.status_board = StatusBoard(self) if self.wait_ready else None
+        self.summary = ReplaySummary(bag=str(self.bag), rate=self.rate, types=dict(self.types))
+        self.summary.sent = {t: 0 for t in self.types}
+        # /clock (rosgraph_msgs/Clock) with the bag's time, for nodes with use_sim_time, as
+        # `ros2 bag play --clock` does
+        self._clock_pub, self._clock_period_s, self._next_clock = None, 0.0, 0.0
+        if clock_hz > 0:
+            self._clock_pub = self.create_publisher(Clock, "/clock", 10)
+            self._clock_period_s = 1.0 / clock_hz
+            self.summary.sent["/clock"] = 0
+
+    def _create_topic_publishers(self) -> dict[str, Publisher]:
+        publishers = {}
         for topic, msgtype in self.types.items():
             cls = message_class(msgtype)
             static = topic in STATIC_TOPICS
@@ -170,21 +186,8 @@ class ReplayNode(Node):
                 reliability=ReliabilityPolicy.RELIABLE,
                 durability=DurabilityPolicy.TRANSIENT_LOCAL if static else DurabilityPolicy.VOLATILE,
             )
-            self.publishers_by_topic[topic] = self.create_publisher(cls, topic, qos)
-        self.wait_for = [t for t in wait_for if t in self.types]
-        self.wait_ready = list(p["wait_ready"])
-        self.status_board = StatusBoard(self) if self.wait_ready else None
-        self.summary = ReplaySummary(bag=str(self.bag), rate=self.rate, types=dict(self.types))
-        self.summary.sent = {t: 0 for t in self.types}
-        # /clock (rosgraph_msgs/Clock) with the bag's time, for nodes with use_sim_time, as
-        # `ros2 bag play --clock` does
-        self._clock_pub, self._clock_period_s, self._next_clock = None, 0.0, 0.0
-        if clock_hz > 0:
-            from rosgraph_msgs.msg import Clock
-
-            self._clock_pub = self.create_publisher(Clock, "/clock", 10)
-            self._clock_period_s = 1.0 / clock_hz
-            self.summary.sent["/clock"] = 0
+            publishers[topic] = self.create_publisher(cls, topic, qos)
+        return publishers
 
     # -- stopping ------------------------------------------------------------------------------
 
@@ -209,8 +212,6 @@ class ReplayNode(Node):
                         self._raw_ok[topic] = False
                         continue
                 else:
-                    from rclpy.serialization import deserialize_message
-
                     pub.publish(deserialize_message(bytes(raw), pub.msg_type))
                 self.summary.sent[topic] += 1
                 return
@@ -223,8 +224,6 @@ class ReplayNode(Node):
     def _tick_clock(self, bag_ns: float) -> None:
         if self._clock_pub is None or time.monotonic() < self._next_clock:
             return
-        from builtin_interfaces.msg import Time
-        from rosgraph_msgs.msg import Clock
 
         sec, nsec = divmod(int(bag_ns), 1_000_000_000)
         self._clock_pub.publish(Clock(clock=Time(sec=sec, nanosec=nsec)))
@@ -266,7 +265,6 @@ class ReplayNode(Node):
     def wait_for_acks(self, timeout_s: float = 5.0) -> None:
         """Let reliable subscribers receive what is still in flight before the node goes away
         (exiting right after the last publish lost the last frames at 3x)."""
-        from rclpy.duration import Duration
 
         for topic, pub in self.publishers_by_topic.items():
             wait = getattr(pub, "wait_for_all_acked", None)  # rclpy >= Galactic
@@ -330,102 +328,3 @@ class ReplayNode(Node):
                 if not self.running():
                     return
                 self._publish(conn.topic, raw)
-
-
-# -- command line ---------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "bag", type=Path, nargs="?", default=None, help="ROS 2 bag folder (e.g. from `m3 sim`; or -p bag:=)"
-    )
-    parser.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default 1.0)")
-    parser.add_argument("--loop", action="store_true", help="play the bag again and again")
-    parser.add_argument("--start-offset", type=float, default=0.0, help="skip the bag's first seconds")
-    parser.add_argument("--topics", nargs="+", default=None, help="only these topics (default: all)")
-    parser.add_argument(
-        "--wait-for",
-        nargs="*",
-        default=None,
-        help="topics that need a subscriber before playing (default: the camera, odometry and ee pose "
-        "topics of the robot YAML, parameter robot_config; give none to start at once)",
-    )
-    parser.add_argument(
-        "--wait-ready",
-        nargs="*",
-        default=[],
-        metavar="NODE",
-        help="nodes (e.g. m3_capture m3_pose_chain) that must report on /m3/node_status that they "
-        "matched their inputs before playing",
-    )
-    parser.add_argument(
-        "--wait-timeout", type=float, default=10.0, help="seconds to wait for subscribers / ready nodes"
-    )
-    parser.add_argument(
-        "--clock",
-        type=float,
-        default=0.0,
-        metavar="HZ",
-        help="publish /clock with the bag's time at HZ (0 = off)",
-    )
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-
-
-def run(args: argparse.Namespace, ros_args: list[str] | None = None) -> int:
-    import signal
-
-    from rclpy.executors import ExternalShutdownException
-    from rclpy.signals import SignalHandlerOptions
-
-    # our own SIGINT handling: rclpy's raises KeyboardInterrupt anywhere, e.g. between a publish and
-    # its count, and the summary would then miss a message that was sent
-    rclpy.init(args=ros_args, signal_handler_options=SignalHandlerOptions.NO)
-    node = None
-    summary = None
-    try:
-        node = ReplayNode(
-            args.bag,
-            rate=args.rate,
-            loop=args.loop,
-            start_offset_s=args.start_offset,
-            topics=args.topics,
-            wait_for=args.wait_for,
-            wait_timeout_s=args.wait_timeout,
-            clock_hz=args.clock,
-            wait_ready=args.wait_ready,
-        )
-        signal.signal(signal.SIGINT, node.request_stop)
-        install_stack_dump()  # SIGUSR1: where a replay that will not stop hangs
-        summary = node.play()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        if node is not None:
-            summary = node.summary
-            summary.interrupted = True
-    except ValueError as err:
-        print(f"m3 replay: {err}", file=sys.stderr)
-        return 2
-    except BAG_READ_ERRORS as err:  # a truncated or corrupt bag: one line, no traceback
-        print(f"m3 replay: {args.bag} is not a readable ROS 2 bag ({err})", file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    if summary is not None:
-        print(json.dumps(summary.to_json(), indent=1) if args.json else summary.text(), flush=True)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Console script `m3_replay_node BAG [options] [--ros-args ...]`."""
-    from rclpy.utilities import remove_ros_args
-
-    argv = list(sys.argv if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="m3_replay_node", description="publish a ROS 2 bag with its timing")
-    add_arguments(parser)
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(name)s: %(message)s")
-    return run(parser.parse_args(remove_ros_args(argv)[1:]), ros_args=argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

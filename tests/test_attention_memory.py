@@ -11,7 +11,7 @@ from m3_core.model.attention import (
     memory_attention,
     memory_attention_reference,
 )
-from m3_core.model.baseline import LinearDecoder
+from m3_core.model.linear import LinearDecoder
 
 
 def _inputs(seed: int, p: int = 50, t: int = 40, l: int = 8, d: int = 32):

@@ -320,6 +320,42 @@ def test_capture_node_survives_bad_input_and_unwritable_dir(rclpy_node, start_pr
     assert not (blocker / "scene").exists()
 
 
+def _malformed_messages(robot) -> dict:
+    """A good /tf and one message of each kind a node must drop: a zero quaternion and a NaN position
+    in /tf, odometry with a zero quaternion, an ee pose at infinity, CameraInfo with NaN focals."""
+    from m3_core.geometry.camera import PinholeCamera
+    from m3_ros.conversions import (
+        info_msg_from_camera,
+        odometry_msg_from_matrix,
+        pose_msg_from_matrix,
+        transform_msg_from_matrix,
+    )
+
+    f = robot.frames
+
+    def bad_transform(position, quat):
+        tf = transform_msg_from_matrix(np.eye(4), "odom", "bad_child", 1_000_000_000)
+        tf.transform.translation.x, tf.transform.translation.y, tf.transform.translation.z = position
+        r = tf.transform.rotation
+        r.x, r.y, r.z, r.w = quat
+        return tf
+
+    bad_odom = odometry_msg_from_matrix(np.eye(4), f.world, f.lidar, 1_000_000_000)
+    bad_odom.pose.pose.orientation.w = 0.0
+    bad_ee = pose_msg_from_matrix(np.eye(4), 1_000_000_000, f.arm_base)
+    bad_ee.pose.position.y = float("inf")
+    bad_info = info_msg_from_camera(PinholeCamera(100.0, 100.0, 79.5, 59.5, 160, 120))
+    bad_info.k = [float("nan")] * 9
+    return {
+        "good": transform_msg_from_matrix(np.eye(4), "odom", "good_child", 1_000_000_000),
+        "zero_quat": bad_transform((0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 0.0)),
+        "nan_position": bad_transform((float("nan"), 0.0, 0.0), (0.0, 0.0, 0.0, 1.0)),
+        "odom": bad_odom,
+        "ee": bad_ee,
+        "info": bad_info,
+    }
+
+
 def test_malformed_messages_are_dropped_counted_and_survived(rclpy_node, start_process, tmp_path):
     """A /tf with a zero quaternion or a NaN position, odometry with a zero quaternion, an ee pose with
     a NaN position, a CameraInfo with NaN focal lengths: each node drops and counts the message and
@@ -331,13 +367,7 @@ def test_malformed_messages_are_dropped_counted_and_survived(rclpy_node, start_p
     from std_srvs.srv import Trigger
     from tf2_msgs.msg import TFMessage
 
-    from m3_core.geometry.camera import PinholeCamera
-    from m3_ros.conversions import (
-        info_msg_from_camera,
-        odometry_msg_from_matrix,
-        pose_msg_from_matrix,
-        transform_msg_from_matrix,
-    )
+    from m3_ros.conversions import odometry_msg_from_matrix
 
     robot = load_robot_config()
     f = robot.frames
@@ -368,22 +398,7 @@ def test_malformed_messages_are_dropped_counted_and_survived(rclpy_node, start_p
         120, spin, "capture and pose-chain endpoints",
     )  # fmt: skip
 
-    def bad_transform(position, quat):
-        tf = transform_msg_from_matrix(np.eye(4), "odom", "bad_child", 1_000_000_000)
-        tf.transform.translation.x, tf.transform.translation.y, tf.transform.translation.z = position
-        r = tf.transform.rotation
-        r.x, r.y, r.z, r.w = quat
-        return tf
-
-    good = transform_msg_from_matrix(np.eye(4), "odom", "good_child", 1_000_000_000)
-    zero_quat = bad_transform((0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 0.0))
-    nan_position = bad_transform((float("nan"), 0.0, 0.0), (0.0, 0.0, 0.0, 1.0))
-    bad_odom = odometry_msg_from_matrix(np.eye(4), f.world, f.lidar, 1_000_000_000)
-    bad_odom.pose.pose.orientation.w = 0.0
-    bad_ee = pose_msg_from_matrix(np.eye(4), 1_000_000_000, f.arm_base)
-    bad_ee.pose.position.y = float("inf")
-    bad_info = info_msg_from_camera(PinholeCamera(100.0, 100.0, 79.5, 59.5, 160, 120))
-    bad_info.k = [float("nan")] * 9
+    bad = _malformed_messages(robot)
 
     def logs_show_drops() -> bool:
         c, p = capture.output(), chain.output()
@@ -398,10 +413,10 @@ def test_malformed_messages_are_dropped_counted_and_survived(rclpy_node, start_p
     while not logs_show_drops():
         assert capture.popen.poll() is None and chain.popen.poll() is None, capture.output() + chain.output()
         assert time.monotonic() < deadline, capture.output() + chain.output()
-        tf_pub.publish(TFMessage(transforms=[zero_quat, good, nan_position]))
-        odom_pub.publish(bad_odom)
-        ee_pub.publish(bad_ee)
-        info_pub.publish(bad_info)
+        tf_pub.publish(TFMessage(transforms=[bad["zero_quat"], bad["good"], bad["nan_position"]]))
+        odom_pub.publish(bad["odom"])
+        ee_pub.publish(bad["ee"])
+        info_pub.publish(bad["info"])
         for _ in range(4):
             spin()
 

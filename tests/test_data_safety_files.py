@@ -345,12 +345,24 @@ def test_bag2scene_output_that_is_a_file_is_one_line(bag, tmp_path, capsys) -> N
     assert blocker.read_text() == "x"
 
 
-def test_bag2scene_missing_gt_folder_is_one_line_before_any_work(bag, tmp_path, capsys) -> None:
+def test_bag2scene_gt_flag_points_to_sim_masks_before_any_work(bag, tmp_path, capsys) -> None:
     code = m3_main(["bag2scene", str(bag), str(tmp_path / "scene"), "--gt", str(tmp_path / "no_gt")])
     printed = capsys.readouterr().out
     assert code == 2
     _one_line_error(printed, "m3 bag2scene:")
+    assert "m3 sim masks" in printed
     assert not (tmp_path / "scene").exists()
+
+
+def test_sim_masks_missing_gt_folder_is_one_line(bag, tmp_path, capsys) -> None:
+    scene = tmp_path / "scene"
+    assert m3_main(["bag2scene", str(bag), str(scene)]) == 0
+    capsys.readouterr()
+    code = m3_main(["sim", "masks", str(scene), str(tmp_path / "no_gt")])
+    printed = capsys.readouterr().out
+    assert code == 2
+    _one_line_error(printed, "m3 sim masks:")
+    assert not (scene / "masks").exists()
 
 
 @pytest.fixture(scope="module")

@@ -72,7 +72,7 @@ def test_cli_train_then_eval(tmp_path, one_thread, capsys) -> None:  # noqa: F81
     code = m3_main(["eval", str(out), str(tmp_path / "scene"), "--json", "--out", str(tmp_path / "ev")])
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["views"] == 2 and "language" in summary["features"]
+    assert summary["views"] == 2 and "language" in summary["features"] and summary["head"] == "attention"
     assert (tmp_path / "ev" / "metrics.json").exists() and (tmp_path / "ev" / "frame_000000_rgb.png").exists()
     # a model the memory does not hold: clear message, exit code 1
     assert m3_main(["eval", str(out), str(tmp_path / "scene"), "--models", "clip"]) == 1
@@ -82,3 +82,13 @@ def test_cli_train_then_eval(tmp_path, one_thread, capsys) -> None:  # noqa: F81
     assert m3_main(["train", str(tmp_path / "nope"), "--out", str(out), "--quiet"]) == 1
     assert "not an m3 scene directory" in capsys.readouterr().out
     assert (out / "memory.safetensors").read_bytes() == before
+
+
+def test_cli_train_head_flag(tmp_path, capsys) -> None:
+    """One name for the head: `--head attention|linear`; the old --baseline says what replaced it."""
+    scene, out = str(tmp_path / "scene"), str(tmp_path / "mem")
+    assert m3_main(["train", scene, "--out", out, "--baseline"]) == 2
+    assert capsys.readouterr().out.strip() == "m3 train: --baseline is gone; use --head linear"
+    with pytest.raises(SystemExit) as exit_info:
+        m3_main(["train", scene, "--out", out, "--head", "distill"])
+    assert exit_info.value.code == 2 and "invalid choice: 'distill'" in capsys.readouterr().err

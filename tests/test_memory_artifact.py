@@ -15,6 +15,7 @@ from m3_core.model.memory import (
     M3Memory,
     MemoryFileError,
     UnknownModelError,
+    read_manifest,
 )
 from tests.conftest_memory import one_thread, small_memory, small_scene  # noqa: F401 (fixtures)
 
@@ -47,11 +48,35 @@ def test_round_trip_renders_the_same(small_memory, small_scene, saved) -> None: 
     g = loaded.gaussian_features("clip")
     assert g.shape == (loaded.gaussians.num_gaussians, 32) and torch.isfinite(g).all()
     man = json.loads((saved / MANIFEST_FILE).read_text())
-    assert man["version"] == MEMORY_FORMAT_VERSION and man["kind"] == "m3"
+    assert man["version"] == MEMORY_FORMAT_VERSION and man["head"] == "attention"
+    assert "kind" not in man  # one name for the head: `kind` is read from older memories only
     assert man["models"]["clip"]["query_dim"] == 16 and man["models"]["clip"]["theta"] == 0.8
     assert man["models"]["clip"]["random_weights"] is True
     assert man["frames"]["heldout"] == ["frame_000000", "frame_000008"]
     assert man["training"]["iterations"] == 40
+
+
+@pytest.mark.parametrize(("kind", "head"), [("m3", "attention"), ("distill", "linear"), (None, "attention")])
+def test_older_manifest_kind_still_loads(saved, kind, head) -> None:
+    """Memories written before the `head` key named the head by `kind` (or, the first ones, not at all)."""
+    man_path = saved / MANIFEST_FILE
+    man = json.loads(man_path.read_text())
+    del man["head"]
+    if kind is not None:
+        man["kind"] = kind
+    man_path.write_text(json.dumps(man))
+    assert read_manifest(saved)["head"] == head
+    loaded = M3Memory.load(saved)  # each model's entry names its decoder; the top-level key summarises
+    assert loaded.manifest["head"] == head and "kind" not in loaded.manifest
+
+
+def test_unknown_head_is_refused(saved) -> None:
+    man_path = saved / MANIFEST_FILE
+    man = json.loads(man_path.read_text())
+    man["head"] = "transformer"
+    man_path.write_text(json.dumps(man))
+    with pytest.raises(MemoryFileError, match="unknown head"):
+        M3Memory.load(saved)
 
 
 def test_unknown_model_lists_held_ones(saved) -> None:

@@ -218,7 +218,7 @@ def test_replay_takes_its_options_as_parameters(home, tmp_path):
     home_dir, env = home
     _robot_yaml(home_dir, "rep")  # camera topics that the bag does not have: only odometry/ee are waited for
     make_tiny(home_dir / "bag", frames=8, size=(160, 120))
-    args = [PYTHON, "-m", "m3_ros.replay_node", "--json", "--ros-args"]
+    args = [PYTHON, "-m", "m3_ros.replay_cli", "--json", "--ros-args"]
     for item in ("bag:=~/bag", "robot_config:=~/robot.yaml", "rate:=4", "wait_timeout_s:=0.5"):
         args += ["-p", item]
     done = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180)

@@ -44,6 +44,65 @@ def _node_args(name: str, service: str, memory: str, *extra: str) -> list[str]:
     return args
 
 
+def _assert_duck_in_arm_base(good) -> None:
+    """The duck's answer in the arm base frame: its centre, and the best grasp around the 7 cm duck,
+    coming from above, open wide enough; the relevance image and the timings filled in."""
+    from m3_core.geometry import invert, transform_points
+    from m3_ros.conversions import image_from_msg, matrix_from_pose_msg
+
+    assert good.target.pose.header.frame_id == "arm_base_link" and good.target.model == "language"
+    expected = transform_points(invert(WORLD_FROM_ARMBASE), OBJECTS["duck"][1][None])[0]
+    got = matrix_from_pose_msg(good.target.pose)
+    centre = good.target.object_centre
+    assert np.linalg.norm([centre.x - expected[0], centre.y - expected[1], centre.z - expected[2]]) < 0.015
+    assert np.linalg.norm(got[:3, 3] - expected) < 0.035, (got[:3, 3], expected)
+    assert (WORLD_FROM_ARMBASE[:3, :3] @ got[:3, 2])[2] < -0.5, "the approach should come from above"
+    assert 0.0 < good.target.width <= 0.08 and len(good.target.grasps) >= 1 and good.target.quality > 0
+    relevance = image_from_msg(good.relevance)
+    assert relevance.shape == (60, 80) and relevance.dtype == np.float32 and relevance.max() > 0.8
+    assert good.target.score > 0.8 and good.target.num_points > 0 and good.target.extent.x > 0.03
+    assert good.total_ms >= good.render_ms > 0
+
+
+def _assert_bad_requests_refused(call, call_when_loaded) -> None:
+    """Bad requests: each says what is wrong, none crashes the node."""
+    from m3_ros.conversions import pose_msg_from_matrix
+
+    cases = [
+        (call("   "), "empty"),
+        (call("duck", model="clip"), "unknown model 'clip'"),
+        (call("duck " * 60), "characters"),
+        (call("duck", target_frame="gripper_nowhere"), "no transform odom -> gripper_nowhere"),
+        (
+            call("duck", camera_pose=pose_msg_from_matrix(np.eye(4), 0, "somewhere")),
+            "no transform odom -> somewhere",
+        ),
+        (call("banana"), "not found"),
+        (call_when_loaded("duck", "/m3/query_bad"), "no memory loaded"),
+        (call_when_loaded("duck", "/m3/query_nocam"), "no transform odom -> missing_camera_frame"),
+    ]
+    for answer, expected_text in cases:
+        assert not answer.success and expected_text in answer.message, (expected_text, answer.message)
+
+
+def _assert_wrong_depth_size_refused(call, depth_pub, executor) -> None:
+    """A depth image of the wrong size (stamp 0 matches the static camera pose, so it is used)."""
+    from m3_ros.conversions import msg_from_image
+
+    depth_msg = msg_from_image(np.full((30, 40), 500, np.uint16), "16UC1", 0, "camera_color_optical_frame")
+    wait_until(lambda: depth_pub.get_subscription_count() >= 1, 30.0, what="depth subscriber")
+    deadline = time.monotonic() + 30.0
+    while True:
+        depth_pub.publish(depth_msg)
+        executor.spin_once(timeout_sec=0.1)
+        answer = call("duck")
+        if not answer.success or time.monotonic() > deadline:
+            break
+    assert not answer.success and "depth image is 40x30 but the camera is 160x120" in answer.message, (
+        answer.message
+    )
+
+
 def test_query_node_answers_good_and_bad_requests(rclpy_node, start_process, tmp_path):
     from m3_grasp.srv import Query
     from rclpy.executors import SingleThreadedExecutor
@@ -51,14 +110,7 @@ def test_query_node_answers_good_and_bad_requests(rclpy_node, start_process, tmp
     from sensor_msgs.msg import Image
     from tf2_msgs.msg import TFMessage
 
-    from m3_core.geometry import invert, transform_points
-    from m3_ros.conversions import (
-        image_from_msg,
-        matrix_from_pose_msg,
-        msg_from_image,
-        pose_msg_from_matrix,
-        transform_msg_from_matrix,
-    )
+    from m3_ros.conversions import matrix_from_pose_msg, pose_msg_from_matrix, transform_msg_from_matrix
 
     memory = str(build_memory(tmp_path / "memory"))
     main = start_process(_node_args("query_main", "/m3/query", memory), name="query_main")
@@ -109,19 +161,7 @@ def test_query_node_answers_good_and_bad_requests(rclpy_node, start_process, tmp
     # A good query, live pose from TF, answer in the arm base frame.
     good = call_when_loaded("yellow bath duck")
     assert good.success, good.message + "\n" + logs()
-    assert good.target.pose.header.frame_id == "arm_base_link" and good.target.model == "language"
-    expected = transform_points(invert(WORLD_FROM_ARMBASE), OBJECTS["duck"][1][None])[0]
-    got = matrix_from_pose_msg(good.target.pose)
-    centre = good.target.object_centre
-    assert np.linalg.norm([centre.x - expected[0], centre.y - expected[1], centre.z - expected[2]]) < 0.015
-    # The best grasp: fingers around the 7 cm duck, coming from above, open wide enough.
-    assert np.linalg.norm(got[:3, 3] - expected) < 0.035, (got[:3, 3], expected)
-    assert (WORLD_FROM_ARMBASE[:3, :3] @ got[:3, 2])[2] < -0.5, "the approach should come from above"
-    assert 0.0 < good.target.width <= 0.08 and len(good.target.grasps) >= 1 and good.target.quality > 0
-    relevance = image_from_msg(good.relevance)
-    assert relevance.shape == (60, 80) and relevance.dtype == np.float32 and relevance.max() > 0.8
-    assert good.target.score > 0.8 and good.target.num_points > 0 and good.target.extent.x > 0.03
-    assert good.total_ms >= good.render_ms > 0
+    _assert_duck_in_arm_base(good)
 
     # The same in the odom frame, from a camera pose given in the request.
     pose = pose_msg_from_matrix(WORLD_FROM_CAMERA, 0, "odom")
@@ -129,41 +169,28 @@ def test_query_node_answers_good_and_bad_requests(rclpy_node, start_process, tmp
     assert given.success, given.message
     assert np.linalg.norm(matrix_from_pose_msg(given.target.pose)[:3, 3] - OBJECTS["mug"][1]) < 0.025
 
-    # Bad requests: each says what is wrong, none crashes the node.
-    cases = [
-        (call("   "), "empty"),
-        (call("duck", model="clip"), "unknown model 'clip'"),
-        (call("duck " * 60), "characters"),
-        (call("duck", target_frame="gripper_nowhere"), "no transform odom -> gripper_nowhere"),
-        (
-            call("duck", camera_pose=pose_msg_from_matrix(np.eye(4), 0, "somewhere")),
-            "no transform odom -> somewhere",
-        ),
-        (call("banana"), "not found"),
-        (call_when_loaded("duck", "/m3/query_bad"), "no memory loaded"),
-        (call_when_loaded("duck", "/m3/query_nocam"), "no transform odom -> missing_camera_frame"),
-    ]
-    for answer, expected_text in cases:
-        assert not answer.success and expected_text in answer.message, (expected_text, answer.message)
+    _assert_bad_requests_refused(call, call_when_loaded)
 
-    # A depth image of the wrong size (stamp 0 matches the static camera pose, so it is used).
-    depth_msg = msg_from_image(np.full((30, 40), 500, np.uint16), "16UC1", 0, "camera_color_optical_frame")
-    wait_until(lambda: depth_pub.get_subscription_count() >= 1, 30.0, what="depth subscriber")
-    deadline = time.monotonic() + 30.0
-    while True:
-        depth_pub.publish(depth_msg)
-        executor.spin_once(timeout_sec=0.1)
-        answer = call("duck")
-        if not answer.success or time.monotonic() > deadline:
-            break
-    assert not answer.success and "depth image is 40x30 but the camera is 160x120" in answer.message, (
-        answer.message
-    )
+    _assert_wrong_depth_size_refused(call, depth_pub, executor)
 
     assert call("mug", target_frame="odom", camera_pose=pose).success  # still serving after all that
     executor.shutdown()
     for proc in (main, bad_memory, no_camera):
         assert proc.stop() == 0, proc.output()
+
+
+def _malformed_transforms_and_info() -> tuple:
+    """A transform with a zero quaternion, one with a NaN position, a CameraInfo with NaN focals."""
+    from m3_core.geometry.camera import PinholeCamera
+    from m3_ros.conversions import info_msg_from_camera, transform_msg_from_matrix
+
+    zero_quat = transform_msg_from_matrix(np.eye(4), "odom", "bad_child", 1_000_000_000)
+    zero_quat.transform.rotation.w = 0.0
+    nan_position = transform_msg_from_matrix(np.eye(4), "odom", "bad_child", 1_000_000_000)
+    nan_position.transform.translation.z = float("nan")
+    bad_info = info_msg_from_camera(PinholeCamera(150.0, 150.0, 79.5, 59.5, 160, 120))
+    bad_info.k = [float("nan")] * 9
+    return zero_quat, nan_position, bad_info
 
 
 def test_query_node_drops_malformed_input_and_answers_every_queued_request(rclpy_node, start_process, tmp_path):
@@ -176,8 +203,7 @@ def test_query_node_drops_malformed_input_and_answers_every_queued_request(rclpy
     from sensor_msgs.msg import CameraInfo
     from tf2_msgs.msg import TFMessage
 
-    from m3_core.geometry.camera import PinholeCamera
-    from m3_ros.conversions import info_msg_from_camera, pose_msg_from_matrix, transform_msg_from_matrix
+    from m3_ros.conversions import pose_msg_from_matrix, transform_msg_from_matrix
 
     memory = str(build_memory(tmp_path / "memory"))
     proc = start_process(_node_args("query_load", "/m3/query_load", memory), name="query_load")
@@ -190,12 +216,7 @@ def test_query_node_drops_malformed_input_and_answers_every_queued_request(rclpy
         TFMessage, "/tf_static", QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
     )
     info_pub = node.create_publisher(CameraInfo, "/query_test/camera_info", 10)
-    zero_quat = transform_msg_from_matrix(np.eye(4), "odom", "bad_child", 1_000_000_000)
-    zero_quat.transform.rotation.w = 0.0
-    nan_position = transform_msg_from_matrix(np.eye(4), "odom", "bad_child", 1_000_000_000)
-    nan_position.transform.translation.z = float("nan")
-    bad_info = info_msg_from_camera(PinholeCamera(150.0, 150.0, 79.5, 59.5, 160, 120))
-    bad_info.k = [float("nan")] * 9
+    zero_quat, nan_position, bad_info = _malformed_transforms_and_info()
     wait_until(
         lambda: tf_pub.get_subscription_count() >= 1 and info_pub.get_subscription_count() >= 1,
         120, spin, "query node subscriptions",

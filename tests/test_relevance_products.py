@@ -7,8 +7,8 @@ import torch
 
 from m3_core.model import attention
 from m3_core.model.attention import AttentionConfig, MemoryAttention
-from m3_core.model.baseline import LinearDecoder
 from m3_core.model.gaussians import GaussianModel
+from m3_core.model.linear import LinearDecoder
 from m3_core.model.memory import M3Memory
 from m3_core.query.relevance import (
     relevance,

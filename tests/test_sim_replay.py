@@ -59,7 +59,7 @@ def _bag_color_stamps(bag: Path) -> list[int]:
 
 
 def _replay(bag: Path, env: dict, *extra: str, timeout: float = 120) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "m3_ros.replay_node", str(bag), "--json", *extra]
+    cmd = [sys.executable, "-m", "m3_ros.replay_cli", str(bag), "--json", *extra]
     return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -69,21 +69,40 @@ def _summary(proc: subprocess.Popen, timeout: float = 240) -> dict:
     return json.loads(out[out.index("{") :])
 
 
-def test_two_process_replay_delivers_every_message(bag, ros_env, monkeypatch):
-    from rclpy.executors import SingleThreadedExecutor
+def _bag_types(bag: Path) -> dict[str, str]:
+    from rosbags.rosbag2 import Reader
+
+    with Reader(bag) as reader:
+        return {c.topic: c.msgtype for c in reader.connections}
+
+
+def _subscribe_all(node, types: dict[str, str], make_cb) -> list:
+    """A subscription per bag topic with the replay's QoS (latched /tf_static)."""
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
-    from m3_ros.ready import ReadinessReporter
     from m3_ros.replay_node import message_class
+
+    subscriptions = []
+    for topic, msgtype in types.items():
+        static = topic == "/tf_static"
+        qos = QoSProfile(
+            depth=1 if static else 100,
+            reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL if static else DurabilityPolicy.VOLATILE,
+        )
+        subscriptions.append(node.create_subscription(message_class(msgtype), topic, make_cb(topic), qos))
+    return subscriptions
+
+
+def test_two_process_replay_delivers_every_message(bag, ros_env, monkeypatch):
+    from rclpy.executors import SingleThreadedExecutor
+
+    from m3_ros.ready import ReadinessReporter
 
     for key in ("ROS_DOMAIN_ID", "ROS_LOCALHOST_ONLY"):
         monkeypatch.setenv(key, ros_env[key])
     expected = _bag_counts(bag)
-    types = {}
-    from rosbags.rosbag2 import Reader
-
-    with Reader(bag) as reader:
-        types = {c.topic: c.msgtype for c in reader.connections}
+    types = _bag_types(bag)
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     node = rclpy.create_node("sim_replay_test_sink", context=ctx)
@@ -100,15 +119,7 @@ def test_two_process_replay_delivers_every_message(bag, ros_env, monkeypatch):
 
         return cb
 
-    subscriptions = []
-    for topic, msgtype in types.items():
-        static = topic == "/tf_static"
-        qos = QoSProfile(
-            depth=1 if static else 100,
-            reliability=ReliabilityPolicy.RELIABLE,
-            durability=DurabilityPolicy.TRANSIENT_LOCAL if static else DurabilityPolicy.VOLATILE,
-        )
-        subscriptions.append(node.create_subscription(message_class(msgtype), topic, make_cb(topic), qos))
+    subscriptions = _subscribe_all(node, types, make_cb)
     # this sink says (m3_ros.ready) when it has matched the replay's publishers; the replay waits for it
     ReadinessReporter(node, subscriptions)
     executor = SingleThreadedExecutor(context=ctx)

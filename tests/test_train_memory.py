@@ -9,8 +9,8 @@ import torch
 
 from m3_core.features.cache import SceneFeatures
 from m3_core.model.attention import MemoryAttention
-from m3_core.model.baseline import LinearDecoder, latent_dim_for_budget
 from m3_core.model.gaussians import GaussianModel
+from m3_core.model.linear import LinearDecoder, latent_dim_for_budget
 from m3_core.scene import load_scene
 from m3_core.training.densify import Densifier, DensifyConfig
 from m3_core.training.eval import evaluate_memory
@@ -49,7 +49,7 @@ def test_training_fits_the_scene(small_scene) -> None:  # noqa: F811
     assert 1 <= stats["psc_size"] < stats["raw_features"]
 
 
-def test_baseline_mode_same_budget(small_scene) -> None:  # noqa: F811
+def test_linear_head_same_budget(small_scene) -> None:  # noqa: F811
     scene, features = small_scene
     m3 = Trainer(scene, features, TINY, torch.device("cpu"))
     base = Trainer(scene, features, TrainConfig(iters=3, train_width=0, points_per_view=100, patch_size=12,
@@ -64,7 +64,7 @@ def test_baseline_mode_same_budget(small_scene) -> None:  # noqa: F811
     assert abs(budget(base) - budget(m3)) / budget(m3) < 0.1
     base.step()
     mem = base.memory()
-    assert mem.manifest["kind"] == "distill"
+    assert mem.manifest["head"] == "linear" and "kind" not in mem.manifest
     assert latent_dim_for_budget(1000, 10, 512, 16) == round((1000 * 16 + 10 * 512 + 16 * 512 - 512) / 1512)
 
 

@@ -9,17 +9,16 @@ reconstruction can be rewritten in robot coordinates.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from m3_core.capture.keyframes import rotation_angle_deg
-from m3_core.errors import M3Error
 from m3_core.geometry.camera import PinholeCamera
 from m3_core.geometry.sim3 import Sim3, umeyama_sim3_robust
-from m3_core.scene import atomic_directory, load_scene, read_colmap_poses, verify_colmap_model
+from m3_core.scene import atomic_directory, verify_colmap_model
 
 
 @dataclass(frozen=True)
@@ -53,8 +52,6 @@ class Alignment:
 
 
 def _rotvec(R: np.ndarray) -> np.ndarray:
-    from scipy.spatial.transform import Rotation
-
     return Rotation.from_matrix(R).as_rotvec()
 
 
@@ -88,7 +85,7 @@ def align_camera_poses(
 
 def write_aligned_reconstruction(recon_dir: Path, out_dir: Path, robot_from_colmap: Sim3) -> None:
     """Copy a COLMAP model to out_dir with every image and point mapped into robot coordinates."""
-    import pycolmap
+    import pycolmap  # local: heavy import, only for COLMAP models
 
     rec = pycolmap.Reconstruction(str(recon_dir))
     s = robot_from_colmap
@@ -110,7 +107,7 @@ def run_pycolmap_sfm(
     Returns the folder of the largest reconstruction (work_dir/sparse/<k>). Raises ValueError when
     nothing could be reconstructed (too few images, no texture).
     """
-    import pycolmap
+    import pycolmap  # local: heavy import, only for COLMAP models
 
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -143,50 +140,3 @@ def run_pycolmap_sfm(
         raise ValueError(f"pycolmap could not reconstruct {image_dir} (too few images or matches)")
     best = max(recs, key=lambda k: recs[k].num_reg_images())
     return work_dir / "sparse" / str(best)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("scene", type=Path, help="scene directory with robot poses (scene.json + sparse/0)")
-    parser.add_argument(
-        "recon",
-        type=Path,
-        nargs="?",
-        default=None,
-        help="COLMAP model directory (cameras/images/points3D .bin or .txt) of the scene's images",
-    )
-    parser.add_argument(
-        "--run-sfm",
-        type=Path,
-        default=None,
-        metavar="WORKDIR",
-        help="instead of RECON: reconstruct SCENE/images with pycolmap SfM (CPU) in WORKDIR first",
-    )
-    parser.add_argument("--threshold", type=float, default=0.05, help="inlier distance of camera centres, m")
-    parser.add_argument("--iterations", type=int, default=1000, help="RANSAC iterations")
-    parser.add_argument(
-        "--write", type=Path, default=None, help="write the reconstruction in robot coordinates"
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    if (args.recon is None) == (args.run_sfm is None):
-        print("m3 colmap-align: give either RECON (an existing COLMAP model) or --run-sfm WORKDIR")
-        return 2
-    try:
-        scene = load_scene(args.scene)
-        if args.run_sfm is not None:
-            args.recon = run_pycolmap_sfm(Path(args.scene) / "images", args.run_sfm)
-            print(f"pycolmap SfM: {args.recon}")
-        colmap = {name: pose for name, (_cam, pose) in read_colmap_poses(args.recon).items()}
-        robot = {Path(f.image_path).name: f.world_from_camera for f in scene.frames}
-        alignment = align_camera_poses(colmap, robot, args.threshold, args.iterations)
-    except (ValueError, OSError, M3Error) as err:
-        print(f"m3 colmap-align: {err}")
-        return 2
-    print(alignment.summary())
-    print("robot_from_colmap (4x4, scaled rotation):")
-    print(np.array2string(alignment.robot_from_colmap.matrix(), precision=6, suppress_small=True))
-    if args.write is not None:
-        write_aligned_reconstruction(args.recon, args.write, alignment.robot_from_colmap)
-        print(f"wrote the reconstruction in robot coordinates to {args.write}")
-    return 0

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def hf_cache_dir(hf_id: str, cache_dir: str | None = None) -> Path:
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # local: optional hub
 
     return Path(cache_dir or constants.HF_HUB_CACHE) / f"models--{hf_id.replace('/', '--')}"
 
@@ -58,7 +58,7 @@ def load_hf_model(
         source = str(path)
     else:
         try:
-            from huggingface_hub import snapshot_download
+            from huggingface_hub import snapshot_download  # local: optional hub
 
             source = snapshot_download(hf_id, local_files_only=True, cache_dir=cache_dir)
         except Exception as err:  # noqa: BLE001 (hub raises several types for "not cached")

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save
 from tqdm import tqdm
 
 from m3_core.features.base import FeatureError, FeatureModel
@@ -99,7 +101,6 @@ def _read_cache(path: Path, header: dict[str, Any]) -> dict[str, tuple[str, torc
     """{frame name: (input hash, float16 grid)} of the valid entries of a cache file."""
     if not path.exists():
         return {}
-    from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as fh:
@@ -133,8 +134,6 @@ def _read_cache(path: Path, header: dict[str, Any]) -> dict[str, tuple[str, torc
 
 
 def _write_cache(path: Path, header: dict[str, Any], entries: dict[str, tuple[str, torch.Tensor]]) -> None:
-    from safetensors.torch import save
-
     meta = dict(header)
     meta["frames"] = {name: {"input": h, "sha256": _tensor_sha256(g)} for name, (h, g) in entries.items()}
     tensors = {f"frame:{name}": g.contiguous() for name, (_h, g) in entries.items()}

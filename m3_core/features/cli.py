@@ -12,6 +12,9 @@ import time
 from typing import Any
 
 from m3_core.errors import M3Error
+from m3_core.features import MODELS, get_model, load_scene_features
+from m3_core.features.preview import preview_image, similarity_map
+from m3_core.scene import atomic_write_png, load_scene
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +75,6 @@ def model_options(args: argparse.Namespace, name: str) -> dict[str, Any]:
 
 def write_preview(scene: Any, feats: Any, model: Any, args: argparse.Namespace) -> str:
     """frame | PCA colours | query heatmap, as SCENE/features/preview_<model>.png."""
-    from m3_core.features.preview import preview_image, similarity_map
-    from m3_core.scene import atomic_write_png
 
     i = min(max(args.preview_frame, 0), len(feats.names) - 1)
     similarity = None
@@ -85,9 +86,6 @@ def write_preview(scene: Any, feats: Any, model: Any, args: argparse.Namespace) 
 
 
 def run(args: argparse.Namespace) -> int:
-    from m3_core.features import MODELS, get_model, load_scene_features
-    from m3_core.scene import load_scene
-
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODELS]
     if not names or unknown:

@@ -48,7 +48,7 @@ DEFAULT_PRETRAINED = "openai"
 
 def clip_weight_candidates(arch: str, pretrained: str, cache_dir: str | None = None) -> list[Path]:
     """Where open_clip's weights for (arch, pretrained) would be on this machine, present or not."""
-    import open_clip
+    import open_clip  # local: heavy optional dependency, only for CLIP/SigLIP models
 
     cfg = open_clip.get_pretrained_cfg(arch, pretrained)
     if not cfg:
@@ -62,7 +62,7 @@ def clip_weight_candidates(arch: str, pretrained: str, cache_dir: str | None = N
     hub = cfg.get("hf_hub", "")
     if hub:
         repo_id, filename = os.path.split(hub)  # "org/name/" -> ("org/name", ""): default file names
-        from huggingface_hub import constants, try_to_load_from_cache
+        from huggingface_hub import constants, try_to_load_from_cache  # local: optional hub
 
         names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
         for name in names:
@@ -131,7 +131,7 @@ def is_torchscript_archive(path: Path) -> bool:
 
 def load_clip_weights(model: torch.nn.Module, path: Path, what: str) -> None:
     """Load an open_clip checkpoint (.safetensors/.bin) or an OpenAI TorchScript .pt into `model`."""
-    import open_clip
+    import open_clip  # local: heavy optional dependency, only for CLIP/SigLIP models
 
     try:
         if is_torchscript_archive(path):
@@ -165,7 +165,7 @@ class ClipFeatures(PatchFeatureModel):
         quick_gelu: bool | None = None,
         cache_dir: str | None = None,
     ) -> None:
-        import open_clip
+        import open_clip  # local: heavy optional dependency, only for CLIP/SigLIP models
 
         if arch not in open_clip.list_models():
             raise ValueError(

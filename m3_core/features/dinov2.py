@@ -46,7 +46,7 @@ class Dinov2Features(HfPatchFeatureModel):
         config_overrides: dict[str, Any] | None = None,
         cache_dir: str | None = None,
     ) -> None:
-        from transformers import Dinov2Config, Dinov2Model
+        from transformers import Dinov2Config, Dinov2Model  # local: heavy, optional
 
         self._init_patch_grid(device, short_side)
         config = Dinov2Config(**{**KNOWN_CONFIGS.get(hf_id, {}), **(config_overrides or {})})

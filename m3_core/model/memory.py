@@ -7,12 +7,15 @@ A memory is a directory:
                            gaussians.<name>      the GaussianModel parameters (means, quats, ...)
                            heads.<model>.psc     [T, d] principal scene components  (M3 head)
                            heads.<model>.w_m     [l, d] memory projection            (M3 head)
-                           heads.<model>.weight  [d, L], heads.<model>.bias [d]     (distillation head)
-      manifest.json        {"format": "m3-memory", "version": 1, "kind": "m3" | "distill",
+                           heads.<model>.weight  [d, L], heads.<model>.bias [d]     (linear head)
+      manifest.json        {"format": "m3-memory", "version": 1, "head": "attention" | "linear",
                             "models": {name: {dim, query_dim, query_slice, theta, model_id,
                                               random_weights, head, attention, psc_stats}},
                             "num_gaussians", "frames": {"train": [...], "heldout": [...]},
                             "world_frame", "scene_bounds": {"min", "max"}, "training": {...}}
+
+Memories written before the `head` key named the head by `kind` ("m3" / "distill");
+`read_manifest` maps those through LEGACY_KIND_HEADS, so they still load.
 
 `save` writes a temporary directory next to the target and renames it into place, so a reader
 sees the old memory or the new one, never half of one.
@@ -34,9 +37,12 @@ from torch import nn
 
 from m3_core.config import from_dict, to_dict
 from m3_core.errors import M3Error
+from m3_core.features.registry import get_model, model_options
 from m3_core.geometry.camera import PinholeCamera
 from m3_core.model.attention import AttentionConfig, MemoryAttention
-from m3_core.model.baseline import LinearDecoder
+from m3_core.model.gaussians import PARAM_NAMES, GaussianModel
+from m3_core.model.linear import LinearDecoder
+from m3_core.render import rasterize
 from m3_core.scene import atomic_directory, atomic_write_json, plain_file_mode
 
 log = logging.getLogger(__name__)
@@ -196,7 +202,6 @@ class M3Memory(nn.Module):
         Weights come from the local install / cache, or from `options` (e.g. weights_path), which
         must come from the user, never from a memory.
         """
-        from m3_core.features.registry import get_model, model_options  # local: loads model code on demand
 
         self._check_models([model])
         entry = self.manifest["models"][model]
@@ -321,8 +326,29 @@ def verify_tensors_file(path: Path, tensors: dict[str, torch.Tensor]) -> None:
         raise MemoryFileError(f"writing {path.name} failed: the tensors read back differ from those written")
 
 
+HEADS = ("attention", "linear")
+"""The feature head of a memory: M3's memory attention, or the F-3DGS-style linear decoder."""
+LEGACY_KIND_HEADS = {"m3": "attention", "distill": "linear"}
+"""Manifests before the `head` key said `kind`: its values, mapped to the head they mean."""
+
+
+def manifest_head(manifest: dict[str, Any], where: str | Path = "manifest") -> str:
+    """The head a manifest names: its `head` key, or (older memories) the head of its `kind`."""
+    if "head" in manifest:
+        head = manifest["head"]
+    else:
+        head = LEGACY_KIND_HEADS.get(manifest.get("kind", "m3"))
+    if head not in HEADS:
+        raise MemoryFileError(
+            f"{where} names an unknown head ({manifest.get('head', manifest.get('kind'))!r}); "
+            f"known: {HEADS} (or the older kind {sorted(LEGACY_KIND_HEADS)})"
+        )
+    return head
+
+
 def read_manifest(path: str | Path) -> dict[str, Any]:
-    """The manifest of a memory directory, checked for format and version."""
+    """The manifest of a memory directory, checked for format and version; an older manifest's
+    `kind` is replaced by the `head` it means."""
     path = Path(path)
     man_path = path / MANIFEST_FILE
     if not man_path.exists():
@@ -343,12 +369,13 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         )
     if not manifest.get("models"):
         raise MemoryFileError(f"{man_path} lists no models")
+    manifest["head"] = manifest_head(manifest, man_path)
+    manifest.pop("kind", None)
     return manifest
 
 
 def gaussians_from_tensors(tensors: dict[str, torch.Tensor], query_slices: dict[str, slice]) -> nn.Module:
     """A GaussianModel holding the given parameter tensors."""
-    from m3_core.model.gaussians import PARAM_NAMES, GaussianModel
 
     missing = [n for n in PARAM_NAMES if n not in tensors]
     if missing:
@@ -367,6 +394,5 @@ def render_memory(
     gaussians: nn.Module, world_from_camera: torch.Tensor, camera: PinholeCamera, **kwargs: Any
 ):
     """rasterize() of the memory's Gaussians (one place, so trainer and reader render alike)."""
-    from m3_core.render import rasterize
 
     return rasterize(gaussians, world_from_camera, camera, **kwargs)

@@ -24,15 +24,17 @@ from typing import Any
 
 import numpy as np
 
-from m3_core.config import from_dict
+from m3_core.config import from_dict, read_yaml
 from m3_core.errors import M3Error
 from m3_core.geometry import PinholeCamera, matrix_from_pose
+from m3_core.model.memory import M3Memory
 from m3_core.query.config import QueryConfig
 from m3_core.query.engine import SEARCH_3D_MODES, QueryEngine
 from m3_core.query.overlay import draw_target, heatmap, mask_image, overlay_relevance
 from m3_core.query.result import QueryResult
 from m3_core.query.view import View, render_camera_for
 from m3_core.robot import load_robot_config
+from m3_core.scene import atomic_write_bytes, atomic_write_png, load_scene
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +97,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def query_config_from_args(args: argparse.Namespace) -> QueryConfig:
     data: dict[str, Any] = {}
     if args.config:
-        from m3_core.config import read_yaml
-
         raw = read_yaml(args.config)
         data = dict(raw.get("query", raw))
     overrides = {
@@ -151,7 +151,6 @@ def check_out_dir(out: Path | None) -> None:
 
 def resolve_view(args: argparse.Namespace, manifest: dict[str, Any]):
     """(world_from_camera, camera, depth_m or None, description) for the requested view."""
-    from m3_core.scene import load_scene
 
     scene_path = _scene_path(args, manifest)
     scene = load_scene(scene_path) if scene_path else None
@@ -182,8 +181,6 @@ def resolve_view(args: argparse.Namespace, manifest: dict[str, Any]):
 
 
 def write_outputs(out: Path, result: QueryResult, summary: dict) -> list[Path]:
-    from m3_core.scene import atomic_write_bytes, atomic_write_png
-
     out.mkdir(parents=True, exist_ok=True)
     written = []
     if result.relevance is not None and result.rgb is not None:
@@ -210,8 +207,6 @@ def _armbase(args: argparse.Namespace) -> np.ndarray | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from m3_core.model.memory import M3Memory
-
     try:
         check_out_dir(args.out)
         config = query_config_from_args(args)

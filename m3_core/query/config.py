@@ -127,12 +127,19 @@ class QueryConfig:
     grasp is not the answer. The top-down fallback used without the planner never refuses."""
 
     def __post_init__(self) -> None:
+        self._check_modes()
+        self._check_relevance()
+        self._check_workspace()
+
+    def _check_modes(self) -> None:
         if self.threshold_mode not in ("fixed", "otsu"):
             raise ValueError(f"threshold_mode must be 'fixed' or 'otsu', got {self.threshold_mode!r}")
         if self.centre_mode not in ("fused", "surface"):
             raise ValueError(f"centre_mode must be 'fused' or 'surface', got {self.centre_mode!r}")
         if self.grasp_mode not in ("top_down", "view_ray"):
             raise ValueError(f"grasp_mode must be 'top_down' or 'view_ray', got {self.grasp_mode!r}")
+
+    def _check_relevance(self) -> None:
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.relevance_threshold is not None and not 0.0 <= self.relevance_threshold <= 1.0:
@@ -153,7 +160,6 @@ class QueryConfig:
             raise ValueError(f"fuse_relative_relevance must be in (0, 1], got {self.fuse_relative_relevance}")
         if self.max_text_chars < 1 or self.max_points < 1:
             raise ValueError("max_text_chars and max_points must be >= 1")
-        self._check_workspace()
 
     def _check_workspace(self) -> None:
         sizes = {

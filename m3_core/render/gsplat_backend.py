@@ -64,7 +64,7 @@ def import_gsplat() -> ModuleType:
         sys.modules["gsplat.csrc"] = module
         log.info("using prebuilt gsplat extension %s", prebuilt)
     try:
-        import gsplat
+        import gsplat  # local: optional CUDA dependency (JIT build), only on the gsplat path
     except ImportError as err:
         raise ImportError(
             "the gsplat backend needs the gsplat package (pip install gsplat==1.5.3) and a CUDA toolkit "

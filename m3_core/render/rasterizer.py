@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 
 from m3_core.geometry.camera import PinholeCamera
+from m3_core.render.gsplat_backend import rasterize_gsplat
+from m3_core.render.torch_backend import rasterize_torch
 
 if TYPE_CHECKING:
     from m3_core.model.gaussians import GaussianModel
@@ -67,8 +69,6 @@ def rasterize(
     scene = (means, gaussians.quats, gaussians.scales, gaussians.opacities, features, camera_from_world)
 
     if resolved == "torch":
-        from m3_core.render.torch_backend import rasterize_torch
-
         feat, depth, alpha, proj = rasterize_torch(*scene, *args, pixels_xy=xy, near=near, far=far)
         meta: dict[str, Any] = {
             "means2d": proj.means2d,
@@ -79,8 +79,6 @@ def rasterize(
             H, W = camera.height, camera.width
             feat, depth, alpha = feat.reshape(H, W, -1), depth.reshape(H, W), alpha.reshape(H, W)
     else:
-        from m3_core.render.gsplat_backend import rasterize_gsplat
-
         feat, depth, alpha, meta = rasterize_gsplat(*scene, *args, near=near, far=far)
         if xy is not None:
             stacked = _sample(torch.cat([feat, depth[..., None], alpha[..., None]], dim=-1), xy - 0.5)

@@ -2,6 +2,10 @@
 
 `m3 sim grasp GRASP_JSON`: execute a grasp in pybullet physics on a simulated scene
 (m3_core.sim.grasp_cli).
+
+`m3 sim masks SCENE GT_DIR`: give a scene made from a simulated bag (`m3 bag2scene`, the capture
+node) the simulator's ground-truth instance masks and captions, for the language-mask model. The
+simulator owns its ground truth: the capture tools never read it.
 """
 
 from __future__ import annotations
@@ -11,6 +15,12 @@ import json
 import logging
 import sys
 from pathlib import Path
+
+from m3_core.errors import M3Error
+from m3_core.sim import grasp_cli
+from m3_core.sim.generate import config_dir, generate, with_overrides
+from m3_core.sim.gt import write_scene_masks
+from m3_core.sim.spec import load_spec
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +34,6 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from m3_core.sim.generate import config_dir
-
     parser.add_argument(
         "--spec",
         type=Path,
@@ -53,7 +61,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers", type=int, default=None, help="rendering processes (default: 2, 1 for tiny scenes)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    from m3_core.sim import grasp_cli
 
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     grasp = actions.add_parser(
@@ -62,16 +69,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description=grasp_cli.__doc__.split("\n\n")[0],
     )
     grasp_cli.add_arguments(grasp)
+    masks = actions.add_parser(
+        "masks",
+        help="copy the simulator's ground-truth masks + captions into a scene made from its bag",
+        description="Copy the ground-truth instance masks and captions of a simulated bag into a scene "
+        "made from that bag (masks/ and masks/captions.json), for the language-mask model.",
+    )
+    masks.add_argument("scene", type=Path, help="scene directory made from the simulated bag")
+    masks.add_argument("gt", type=Path, help="the bag's ground-truth folder (<bag>_gt, with objects.json)")
+
+
+def run_masks(args: argparse.Namespace) -> int:
+    """`m3 sim masks SCENE GT_DIR`; 2 with one line when GT_DIR is not a ground truth or does not fit."""
+    if not (args.gt / "objects.json").is_file():
+        print(f"m3 sim masks: {args.gt} is not a simulator ground-truth folder (no objects.json)")
+        return 2
+    try:
+        n = write_scene_masks(args.scene, args.gt)
+    except (ValueError, M3Error, OSError) as err:
+        print(f"m3 sim masks: cannot copy the ground-truth masks from {args.gt}: {err}")
+        return 2
+    print(f"{args.scene}: {n} keyframes got masks and captions from {args.gt}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
-    from m3_core.sim.generate import generate, with_overrides
-    from m3_core.sim.spec import load_spec
-
     if getattr(args, "action", None) == "grasp":
-        from m3_core.sim import grasp_cli
-
         return grasp_cli.run(args)
+    if getattr(args, "action", None) == "masks":
+        return run_masks(args)
 
     try:
         spec, spec_dir = load_spec(args.spec)

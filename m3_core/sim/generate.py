@@ -16,7 +16,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
+from m3_core.config import config_dir as package_config_dir
 from m3_core.config import to_dict
 from m3_core.geometry.camera import PinholeCamera
 from m3_core.robot import RobotConfig, load_robot_config
@@ -34,7 +36,6 @@ log = logging.getLogger(__name__)
 
 def config_dir() -> Path:
     """The package's config/ folder (m3_core.config.config_dir)."""
-    from m3_core.config import config_dir as package_config_dir
 
     return package_config_dir()
 
@@ -265,8 +266,6 @@ def _write(tmp: Path, tl: _Timeline, world: TabletopWorld, progress: bool, worke
     (tmp / "gt" / gtio.MASKS_DIR).mkdir(parents=True)
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(tl.cam_true_ns), desc="m3 sim", unit="frame")
     rendered = render_frames(world, tl.camera, tl.cam_poses.world_from_camera, workers)
     noise_rng = np.random.default_rng([tl.spec.seed, 3])

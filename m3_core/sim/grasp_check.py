@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from m3_core.geometry.camera import PinholeCamera
@@ -134,7 +135,7 @@ class GraspSim:
     def __init__(
         self, spec: SimSpec, gripper: GripperConfig | None = None, config: GraspCheckConfig | None = None
     ) -> None:
-        import pybullet as p
+        import pybullet as p  # local: heavy simulator, only when a world is built
 
         self._p = p
         self.gripper = gripper or GripperConfig()
@@ -533,7 +534,6 @@ def picture_camera(width: int = 400, height: int = 300) -> PinholeCamera:
 
 def grasp_picture(snapshots: dict[str, np.ndarray], outcome: GraspOutcome) -> np.ndarray:
     """The snapshots side by side, each labelled, with the verdict underneath ([H,W,3] uint8 RGB)."""
-    import cv2
 
     panels = []
     for phase, rgb in snapshots.items():

@@ -15,6 +15,7 @@ spec.json       the resolved spec that produced the bag
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -53,8 +54,6 @@ def objects_record(world) -> dict:
 
 
 def write_meshes(path: Path, world) -> None:
-    import io
-
     arrays = {}
     for b in [*world.bodies, world.table]:
         arrays[f"{b.name}/vertices"] = b.vertices.astype(np.float64)

@@ -234,19 +234,27 @@ def check_spec(spec: SimSpec) -> None:
     if dup:
         raise ValueError(f"object names must be unique, repeated: {dup}")
     for o in spec.objects:
-        if not o.urdf and (o.model or o.name) not in CATALOG:
-            raise ValueError(
-                f"unknown object {o.model or o.name!r} (object {o.name!r}); known models: "
-                f"{sorted(CATALOG)}, or give 'urdf:' with a pybullet_data URDF path"
-            )
-        if not o.caption:
-            raise ValueError(f"object {o.name!r} needs a caption (e.g. 'a yellow rubber duck')")
-        if o.xy_m is not None and len(o.xy_m) != 2:
-            raise ValueError(f"object {o.name!r}: xy_m must be [x, y], got {list(o.xy_m)}")
-        if o.rgba is not None and len(o.rgba) != 4:
-            raise ValueError(f"object {o.name!r}: rgba must have 4 values, got {list(o.rgba)}")
-        if not o.scale > 0:
-            raise ValueError(f"object {o.name!r}: scale must be > 0, got {o.scale}")
+        _check_object(o)
+    _check_camera_and_motion(spec)
+
+
+def _check_object(o: ObjectSpec) -> None:
+    if not o.urdf and (o.model or o.name) not in CATALOG:
+        raise ValueError(
+            f"unknown object {o.model or o.name!r} (object {o.name!r}); known models: "
+            f"{sorted(CATALOG)}, or give 'urdf:' with a pybullet_data URDF path"
+        )
+    if not o.caption:
+        raise ValueError(f"object {o.name!r} needs a caption (e.g. 'a yellow rubber duck')")
+    if o.xy_m is not None and len(o.xy_m) != 2:
+        raise ValueError(f"object {o.name!r}: xy_m must be [x, y], got {list(o.xy_m)}")
+    if o.rgba is not None and len(o.rgba) != 4:
+        raise ValueError(f"object {o.name!r}: rgba must have 4 values, got {list(o.rgba)}")
+    if not o.scale > 0:
+        raise ValueError(f"object {o.name!r}: scale must be > 0, got {o.scale}")
+
+
+def _check_camera_and_motion(spec: SimSpec) -> None:
     cam = spec.camera
     if cam.width < 16 or cam.height < 16:
         raise ValueError(f"camera size {cam.width}x{cam.height} is too small (>= 16x16)")

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from m3_core.errors import M3Error
 from m3_core.geometry.camera import PinholeCamera
-from m3_core.geometry.se3 import invert, matrix_from_pose, transform_from_rt
+from m3_core.geometry.se3 import invert, matrix_from_pose, quat_xyzw_from_matrix, transform_from_rt
 from m3_core.sim.meshes import merge_meshes, placed_mesh
 from m3_core.sim.spec import CATALOG, ObjectSpec, SimSpec
 
@@ -64,7 +65,7 @@ class Body:
 
 
 def data_path() -> Path:
-    import pybullet_data
+    import pybullet_data  # local: heavy simulator, only when a world is built
 
     return Path(pybullet_data.getDataPath())
 
@@ -96,7 +97,7 @@ class TabletopWorld:
     objects are placed resting on the table top by their visual mesh boxes)."""
 
     def __init__(self, spec: SimSpec) -> None:
-        import pybullet as p
+        import pybullet as p  # local: heavy simulator, only when a world is built
 
         self._p = p
         self.spec = spec
@@ -183,7 +184,7 @@ class TabletopWorld:
         rpy = obj.upright_rpy_deg or entry.get("upright_rpy_deg", (0.0, 0.0, 0.0))
         R = _rot_z(yaw_rad) @ _rot_rpy(np.radians(rpy))
         world_R = self.world_from_table[:3, :3] @ R
-        quat = _quat_xyzw(world_R)
+        quat = quat_xyzw_from_matrix(world_R).tolist()
         body_id = p.loadURDF(
             resolve_urdf(obj),
             [0, 0, 5.0],
@@ -227,7 +228,7 @@ class TabletopWorld:
         body_id = p.loadURDF(
             resolve_urdf(obj),
             [0, 0, 5.0],
-            _quat_xyzw(R),
+            quat_xyzw_from_matrix(R).tolist(),
             globalScaling=float(obj.scale),
             physicsClientId=self.client,
         )
@@ -292,12 +293,6 @@ def _rot_z(a: float) -> np.ndarray:
 
 
 def _rot_rpy(rpy: np.ndarray) -> np.ndarray:
-    from scipy.spatial.transform import Rotation
-
     return Rotation.from_euler("xyz", rpy).as_matrix()
 
 
-def _quat_xyzw(R: np.ndarray) -> list[float]:
-    from scipy.spatial.transform import Rotation
-
-    return Rotation.from_matrix(R).as_quat().tolist()

@@ -9,8 +9,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
+from m3_core.config import load_yaml
 from m3_core.errors import M3Error
-from m3_core.scene import OutputExistsError, check_replaceable
+from m3_core.features import load_scene_features
+from m3_core.features.base import resolve_device
+from m3_core.model.memory import HEADS, MANIFEST_FILE
+from m3_core.scene import OutputExistsError, check_replaceable, load_scene
+from m3_core.training.trainer import TrainConfig, train_memory
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--config", default=None, help="YAML file with a `train` section (TrainConfig fields)"
     )
     parser.add_argument(
-        "--baseline", action="store_true", help="train the F-3DGS-style distillation baseline"
+        "--head",
+        choices=HEADS,
+        default=None,
+        help="feature head: attention (M3) or linear (F-3DGS-style decoder, same parameter budget); "
+        "default: the config's (attention)",
     )
+    # the head used to be chosen by a flag of its own: say what replaced it
+    parser.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--allow-random-weights", action="store_true", help="use random model weights when none are installed"
     )
@@ -46,15 +59,9 @@ def check_output(scene: Path, out: Path, marker: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from m3_core.config import load_yaml
-    from m3_core.features import load_scene_features
-    from m3_core.features.base import resolve_device
-    from m3_core.model.memory import MANIFEST_FILE
-    from m3_core.scene import load_scene
-    from m3_core.training.trainer import TrainConfig, train_memory
-
+    if args.baseline:
+        print("m3 train: --baseline is gone; use --head linear")
+        return 2
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not models:
         print("m3 train: --models is empty; e.g. --models language,clip")
@@ -71,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
         config = load_yaml(TrainConfig, args.config, section="train") if args.config else TrainConfig()
         if args.iters is not None:
             config = replace(config, iters=args.iters)
-        if args.baseline:
-            config = replace(config, head="linear")
+        if args.head is not None:
+            config = replace(config, head=args.head)
         t0 = time.perf_counter()
         scene = load_scene(args.scene)
         features = {

@@ -95,38 +95,54 @@ class Densifier:
         if not cfg.enabled or it > cfg.stop:
             return done
         if it >= cfg.start and it % cfg.every == 0 and self.grad_sum is not None:
-            mean_grad = self.grad_sum / self.count.clamp_min(1)
-            grow = mean_grad > cfg.grad_threshold
-            room = cfg.max_gaussians - gaussians.num_gaussians
-            if room <= 0:
-                grow[:] = False
-            elif int(grow.sum()) > room:
-                grow &= mean_grad >= torch.topk(mean_grad, room).values.min()
-            small = gaussians.scales.max(dim=-1).values <= cfg.grow_scale3d * self.scene_scale
-            to_clone, to_split = grow & small, grow & ~small
-            done["cloned"], done["split"] = int(to_clone.sum()), int(to_split.sum())
-            if done["cloned"]:
-                gaussians.clone(to_clone, optimizer)
-                to_split = torch.cat(
-                    [to_split, torch.zeros(done["cloned"], dtype=torch.bool, device=to_split.device)]
-                )
-            if done["split"]:
-                gaussians.split(to_split, 2, optimizer, generator=self.generator)
-            prune = gaussians.opacities < cfg.prune_opacity
-            if cfg.reset_every and it > cfg.reset_every:
-                prune |= gaussians.scales.max(dim=-1).values > cfg.prune_scale3d * self.scene_scale
-            if bool(prune.all()):
-                prune[:] = False  # never prune a memory down to nothing
-            done["pruned"] = int(prune.sum())
-            if done["pruned"]:
-                gaussians.prune(prune, optimizer)
+            self._grow(gaussians, optimizer, done)
+            self._prune(it, gaussians, optimizer, done)
             self.grad_sum = self.count = None
             log.debug("densify @%d: %s -> %d Gaussians", it, done, gaussians.num_gaussians)
         if cfg.reset_every and it % cfg.reset_every == 0 and it < cfg.stop:
-            limit = torch.logit(torch.tensor(2 * cfg.prune_opacity)).item()
-            gaussians.opacity_logits.data.clamp_(max=limit)
-            state = optimizer.state.get(gaussians.opacity_logits, {})
-            for key in ("exp_avg", "exp_avg_sq"):
-                if key in state:
-                    state[key].zero_()
+            self._reset_opacities(gaussians, optimizer)
         return done
+
+    def _grow(self, gaussians: GaussianModel, optimizer: torch.optim.Optimizer, done: dict[str, int]) -> None:
+        """Clone small and split large Gaussians whose mean view-space gradient passed the threshold."""
+        cfg = self.config
+        mean_grad = self.grad_sum / self.count.clamp_min(1)
+        grow = mean_grad > cfg.grad_threshold
+        room = cfg.max_gaussians - gaussians.num_gaussians
+        if room <= 0:
+            grow[:] = False
+        elif int(grow.sum()) > room:
+            grow &= mean_grad >= torch.topk(mean_grad, room).values.min()
+        small = gaussians.scales.max(dim=-1).values <= cfg.grow_scale3d * self.scene_scale
+        to_clone, to_split = grow & small, grow & ~small
+        done["cloned"], done["split"] = int(to_clone.sum()), int(to_split.sum())
+        if done["cloned"]:
+            gaussians.clone(to_clone, optimizer)
+            to_split = torch.cat(
+                [to_split, torch.zeros(done["cloned"], dtype=torch.bool, device=to_split.device)]
+            )
+        if done["split"]:
+            gaussians.split(to_split, 2, optimizer, generator=self.generator)
+
+    def _prune(
+        self, it: int, gaussians: GaussianModel, optimizer: torch.optim.Optimizer, done: dict[str, int]
+    ) -> None:
+        """Drop transparent Gaussians (and, after the first opacity reset, oversized ones)."""
+        cfg = self.config
+        prune = gaussians.opacities < cfg.prune_opacity
+        if cfg.reset_every and it > cfg.reset_every:
+            prune |= gaussians.scales.max(dim=-1).values > cfg.prune_scale3d * self.scene_scale
+        if bool(prune.all()):
+            prune[:] = False  # never prune a memory down to nothing
+        done["pruned"] = int(prune.sum())
+        if done["pruned"]:
+            gaussians.prune(prune, optimizer)
+
+    def _reset_opacities(self, gaussians: GaussianModel, optimizer: torch.optim.Optimizer) -> None:
+        """Clamp every opacity to 2 x prune_opacity and forget Adam's moments of the opacities."""
+        limit = torch.logit(torch.tensor(2 * self.config.prune_opacity)).item()
+        gaussians.opacity_logits.data.clamp_(max=limit)
+        state = optimizer.state.get(gaussians.opacity_logits, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                state[key].zero_()

@@ -12,19 +12,17 @@ one PCA basis fitted on the ground truth so the colours are comparable).
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
 from m3_core.errors import M3Error
 from m3_core.model.memory import M3Memory, render_memory
-from m3_core.scene import Scene, atomic_write_json, atomic_write_png
+from m3_core.scene import Scene
 from m3_core.training.losses import feature_distances, psnr, ssim
 from m3_core.training.trainer import load_view
 
@@ -78,7 +76,7 @@ def _pca_rgb(gt: np.ndarray, pred: np.ndarray, valid: np.ndarray) -> tuple[np.nd
 
 
 def _depth_rgb(depth: np.ndarray, vmax: float) -> np.ndarray:
-    import matplotlib
+    import matplotlib  # local: heavy plotting library, only when pictures are drawn
 
     cmap = matplotlib.colormaps["turbo"]
     img = (cmap(np.clip(depth / max(vmax, 1e-6), 0, 1))[..., :3] * 255).astype(np.uint8)
@@ -87,8 +85,6 @@ def _depth_rgb(depth: np.ndarray, vmax: float) -> np.ndarray:
 
 
 def _side_by_side(a: np.ndarray, b: np.ndarray, scale_to: int | None = None) -> np.ndarray:
-    import cv2
-
     if scale_to is not None and a.shape[0] != scale_to:
         size = (round(a.shape[1] * scale_to / a.shape[0]), scale_to)
         a = cv2.resize(a, size, interpolation=cv2.INTER_NEAREST)
@@ -182,64 +178,3 @@ def evaluate_memory(
 
 
 # -- CLI -------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("memory", help="memory directory written by `m3 train`")
-    parser.add_argument("scene", help="scene directory the memory was trained on")
-    parser.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
-    parser.add_argument("--out", default=None, help="folder for metrics.json and PNGs (default MEMORY/eval)")
-    parser.add_argument("--models", default=None, help="comma list of models to score (default: all held)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--no-images", action="store_true", help="numbers only, no PNGs")
-
-
-def run(args: argparse.Namespace) -> int:
-    from m3_core.features import load_scene_features
-    from m3_core.features.base import resolve_device
-    from m3_core.scene import load_scene
-
-    try:
-        device = resolve_device(args.device)
-        memory = M3Memory.load(args.memory, device)
-        scene = load_scene(args.scene)
-        models = memory._check_models(args.models.split(",") if args.models else None)
-        features = {}
-        for model in models:
-            entry = memory.manifest["models"][model]
-            feats = load_scene_features(
-                scene,
-                model,
-                device="cpu",
-                allow_random_weights=bool(entry.get("random_weights")),
-                progress=False,
-            )
-            if entry.get("model_id") and feats.model_id != entry["model_id"]:
-                raise M3Error(
-                    f"{model}: the memory was trained on {entry['model_id']} features, the scene's are "
-                    f"{feats.model_id}; evaluate with the same feature model"
-                )
-            features[model] = feats
-        summary, results = evaluate_memory(memory, scene, features, with_images=not args.no_images)
-    except (M3Error, ValueError) as err:
-        print(f"m3 eval: {err}", flush=True)
-        return 1
-    out = Path(args.out) if args.out else Path(args.memory) / "eval"
-    summary["per_view"] = [
-        {"name": r.name, "psnr": r.psnr, "ssim": r.ssim, "features": r.features} for r in results
-    ]
-    summary["memory_kind"] = memory.manifest.get("kind", "m3")
-    atomic_write_json(out / "metrics.json", summary)
-    for r in results:
-        for name, img in r.images.items():
-            atomic_write_png(out / name, img)
-    if args.json:
-        print(json.dumps(summary, indent=1))
-    else:
-        print(
-            f"held-out views: {summary['views']}  PSNR {summary['psnr']:.2f} dB  SSIM {summary['ssim']:.4f}"
-        )
-        for model, m in summary["features"].items():
-            print(f"  {model}: cosine distance {m['cosine']:.4f}  L2 distance {m['l2']:.4f}")
-        print(f"metrics and images in {out}")
-    return 0

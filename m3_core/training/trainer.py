@@ -1,4 +1,4 @@
-"""Train an M3 memory (or the distillation baseline) from a scene directory and its features.
+"""Train an M3 memory (attention head, or the linear head for comparison) from a scene directory and its features.
 
 Per iteration one training view is rendered and the loss is
     0.8 L1 + 0.2 D-SSIM (RGB)  +  depth_weight * L1(depth on valid sensor pixels)
@@ -23,21 +23,23 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 import cv2
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from m3_core.config import to_dict
 from m3_core.errors import M3Error
 from m3_core.geometry.camera import PinholeCamera
 from m3_core.model.attention import AttentionConfig, MemoryAttention
-from m3_core.model.baseline import LinearDecoder, latent_dim_for_budget
 from m3_core.model.gaussians import GaussianInitConfig, GaussianModel, init_from_scene
-from m3_core.model.memory import M3Memory, render_memory
-from m3_core.model.memory_bank import default_theta, features_from_grids, select_psc
+from m3_core.model.linear import LinearDecoder, latent_dim_for_budget
+from m3_core.model.memory import HEADS, M3Memory, render_memory
+from m3_core.model.memory_bank import DEFAULT_THETAS, default_theta, features_from_grids, select_psc
 from m3_core.scene import Scene
 from m3_core.training.densify import Densifier, DensifyConfig
 from m3_core.training.losses import (
@@ -51,7 +53,6 @@ from m3_core.training.losses import (
 
 log = logging.getLogger(__name__)
 
-HEADS = ("attention", "linear")
 RENDER_MODES = ("auto", "full", "points")
 
 
@@ -87,9 +88,9 @@ class OptimConfig:
     colors: float = 2.5e-3
     """RGB colours (SH degree 0)."""
     queries: float = 0.02
-    """Principal queries (distillation latents too); 5e-3 sharpened the attention too slowly."""
+    """Principal queries (the linear head's latents too); 5e-3 sharpened the attention too slowly."""
     heads: float = 1e-3
-    """Learned head parameters (W_m when learned, the baseline's linear decoder)."""
+    """Learned head parameters (W_m when learned, the linear head's decoder)."""
 
 
 @dataclass(frozen=True)
@@ -111,9 +112,9 @@ class TrainConfig:
     feature_weight: float = 0.5
     """Weight of the summed per-model feature losses (M3 code: 0.5)."""
     query_dim: int = 16
-    """Principal query dims per model (paper: 16); the baseline's latent dims are set by budget."""
+    """Principal query dims per model (paper: 16); the linear head's latent dims are set by budget."""
     head: str = "attention"
-    """"attention" (M3) or "linear" (F-3DGS-style distillation baseline at the same parameter budget)."""
+    """"attention" (M3) or "linear" (F-3DGS-style linear decoder at the same parameter budget)."""
     thetas: dict[str, float] = field(default_factory=dict)
     """PSC threshold per model; models not listed use memory_bank.DEFAULT_THETAS."""
     psc_chunk: int = 1024
@@ -304,61 +305,16 @@ class Trainer:
         )
         self.scale = scene_scale(self.views)
 
-        t0 = time.perf_counter()
-        self.psc_stats: dict[str, dict[str, float]] = {}
-        pscs = {}
-        for model, grid in self.grids.items():
-            theta = config.thetas.get(model, default_theta(model) if model in _known_models() else 0.9)
-            raw = features_from_grids(grid[self.train_idx])
-            psc, _, stats = select_psc(raw, theta, chunk=config.psc_chunk)
-            pscs[model] = psc
-            self.psc_stats[model] = stats.to_dict()
-            log.info(
-                "%s: %d features -> %d PSC (theta %.2f)", model, stats.raw_features, stats.psc_size, theta
-            )
-        self.psc_seconds = time.perf_counter() - t0
-
-        init_scene = _subset_scene(scene, self.train_idx)
-        dims = {m: config.query_dim for m in features}
-        self.gaussians = init_from_scene(init_scene, dims, config.init)
-        if config.head == "linear":
-            n = self.gaussians.num_gaussians
-            dims = {
-                m: latent_dim_for_budget(n, pscs[m].shape[0], features[m].dim, config.query_dim)
-                for m in features
-            }
-            self.gaussians = init_from_scene(init_scene, dims, config.init)
-        with torch.no_grad():
-            self.gaussians.log_scales += math.log(config.init_scale_factor)
-        self.gaussians = self.gaussians.to(device)
-        heads: dict[str, nn.Module] = {}
-        for k, (m, f) in enumerate(features.items()):
-            if config.head == "attention":
-                heads[m] = MemoryAttention(
-                    pscs[m].to(device), dims[m], config.attention, seed=config.seed + k
-                )
-            else:
-                heads[m] = LinearDecoder(dims[m], f.dim, seed=config.seed + k).to(device)
-        self.heads = nn.ModuleDict(heads).to(device)
+        pscs = self._select_pscs()
+        dims = self._init_gaussians(features, pscs)
+        self.heads = self._make_heads(features, pscs, dims)
         # Fused Adam on CUDA: one kernel per parameter group instead of ~7 per parameter.
         self.optimizer = torch.optim.Adam(
             _param_groups(self.gaussians, self.heads, config.optim, self.scale),
             eps=1e-15,
             fused=device.type == "cuda" or None,
         )
-        dcfg = config.densify
-        if self.mode == "points" and dcfg.enabled and not config.densify_in_points_mode:
-            # Measured on the built-in scene (BENCHMARKS.md): with ~3% of the pixels sending gradient the
-            # statistic is noisy; scaled thresholds grew 35k -> 230k Gaussians in 400 steps, no better PSNR,
-            # and CPU step time grows with N. The depth init is dense already.
-            log.info("points mode: densification off (set densify_in_points_mode to force it)")
-            dcfg = replace(dcfg, enabled=False)
-        if dcfg.enabled and dcfg.stop > config.iters // 2:
-            # As 3DGS (densify until 15k of 30k): the second half converges. Without this an opacity
-            # reset could land on the last step (3000 % 3000 == 0) and leave every opacity at 0.01:
-            # the GPU bench's held-out PSNR of 8.6 dB with a train L1 of 0.012.
-            dcfg = replace(dcfg, stop=config.iters // 2)
-        self.densifier = Densifier(dcfg, self.scale, seed=config.seed)
+        self.densifier = Densifier(self._densify_config(), self.scale, seed=config.seed)
         self.features_meta = {
             m: {
                 "model_id": f.model_id,
@@ -376,6 +332,78 @@ class Trainer:
             )
         self.iteration = 0
         self.history: list[dict[str, float]] = []
+
+    def _select_pscs(self) -> dict[str, torch.Tensor]:
+        """Each model's principal scene components from its training views' features (timed)."""
+        config = self.config
+        t0 = time.perf_counter()
+        self.psc_stats: dict[str, dict[str, float]] = {}
+        pscs = {}
+        for model, grid in self.grids.items():
+            theta = config.thetas.get(model, default_theta(model) if model in _known_models() else 0.9)
+            raw = features_from_grids(grid[self.train_idx])
+            psc, _, stats = select_psc(raw, theta, chunk=config.psc_chunk)
+            pscs[model] = psc
+            self.psc_stats[model] = stats.to_dict()
+            log.info(
+                "%s: %d features -> %d PSC (theta %.2f)", model, stats.raw_features, stats.psc_size, theta
+            )
+        self.psc_seconds = time.perf_counter() - t0
+        return pscs
+
+    def _init_gaussians(
+        self, features: dict[str, SceneFeaturesLike], pscs: dict[str, torch.Tensor]
+    ) -> dict[str, int]:
+        """self.gaussians from the training views' depth; returns each model's query dimension.
+
+        The linear head's latent size depends on the Gaussian count (same memory budget as the
+        attention head), which is known only after a first initialisation: it initialises twice."""
+        config = self.config
+        init_scene = _subset_scene(self.scene, self.train_idx)
+        dims = {m: config.query_dim for m in features}
+        self.gaussians = init_from_scene(init_scene, dims, config.init)
+        if config.head == "linear":
+            n = self.gaussians.num_gaussians
+            dims = {
+                m: latent_dim_for_budget(n, pscs[m].shape[0], features[m].dim, config.query_dim)
+                for m in features
+            }
+            self.gaussians = init_from_scene(init_scene, dims, config.init)
+        with torch.no_grad():
+            self.gaussians.log_scales += math.log(config.init_scale_factor)
+        self.gaussians = self.gaussians.to(self.device)
+        return dims
+
+    def _make_heads(
+        self, features: dict[str, SceneFeaturesLike], pscs: dict[str, torch.Tensor], dims: dict[str, int]
+    ) -> nn.ModuleDict:
+        """One decoder per model: memory attention over its PSC, or the linear head."""
+        config, device = self.config, self.device
+        heads: dict[str, nn.Module] = {}
+        for k, (m, f) in enumerate(features.items()):
+            if config.head == "attention":
+                heads[m] = MemoryAttention(
+                    pscs[m].to(device), dims[m], config.attention, seed=config.seed + k
+                )
+            else:
+                heads[m] = LinearDecoder(dims[m], f.dim, seed=config.seed + k).to(device)
+        return nn.ModuleDict(heads).to(device)
+
+    def _densify_config(self) -> DensifyConfig:
+        config = self.config
+        dcfg = config.densify
+        if self.mode == "points" and dcfg.enabled and not config.densify_in_points_mode:
+            # Measured on the built-in scene (BENCHMARKS.md): with ~3% of the pixels sending gradient the
+            # statistic is noisy; scaled thresholds grew 35k -> 230k Gaussians in 400 steps, no better PSNR,
+            # and CPU step time grows with N. The depth init is dense already.
+            log.info("points mode: densification off (set densify_in_points_mode to force it)")
+            dcfg = replace(dcfg, enabled=False)
+        if dcfg.enabled and dcfg.stop > config.iters // 2:
+            # As 3DGS (densify until 15k of 30k): the second half converges. Without this an opacity
+            # reset could land on the last step (3000 % 3000 == 0) and leave every opacity at 0.01:
+            # the GPU bench's held-out PSNR of 8.6 dB with a train L1 of 0.012.
+            dcfg = replace(dcfg, stop=config.iters // 2)
+        return dcfg
 
     def _initial_background(self) -> torch.Tensor:
         bg = torch.tensor(self.config.background, dtype=torch.float32, device=self.device)
@@ -467,7 +495,7 @@ class Trainer:
         scene = self.scene
         means = self.gaussians.means.detach()
         manifest = {
-            "kind": "m3" if self.config.head == "attention" else "distill",
+            "head": self.config.head,
             "models": self.features_meta,
             "frames": {
                 "train": [scene.frames[i].name for i in self.train_idx],
@@ -489,8 +517,6 @@ class Trainer:
 
 
 def _known_models() -> set[str]:
-    from m3_core.model.memory_bank import DEFAULT_THETAS
-
     return set(DEFAULT_THETAS)
 
 
@@ -507,7 +533,6 @@ def train_memory(
     progress: bool = False,
 ) -> TrainResult:
     """Train a memory; write it to out_dir (atomically) when given. Returns the memory and stats."""
-    from tqdm.auto import tqdm
 
     config = config or TrainConfig()
     device = torch.device(device)
@@ -523,8 +548,6 @@ def train_memory(
         if progress and (it % 10 == 0 or it == config.iters - 1):
             bar.set_postfix({k: (f"{float(v):.4f}" if torch.is_tensor(v) else v) for k, v in logs.items()})
         if out_dir is not None and config.checkpoint_every and (it + 1) % config.checkpoint_every == 0:
-            from pathlib import Path
-
             # beside OUT, not inside: the final save replaces OUT as a whole
             ckpt_root = Path(out_dir).with_name(Path(out_dir).name + "-checkpoints")
             trainer.memory({"checkpoint": it + 1}).save(ckpt_root / f"iter_{it + 1:06d}")

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from scipy.spatial.transform import Rotation
 
 from m3_core.errors import M3Error
 from m3_core.geometry.camera import PinholeCamera
 from m3_core.geometry.quaternion import rotmat_from_quat_wxyz
+from m3_core.geometry.se3 import matrix_from_quat_xyzw, quat_xyzw_from_matrix
 from m3_core.grasp.gripper import gripper_boxes
 from m3_core.grasp.types import Grasp
 from m3_core.query.config import QueryConfig
@@ -83,7 +83,7 @@ def world_from_viser_camera(wxyz: np.ndarray, position: np.ndarray) -> np.ndarra
     """[4,4] world_from_camera of a viser camera (viser cameras use OpenCV axes, as m3_core does)."""
     w, x, y, z = (float(v) for v in wxyz)
     T = np.eye(4)
-    T[:3, :3] = Rotation.from_quat([x, y, z, w]).as_matrix()
+    T[:3, :3] = matrix_from_quat_xyzw(np.array([x, y, z, w]))
     T[:3, 3] = np.asarray(position, dtype=np.float64)
     return T
 
@@ -222,7 +222,7 @@ class MemoryViewer:
 
     def _draw_gripper(self, grasp: Grasp) -> None:
         for name, (world_from_box, size) in zip(("finger_left", "finger_right", "palm"), gripper_boxes(grasp, self.gripper)):
-            x, y, z, w = Rotation.from_matrix(world_from_box[:3, :3]).as_quat()
+            x, y, z, w = quat_xyzw_from_matrix(world_from_box[:3, :3])
             self.server.scene.add_box(
                 f"/answer/grasp/{name}", dimensions=tuple(float(v) for v in size), wxyz=(w, x, y, z),
                 position=tuple(float(v) for v in world_from_box[:3, 3]), color=(40, 200, 80), opacity=0.8,

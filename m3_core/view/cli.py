@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 from m3_core.errors import M3Error
+from m3_core.model.memory import M3Memory
 from m3_core.query.config import QueryConfig
 from m3_core.robot import load_robot_config
 from m3_core.view.app import MemoryViewer, ViewerConfig
@@ -33,9 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import viser  # heavy optional dependency: only this command needs it
+    import viser  # local: heavy optional dependency, only this command needs it
 
-    from m3_core.model.memory import M3Memory
 
     if not 1 <= args.port <= 65535 or not 16 <= args.panel_height <= 2048:
         print("m3 view: --port must be 1-65535 and --panel-height 16-2048", file=sys.stderr)

@@ -1,9 +1,9 @@
-"""Distillation baseline (F-3DGS style) for measuring what the M3 memory buys.
+"""The linear head (F-3DGS style): what the M3 memory's attention head is measured against.
 
 Feature 3DGS / Feature Splatting distil a foundation model into a latent vector per Gaussian,
 rendered like colour and decoded per pixel by a learned 1x1 convolution (a linear map). Here the
 latent takes the place of the principal queries in the same GaussianModel and the same trainer
-(`TrainConfig.head = "linear"`, `m3 train --baseline`), and its size is chosen so the parameter
+(`TrainConfig.head = "linear"`, `m3 train --head linear`), and its size is chosen so the parameter
 count matches the M3 memory's: N*L + (L*d + d) ~ N*Q + T*d + Q*d (queries + PSC + W_m).
 """
 
@@ -14,13 +14,13 @@ from torch import nn
 
 
 def latent_dim_for_budget(n_gaussians: int, psc_size: int, feature_dim: int, query_dim: int) -> int:
-    """Baseline latent dims L with N*L + L*d + d ~ the M3 budget N*Q + T*d + Q*d (at least Q)."""
+    """Linear-head latent dims L with N*L + L*d + d ~ the M3 budget N*Q + T*d + Q*d (at least Q)."""
     budget = n_gaussians * query_dim + psc_size * feature_dim + query_dim * feature_dim
     return max(query_dim, int(round((budget - feature_dim) / (n_gaussians + feature_dim))))
 
 
 class LinearDecoder(nn.Module):
-    """Distillation baseline head (F-3DGS style): rendered latent [.., L] -> feature [.., d]."""
+    """Linear head (F-3DGS style): rendered latent [.., L] -> feature [.., d]."""
 
     def __init__(self, latent_dim: int, feature_dim: int, seed: int = 0) -> None:
         super().__init__()
