@@ -29,6 +29,7 @@ MODEL_THRESHOLDS: dict[str, tuple[float, float]] = {
     "siglip": (0.60, 0.05),
 }
 DEFAULT_THRESHOLDS: tuple[float, float] = (0.60, 0.20)
+RELEVANCE_METHODS: tuple[str, ...] = ("products", "decode")
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,10 @@ class QueryConfig:
     fuse_radius_m: float = 0.02
     """"fused": a relevant Gaussian cluster belongs to the object when it comes this close to the
     visible points."""
+    fuse_search_m: float = 0.1
+    """"fused": only Gaussians inside the visible points' box grown by this are scored and clustered
+    (the object's back side lies within it; a low fusion threshold once let 22k-107k Gaussians of the
+    whole scene into the clustering, 0.5 s). 0 = every Gaussian (the engine before issue 14)."""
     fuse_relative_relevance: float = 0.9
     """"fused": Gaussians need this fraction of the view mask's mean relevance (when that is lower
     than relevance_threshold): the view already said which object it is, the Gaussians only complete
@@ -116,6 +121,11 @@ class QueryConfig:
     """Optional workspace box, world frame: lower corner (x, y, z) in metres; () = unbounded."""
     workspace_max_m: tuple[float, ...] = ()
     """Optional workspace box, world frame: upper corner (x, y, z) in metres; () = unbounded."""
+    relevance_method: str = "products"
+    """"products": relevance straight from the attention's principal components
+    (M3Memory.feature_products), never the [H*W, d] feature map nor the [N, d] Gaussian features;
+    "decode": decode the features, then relevance (the reference, slower; memories whose heads are
+    not attention decode either way)."""
     next_instance_margin: float = 0.1
     """When the best match cannot be grasped (support, too large, outside the workspace, no grasp),
     the next graspable candidate answers if its relevance is within this of the best's."""
@@ -134,6 +144,14 @@ class QueryConfig:
     def _check_modes(self) -> None:
         if self.threshold_mode not in ("fixed", "otsu"):
             raise ValueError(f"threshold_mode must be 'fixed' or 'otsu', got {self.threshold_mode!r}")
+        if self.relevance_method not in RELEVANCE_METHODS:
+            raise ValueError(
+                f"relevance_method must be one of {RELEVANCE_METHODS}, got {self.relevance_method!r}"
+            )
+        if self.fuse_search_m < 0:
+            raise ValueError(
+                f"fuse_search_m must be >= 0 metres (0 = all Gaussians), got {self.fuse_search_m}"
+            )
         if self.centre_mode not in ("fused", "surface"):
             raise ValueError(f"centre_mode must be 'fused' or 'surface', got {self.centre_mode!r}")
         if self.grasp_mode not in ("top_down", "view_ray"):

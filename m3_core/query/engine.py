@@ -4,9 +4,11 @@
     result = engine.query("yellow bath duck", view=View(world_from_camera, camera, depth_m))
     result.found, result.position, result.grasps[0].world_from_grasp, result.message
 
-Stages, each a method: encode (text embeddings cached per model and text; the negatives, plus the
-memory's background caption when it was trained with one) -> render + relevance (view queries)
--> instances (3D clusters of relevant pixels or Gaussians; support surfaces, oversize regions and
+Stages, each a method: encode (text embeddings cached per model and text in a TextEmbeddingTable,
+which may come from a file of precomputed ones; the negatives, plus the memory's background caption
+when it was trained with one; their unit directions cached on the memory's device) -> render +
+relevance (view queries; by default straight from the attention's principal components, never the
+[h*w, d] feature map: config.relevance_method) -> instances (3D clusters of relevant pixels or Gaussians; support surfaces, oversize regions and
 regions outside the workspace refused) -> grasp (m3_core.grasp.planner, or a top-down fallback
 while that is not installed) -> one QueryResult, which on failure carries the message, the
 relevance heatmap and the refused candidates. `m3 query` and the ROS query node both call it.
@@ -40,8 +42,10 @@ from m3_core.query.instances import (
     rejection_reason,
     split_instances,
 )
+from m3_core.query.relevance import relevance_from_products, text_directions
 from m3_core.query.result import QueryResult
 from m3_core.query.target import ObjectEstimate, estimate_object
+from m3_core.query.text_table import TextEmbeddingTable
 from m3_core.query.view import RenderedRelevance, View, mask_of_pixels, relevant_points, render_relevance
 from m3_core.robot import RobotConfig, load_robot_config
 
@@ -70,6 +74,7 @@ class EncodedQuery:
     config: QueryConfig
     text_emb: torch.Tensor  # [d]
     negatives_emb: torch.Tensor | None  # [k, d]
+    directions: torch.Tensor | None = None  # [1 + k, d] unit query + negatives, on the engine's device
 
 
 def validate_text(text: Any, max_chars: int) -> str:
@@ -109,7 +114,10 @@ def background_caption(memory: Any, model: str) -> str:
 
 class QueryEngine:
     """Answers text queries from one memory; holds the caches that make repeated queries fast
-    (text encoders, text embeddings, each model's per-Gaussian features)."""
+    (text encoders, text embeddings and directions, the Gaussians' means on the host).
+
+    text_table: precomputed text embeddings (TextEmbeddingTable.load); texts it lacks are encoded
+    with the memory's text encoder and added to it."""
 
     def __init__(
         self,
@@ -117,14 +125,18 @@ class QueryEngine:
         config: QueryConfig | None = None,
         robot: RobotConfig | None = None,
         device: str | torch.device | None = None,
+        text_table: TextEmbeddingTable | None = None,
     ) -> None:
         self.memory = memory
         self.config = config or QueryConfig()
         self.robot = robot or load_robot_config()
         self.device = device if device is not None else getattr(memory, "device", "cpu")
         self._encoders: dict[str, Any] = {}
-        self._texts: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
+        self._texts = text_table if text_table is not None else TextEmbeddingTable(_TEXT_CACHE_SIZE)
+        self._check_text_table()
+        self._directions: OrderedDict[tuple[str, str, tuple[str, ...]], torch.Tensor] = OrderedDict()
         self._gaussians: dict[str, tuple[torch.Tensor, np.ndarray, torch.Tensor]] = {}
+        self._host: tuple[np.ndarray, np.ndarray] | None = None
         self._grasp_ms = 0.0  # planning time of the running query (several candidates may be planned)
         self._last_gaussian_relevance: tuple[EncodedQuery | None, tuple[np.ndarray, np.ndarray]] = (None, ())
 
@@ -141,10 +153,28 @@ class QueryEngine:
     def encoder(self, model: str) -> Any:
         if model not in self._encoders:
             self._encoders[model] = self.memory.text_encoder(model, device=self.device)
+            self._texts.model_ids.setdefault(model, str(getattr(self._encoders[model], "model_id", "")))
         return self._encoders[model]
 
+    def _check_text_table(self) -> None:
+        """Refuse precomputed embeddings of another encoder than the one the memory was trained on."""
+        models = (getattr(self.memory, "manifest", None) or {}).get("models", {})
+        for model, made_by in self._texts.model_ids.items():
+            trained_on = str((models.get(model) or {}).get("model_id") or "")
+            if made_by and trained_on and made_by != trained_on:
+                raise ValueError(
+                    f"the text embeddings for {model!r} ({self._texts.source or 'table'}) were made by "
+                    f"{made_by} but this memory was trained on {trained_on} features; compute them "
+                    "with the memory's model"
+                )
+
+    @property
+    def text_table(self) -> TextEmbeddingTable:
+        """The engine's text embeddings (precomputed ones and those encoded so far)."""
+        return self._texts
+
     def embed(self, model: str, texts: list[str]) -> torch.Tensor:
-        """[n, d] embeddings, cached per (model, text)."""
+        """[n, d] embeddings, cached per (model, text); the encoder is loaded only for missing texts."""
         todo = [t for t in dict.fromkeys(texts) if (model, t) not in self._texts]
         if todo:
             out = torch.as_tensor(self.encoder(model).encode_text(todo))
@@ -152,16 +182,12 @@ class QueryEngine:
                 raise RuntimeError(
                     f"text encoder of {model!r} returned shape {tuple(out.shape)} for {len(todo)} texts"
                 )
-            for t, emb in zip(todo, out.float()):
-                self._texts[(model, t)] = emb
-        for t in texts:
-            self._texts.move_to_end((model, t))
-        while len(self._texts) > _TEXT_CACHE_SIZE:
-            self._texts.popitem(last=False)
+            self._texts.put(model, todo, out.float())
         return torch.stack([self._texts[(model, t)] for t in texts])
 
     def encode(self, text: str, model: str = "", config: QueryConfig | None = None) -> EncodedQuery:
-        """The text's embedding and the negatives' (config's, plus the background caption)."""
+        """The text's embedding and the negatives' (config's, plus the background caption), and
+        their unit directions on the engine's device (cached per model, text and negatives)."""
         model = self.model_name(model)
         config = (config or self.config).for_model(model)
         text = validate_text(text, config.max_text_chars)
@@ -170,22 +196,81 @@ class QueryEngine:
         if background and background not in negatives:
             negatives.append(background)
         negatives_emb = self.embed(model, negatives) if negatives else None
-        return EncodedQuery(text, model, config, self.embed(model, [text])[0], negatives_emb)
+        text_emb = self.embed(model, [text])[0]
+        key = (model, text, tuple(negatives))
+        if key not in self._directions:
+            self._directions[key] = text_directions(text_emb, negatives_emb).to(self.device)
+        self._directions.move_to_end(key)
+        while len(self._directions) > _TEXT_CACHE_SIZE:
+            self._directions.popitem(last=False)
+        return EncodedQuery(text, model, config, text_emb, negatives_emb, self._directions[key])
 
     # -- the Gaussians -------------------------------------------------------------------------
     def gaussians(self, model: str) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
-        """(features [N,d] on the memory's device, means [N,3] float64 numpy, opacities [N])."""
+        """(features [N,d] on the memory's device, means [N,3] float64 numpy, opacities [N]):
+        decodes every Gaussian's feature (relevance_method "decode"; pictures of all Gaussians)."""
         if model not in self._gaussians:
             features = self.memory.gaussian_features(model)
             g = self.memory.gaussians
-            means = torch.as_tensor(g.means).detach().double().cpu().numpy()
-            self._gaussians[model] = (features, means, torch.as_tensor(g.opacities).detach())
+            self._gaussians[model] = (
+                features,
+                self.host_gaussians()[0],
+                torch.as_tensor(g.opacities).detach(),
+            )
         return self._gaussians[model]
 
-    def gaussian_instances(self, enc: EncodedQuery, threshold: float | None = None) -> list[Instance]:
-        """Candidates among the Gaussians at or above `threshold` (default: the config's)."""
-        _, means, _ = self.gaussians(enc.model)
-        rel, sim = self._gaussian_relevance(enc)
+    def host_gaussians(self) -> tuple[np.ndarray, np.ndarray]:
+        """(means [N,3] float64, opacities [N] float32) on the host, copied once per engine."""
+        if self._host is None:
+            g = self.memory.gaussians
+            with torch.no_grad():
+                packed = (
+                    torch.cat([g.means.double(), g.opacities.reshape(-1, 1).double()], dim=1).cpu().numpy()
+                )
+            self._host = (np.ascontiguousarray(packed[:, :3]), packed[:, 3].astype(np.float32))
+        return self._host
+
+    def gaussian_scores(
+        self, enc: EncodedQuery, index: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(relevance [n], similarity [n]) of the Gaussians `index` (None: all N) to the query;
+        relevance 0 for Gaussians more transparent than config.min_opacity."""
+        if enc.config.relevance_method == "decode":
+            features, _, opacities = self.gaussians(enc.model)
+            if index is not None:
+                sel = torch.as_tensor(index, device=features.device)
+                features, opacities = features[sel], opacities.reshape(-1)[sel]
+            return gaussian_relevance(features, opacities, enc.text_emb, enc.negatives_emb, enc.config)
+        _, opacities = self.host_gaussians()
+        with torch.no_grad():
+            queries = self.memory.gaussians.queries
+            if index is not None:
+                queries = queries[torch.as_tensor(index, device=queries.device)]
+                opacities = opacities[index]
+            directions = (
+                enc.directions
+                if enc.directions is not None
+                else text_directions(enc.text_emb, enc.negatives_emb)
+            )
+            dots, norms = self.memory.feature_products(enc.model, queries, directions.to(queries.device))
+            rel, sim = relevance_from_products(dots, norms, enc.config.temperature)
+            host = torch.stack([rel, sim]).float().cpu().numpy()  # one copy
+        return np.where(opacities >= enc.config.min_opacity, host[0], 0.0), host[1]
+
+    def gaussian_instances(
+        self, enc: EncodedQuery, threshold: float | None = None, near: np.ndarray | None = None
+    ) -> list[Instance]:
+        """Candidates among the Gaussians at or above `threshold` (default: the config's); with
+        `near` [M,3] only among those inside its box grown by config.fuse_search_m (when > 0)."""
+        means, _ = self.host_gaussians()
+        if near is not None and len(near) and enc.config.fuse_search_m > 0:
+            grow = enc.config.fuse_search_m
+            lo, hi = near.min(axis=0) - grow, near.max(axis=0) + grow
+            index = np.nonzero(np.all((means >= lo) & (means <= hi), axis=1))[0]
+            rel, sim = self.gaussian_scores(enc, index)
+            means = means[index]
+        else:
+            rel, sim = self._gaussian_relevance(enc)
         if threshold is None:
             threshold = enc.config.relevance_threshold
         idx = np.nonzero(rel >= threshold)[0]
@@ -198,9 +283,7 @@ class QueryEngine:
         """(relevance [N], similarity [N]) of every Gaussian to the query, kept for the query's
         duration (each view candidate's fusion asks again)."""
         if self._last_gaussian_relevance[0] is not enc:
-            features, _, opacities = self.gaussians(enc.model)
-            rel_sim = gaussian_relevance(features, opacities, enc.text_emb, enc.negatives_emb, enc.config)
-            self._last_gaussian_relevance = (enc, rel_sim)
+            self._last_gaussian_relevance = (enc, self.gaussian_scores(enc))
         return self._last_gaussian_relevance[1]
 
     def _scene_points(
@@ -209,8 +292,8 @@ class QueryEngine:
         """(object [N',3], scene [M,3]): the object's points completed with the opaque Gaussians and
         view depth points inside its box (grown by _OBJECT_BOX_PAD_M, above its lowest point), and
         what the gripper may collide with: everything else farther than _CLEARANCE_M from it."""
-        _, means, opacities = self.gaussians(enc.model)
-        opaque = means[opacities.reshape(-1).float().cpu().numpy() >= enc.config.min_opacity]
+        means, opacities = self.host_gaussians()
+        opaque = means[opacities >= enc.config.min_opacity]
         clouds = [opaque]
         if rendered is not None:
             depth = rendered.live_depth_m if rendered.live_depth_m is not None else rendered.rendered_depth_m
@@ -233,12 +316,13 @@ class QueryEngine:
     def _fuse(self, enc: EncodedQuery, candidate: Instance) -> Instance:
         """A view candidate plus the memory's relevant Gaussian instances that touch it (the whole
         object as the memory holds it, back side included). The view already said which object
-        it is, so a Gaussian needs only fuse_relative_relevance of the candidate's relevance."""
+        it is, so a Gaussian needs only fuse_relative_relevance of the candidate's relevance. Only
+        the Gaussians near the candidate (config.fuse_search_m) are scored and clustered."""
         config = enc.config
         threshold = min(config.relevance_threshold, config.fuse_relative_relevance * candidate.score)
         tree = cKDTree(candidate.points)
         parts = [candidate]
-        for inst in self.gaussian_instances(enc, threshold):
+        for inst in self.gaussian_instances(enc, threshold, near=candidate.points):
             if inst.support:
                 continue
             dist, _ = tree.query(inst.points, distance_upper_bound=config.fuse_radius_m)
@@ -292,7 +376,9 @@ class QueryEngine:
     ) -> tuple[tuple[Grasp, ...], str]:
         """(grasps best first, which planner made them) for one instance."""
         obj, scene = self._scene_points(enc, instance.points, rendered)
-        grasps = plan_grasps(obj, scene, self.robot.gripper, self.robot.arm, world_from_armbase, MEMORY_PLANNER)
+        grasps = plan_grasps(
+            obj, scene, self.robot.gripper, self.robot.arm, world_from_armbase, MEMORY_PLANNER
+        )
         return tuple(grasps), "planner"
 
     # -- the query ----------------------------------------------------------------------------
@@ -358,7 +444,9 @@ class QueryEngine:
         self, enc: EncodedQuery, view: View, world_from_armbase: np.ndarray | None, timings: dict[str, float]
     ) -> QueryResult:
         t0 = time.perf_counter()
-        rendered = render_relevance(self.memory, view, enc.model, enc.text_emb, enc.negatives_emb, enc.config)
+        rendered = render_relevance(
+            self.memory, view, enc.model, enc.text_emb, enc.negatives_emb, enc.config, enc.directions
+        )
         t1 = time.perf_counter()
         points, pixels, stride, depth_source = relevant_points(rendered, enc.config.max_points)
         # min_area_px counts a region before its edge is eroded and before depth jumps split it

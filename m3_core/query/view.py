@@ -17,9 +17,11 @@ import numpy as np
 import torch
 
 from m3_core.geometry.camera import PinholeCamera, points_from_depth
+from m3_core.model.memory import render_memory
 from m3_core.query.config import QueryConfig
 from m3_core.query.mask import candidate_mask, erode
 from m3_core.query.relevance import relevance as relevance_fn
+from m3_core.query.relevance import relevance_from_products, text_directions
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +123,7 @@ def rgb_uint8(rgb: Any) -> np.ndarray:
     return arr.astype(np.uint8)
 
 
+@torch.no_grad()
 def render_relevance(
     memory: Any,
     view: View,
@@ -128,14 +131,36 @@ def render_relevance(
     text_emb: torch.Tensor,  # [d]
     negatives_emb: torch.Tensor | None,  # [k, d]
     config: QueryConfig,
+    directions: torch.Tensor | None = None,  # [1 + k, d] text_directions, cached by the caller
 ) -> RenderedRelevance:
-    """Render the memory at the view and score every pixel against the query (config: for_model)."""
+    """Render the memory at the view and score every pixel against the query (config: for_model).
+
+    config.relevance_method "products" takes relevance from the rendered queries' products with the
+    text directions (the [h*w, d] feature map is never formed); "decode" decodes the map first (the
+    reference). What the host needs (relevance, similarity, alpha, depth, rgb) comes back in one
+    device-to-host copy."""
     render_camera = render_camera_for(view.camera, config)
-    rgb, depth, features, alpha = memory.render(view.world_from_camera, render_camera, models=[model])
-    rel, sim = relevance_fn(features[model], text_emb, negatives_emb, config.temperature)
     shape = (render_camera.height, render_camera.width)
-    valid = numpy_f32(alpha).reshape(shape) >= config.min_alpha
-    rel_np = np.where(valid, numpy_f32(rel), 0.0).astype(np.float32)
+    if config.relevance_method == "products":
+        out = render_memory(
+            memory.gaussians, view.world_from_camera, render_camera, background=memory.background
+        )
+        if directions is None:
+            directions = text_directions(text_emb, negatives_emb)
+        dots, norms = memory.feature_products(model, out.queries, directions.to(out.queries.device))
+        rel, sim = relevance_from_products(dots, norms, config.temperature)
+        rgb, depth, alpha = out.rgb, out.depth, out.alpha
+    else:
+        rgb, depth, features, alpha = memory.render(view.world_from_camera, render_camera, models=[model])
+        rel, sim = relevance_fn(features[model], text_emb, negatives_emb, config.temperature)
+    planes = [rel, sim, alpha, depth]
+    packed = torch.cat(
+        [p.reshape(*shape, 1).float() for p in planes] + [rgb.reshape(*shape, 3).float()], dim=-1
+    )
+    host = packed.cpu().numpy()  # one copy
+    rel_np, sim_np, alpha_np, depth_np = (host[..., i] for i in range(4))
+    valid = alpha_np >= config.min_alpha
+    rel_np = np.where(valid, rel_np, 0.0).astype(np.float32)
     mask, threshold = candidate_mask(
         rel_np,
         config.relevance_threshold,
@@ -149,10 +174,10 @@ def render_relevance(
         live = cv2.resize(view.depth_m.astype(np.float32), shape[::-1], interpolation=cv2.INTER_NEAREST)
     return RenderedRelevance(
         relevance=rel_np,
-        similarity=np.where(valid, numpy_f32(sim), 0.0).astype(np.float32),
+        similarity=np.where(valid, sim_np, 0.0).astype(np.float32),
         valid=valid,
-        rgb=rgb_uint8(rgb),
-        rendered_depth_m=np.where(valid, numpy_f32(depth).reshape(shape), 0.0),
+        rgb=rgb_uint8(host[..., 4:]),
+        rendered_depth_m=np.where(valid, depth_np, 0.0),
         live_depth_m=live,
         render_camera=render_camera,
         world_from_camera=view.world_from_camera,
