@@ -16,6 +16,7 @@ import numpy as np
 from m3_core.errors import M3Error
 from m3_core.geometry.camera import PinholeCamera
 from m3_core.geometry.se3 import invert, matrix_from_pose, transform_from_rt
+from m3_core.sim.collision import HollowCylinder, hollow_urdf
 from m3_core.sim.meshes import merge_meshes, placed_mesh
 from m3_core.sim.spec import CATALOG, ObjectSpec, SimSpec
 
@@ -70,10 +71,15 @@ def data_path() -> Path:
 
 
 def resolve_urdf(obj: ObjectSpec) -> str:
-    urdf = obj.urdf or CATALOG[obj.model or obj.name]["urdf"]
+    """The URDF to load for `obj`; a catalogue model whose collision is wrong (the solid mug) gets a
+    corrected copy (m3_core/sim/collision.py). A spec's own `urdf:` is loaded as given."""
+    entry = {} if obj.urdf else CATALOG[obj.model or obj.name]
+    urdf = obj.urdf or entry["urdf"]
     path = Path(urdf) if Path(urdf).is_absolute() else data_path() / urdf
     if not path.exists():
         raise ValueError(f"object {obj.name!r}: URDF {urdf} not found (looked at {path})")
+    if "hollow" in entry:
+        return hollow_urdf(path, HollowCylinder(**entry["hollow"]))
     return str(path)
 
 
