@@ -36,7 +36,10 @@ class GraspPlannerConfig:
     depth_offsets_m: tuple[float, ...] = (-0.01, 0.0, 0.01, 0.02)
     """Grasp origin moved back along -z by these from the contacts' midpoint (negative: deeper), metres."""
     top_down_heights: tuple[float, ...] = (0.5, 0.75)
-    """Top-down candidates at these fractions of the object's height above its support."""
+    """Top-down candidates at these fractions of the object's height above its support (and at the
+    lowest height whose fingertips clear the support)."""
+    top_down_yaws: int = 12
+    """Closing directions of the top-down candidates, evenly spaced over 180 degrees."""
 
     # Filters
     opening_clearance_m: float = 0.005
@@ -96,7 +99,7 @@ class GraspPlannerConfig:
 
     def __post_init__(self) -> None:
         positive = ("object_voxel_m", "scene_voxel_m", "max_object_points", "normal_neighbours",
-                    "num_seeds", "ray_neighbours", "num_approaches", "batch_size", "top_k", "max_evaluated")
+                    "num_seeds", "ray_neighbours", "num_approaches", "top_down_yaws", "batch_size", "top_k", "max_evaluated")
         bad = [name for name in positive if getattr(self, name) <= 0]
         if bad:
             raise ValueError(f"GraspPlannerConfig: {', '.join(bad)} must be > 0")
