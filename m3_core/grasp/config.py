@@ -78,8 +78,10 @@ class GraspPlannerConfig:
     """Candidates checked per vectorised batch."""
     top_k: int = 10
     """Grasps returned at most (after near-duplicate suppression)."""
-    enough_feasible: int = 24
-    """Stop checking more candidates once this many feasible grasps were found."""
+    enough_feasible: int = 96
+    """Stop checking more candidates once this many feasible grasps were found. The prior cannot know
+    a candidate's width (nor so its spare opening): stopping early (24) kept a body grasp at the full
+    opening and never reached the narrow handle or rim grasps ranked below it."""
     nms_distance_m: float = 0.01
     """A grasp within this distance of a better one ..."""
     nms_angle_deg: float = 20.0
@@ -96,6 +98,10 @@ class GraspPlannerConfig:
     """Weight of approaching away from the arm base, as a reaching arm would (unused without a base)."""
     weight_clearance: float = 0.15
     """Weight of the gripper's clearance from the scene."""
+    weight_spare_opening: float = 0.2
+    """Weight of the opening left over beyond the grasp's width (see `spare_opening_saturation_m`)."""
+    spare_opening_saturation_m: float = 0.03
+    """Opening left over beyond the grasp's width that earns the full spare-opening score, metres."""
 
     def __post_init__(self) -> None:
         positive = ("object_voxel_m", "scene_voxel_m", "max_object_points", "normal_neighbours",
