@@ -36,7 +36,10 @@ class GraspPlannerConfig:
     depth_offsets_m: tuple[float, ...] = (-0.01, 0.0, 0.01, 0.02)
     """Grasp origin moved back along -z by these from the contacts' midpoint (negative: deeper), metres."""
     top_down_heights: tuple[float, ...] = (0.5, 0.75)
-    """Top-down candidates at these fractions of the object's height above its support."""
+    """Top-down candidates at these fractions of the object's height above its support (and at the
+    lowest height whose fingertips clear the support)."""
+    top_down_yaws: int = 12
+    """Closing directions of the top-down candidates, evenly spaced over 180 degrees."""
 
     # Filters
     opening_clearance_m: float = 0.005
@@ -75,8 +78,10 @@ class GraspPlannerConfig:
     """Candidates checked per vectorised batch."""
     top_k: int = 10
     """Grasps returned at most (after near-duplicate suppression)."""
-    enough_feasible: int = 24
-    """Stop checking more candidates once this many feasible grasps were found."""
+    enough_feasible: int = 96
+    """Stop checking more candidates once this many feasible grasps were found. The prior cannot know
+    a candidate's width (nor so its spare opening): stopping early (24) kept a body grasp at the full
+    opening and never reached the narrow handle or rim grasps ranked below it."""
     nms_distance_m: float = 0.01
     """A grasp within this distance of a better one ..."""
     nms_angle_deg: float = 20.0
@@ -93,10 +98,14 @@ class GraspPlannerConfig:
     """Weight of approaching away from the arm base, as a reaching arm would (unused without a base)."""
     weight_clearance: float = 0.15
     """Weight of the gripper's clearance from the scene."""
+    weight_spare_opening: float = 0.2
+    """Weight of the opening left over beyond the grasp's width (see `spare_opening_saturation_m`)."""
+    spare_opening_saturation_m: float = 0.03
+    """Opening left over beyond the grasp's width that earns the full spare-opening score, metres."""
 
     def __post_init__(self) -> None:
         positive = ("object_voxel_m", "scene_voxel_m", "max_object_points", "normal_neighbours",
-                    "num_seeds", "ray_neighbours", "num_approaches", "batch_size", "top_k", "max_evaluated")
+                    "num_seeds", "ray_neighbours", "num_approaches", "top_down_yaws", "batch_size", "top_k", "max_evaluated")
         bad = [name for name in positive if getattr(self, name) <= 0]
         if bad:
             raise ValueError(f"GraspPlannerConfig: {', '.join(bad)} must be > 0")

@@ -231,7 +231,8 @@ def _evaluate_batch(
     top_down, toward = scoring.approach_terms(poses, scene.up, scene.reach_dir)
     sat = config.clearance_saturation_m
     q = scoring.quality(antipodal, scoring.centring(poses, scene.centre, scene.radius), top_down, toward,
-                        np.clip(clearance / sat, 0.0, 1.0), config, scene.reach_dir is not None)
+                        np.clip(clearance / sat, 0.0, 1.0), config, scene.reach_dir is not None,
+                        scoring.spare_opening(width, gripper.max_opening_m, config))
     return list(zip(poses, width, q))
 
 

@@ -93,19 +93,29 @@ def poses_about_axis(
 def top_down_poses(
     points: np.ndarray, up: np.ndarray, floor_h: float, gripper: GripperConfig, config: GraspPlannerConfig
 ) -> np.ndarray:
-    """Top-down grasps [K,4,4] over the object's centre, closing across each horizontal principal axis,
-    at `top_down_heights` of the object's height (never so low that the fingertips go below `floor_h`)."""
+    """Top-down grasps [K,4,4] over the object's footprint centre, closing along `top_down_yaws`
+    horizontal directions (starting at the footprint's largest principal axis), at `top_down_heights`
+    of the object's height and at the lowest height whose fingertips stay above `floor_h`.
+
+    Principal axes alone are not enough: on a square footprint (a 2x2 brick) they point anywhere,
+    often along the diagonal, which is too wide and holds only by two corners."""
     heights = points @ up
     flat = points - heights[:, None] * up
     centre = flat.mean(axis=0)
     _, vecs = np.linalg.eigh(np.cov((flat - centre).T))
-    axes = [v for v in vecs.T[::-1] if abs(v @ up) < 0.5][:2]             # largest spread first
+    major = next((v for v in vecs.T[::-1] if abs(v @ up) < 0.5), None)
+    if major is None:
+        return np.zeros((0, 4, 4))
+    major = major - (major @ up) * up
+    major /= np.linalg.norm(major)
+    side = np.cross(up, major)
+    yaws = np.pi * np.arange(config.top_down_yaws) / config.top_down_yaws
+    axes = np.cos(yaws)[:, None] * major + np.sin(yaws)[:, None] * side
     top = float(np.percentile(heights, 99.0))
     lowest = floor_h + gripper.finger_length_m - gripper.tcp_depth_m + 1e-3
     bottom = float(np.percentile(heights, 1.0))
-    poses = []
-    for frac in config.top_down_heights:
-        h = max(bottom + frac * (top - bottom), lowest)
-        for axis in axes:
-            poses.append(grasp_matrix(centre + h * up, axis, -up))
+    levels = sorted({max(bottom + frac * (top - bottom), lowest) for frac in config.top_down_heights} | {lowest})
+    # fingertips below the object's top: a level above it would close on air
+    levels = [h for h in levels if h - (gripper.finger_length_m - gripper.tcp_depth_m) < top] or [lowest]
+    poses = [grasp_matrix(centre + h * up, axis, -up) for h in levels for axis in axes]
     return np.array(poses).reshape(-1, 4, 4)

@@ -30,15 +30,26 @@ def approach_terms(
 
 def quality(
     antipodal: np.ndarray, centred: np.ndarray, top_down: np.ndarray, toward: np.ndarray,
-    clearance: np.ndarray, config: GraspPlannerConfig, has_base: bool,
+    clearance: np.ndarray, config: GraspPlannerConfig, has_base: bool, spare: np.ndarray | float = 1.0,
 ) -> np.ndarray:
-    """Weighted mean of the terms (each in [0, 1]); the toward-robot term counts only with a base."""
+    """Weighted mean of the terms (each in [0, 1]); the toward-robot term counts only with a base.
+    `spare` is the opening-margin term (`spare_opening`; 1 before the width is known)."""
     c = config
     w_toward = c.weight_toward_robot if has_base else 0.0
-    total = c.weight_antipodal + c.weight_centring + c.weight_top_down + w_toward + c.weight_clearance
+    total = (c.weight_antipodal + c.weight_centring + c.weight_top_down + w_toward + c.weight_clearance
+             + c.weight_spare_opening)
     s = (c.weight_antipodal * antipodal + c.weight_centring * centred + c.weight_top_down * top_down
-         + w_toward * toward + c.weight_clearance * clearance)
+         + w_toward * toward + c.weight_clearance * clearance + c.weight_spare_opening * spare)
     return np.clip(s / max(total, 1e-12), 0.0, 1.0)
+
+
+def spare_opening(widths: np.ndarray, max_opening_m: float, config: GraspPlannerConfig) -> np.ndarray:
+    """1 where the fingers open `spare_opening_saturation_m` more than the grasp needs, falling to 0 at
+    the gripper's full opening. A memory sees an object's far side poorly or not at all and blurs its
+    edges, so its width along the closing axis is often underestimated by millimetres to centimetres:
+    a grasp that needs nearly the full opening lands a finger on the object (a mug's 8.2 cm body
+    measured 6.9 cm from one side), one with room to spare does not."""
+    return np.clip((max_opening_m - widths) / config.spare_opening_saturation_m, 0.0, 1.0)
 
 
 def antipodal_score(contact_mean_cos: np.ndarray, config: GraspPlannerConfig) -> np.ndarray:

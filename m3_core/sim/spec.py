@@ -20,7 +20,14 @@ from m3_core.config import from_dict, read_yaml
 CATALOG: dict[str, dict] = {
     "duck": {"urdf": "duck_vhacd.urdf", "upright_rpy_deg": (90.0, 0.0, 0.0), "rgba": None},
     "teddy": {"urdf": "teddy_vhacd.urdf", "upright_rpy_deg": (90.0, 0.0, 0.0), "rgba": None},
-    "mug": {"urdf": "objects/mug.urdf", "upright_rpy_deg": (0.0, 0.0, 0.0), "rgba": None},
+    # pybullet_data's mug collides as a solid cylinder; "hollow" rebuilds it as the cup it looks
+    # like (m3_core/sim/collision.py): 2.1 mm wall and 9 mm floor, as its visual mesh
+    "mug": {
+        "urdf": "objects/mug.urdf",
+        "upright_rpy_deg": (0.0, 0.0, 0.0),
+        "rgba": None,
+        "hollow": {"part": "mug_col_Cylinder.003", "wall_m": 0.0021, "bottom_m": 0.009},
+    },
     "lego": {"urdf": "lego/lego.urdf", "upright_rpy_deg": (0.0, 0.0, 0.0), "rgba": None},
     "tray": {"urdf": "tray/traybox.urdf", "upright_rpy_deg": (0.0, 0.0, 0.0), "rgba": None},
     "jenga": {"urdf": "jenga/jenga.urdf", "upright_rpy_deg": (0.0, 0.0, 0.0), "rgba": None},

@@ -17,7 +17,9 @@ from scipy.spatial.transform import Rotation
 from m3_core.errors import M3Error
 from m3_core.geometry.camera import PinholeCamera
 from m3_core.geometry.se3 import invert, matrix_from_pose, quat_xyzw_from_matrix, transform_from_rt
+from m3_core.sim.collision import HollowCylinder, hollow_urdf
 from m3_core.sim.meshes import merge_meshes, placed_mesh
+from m3_core.sim.settle import rest_rotation
 from m3_core.sim.spec import CATALOG, ObjectSpec, SimSpec
 
 log = logging.getLogger(__name__)
@@ -71,10 +73,15 @@ def data_path() -> Path:
 
 
 def resolve_urdf(obj: ObjectSpec) -> str:
-    urdf = obj.urdf or CATALOG[obj.model or obj.name]["urdf"]
+    """The URDF to load for `obj`; a catalogue model whose collision is wrong (the solid mug) gets a
+    corrected copy (m3_core/sim/collision.py). A spec's own `urdf:` is loaded as given."""
+    entry = {} if obj.urdf else CATALOG[obj.model or obj.name]
+    urdf = obj.urdf or entry["urdf"]
     path = Path(urdf) if Path(urdf).is_absolute() else data_path() / urdf
     if not path.exists():
         raise ValueError(f"object {obj.name!r}: URDF {urdf} not found (looked at {path})")
+    if "hollow" in entry:
+        return hollow_urdf(path, HollowCylinder(**entry["hollow"]))
     return str(path)
 
 
@@ -181,12 +188,10 @@ class TabletopWorld:
         xy_table (table frame)."""
         p = self._p
         entry = CATALOG.get(obj.model or obj.name, {})
-        rpy = obj.upright_rpy_deg or entry.get("upright_rpy_deg", (0.0, 0.0, 0.0))
-        R = _rot_z(yaw_rad) @ _rot_rpy(np.radians(rpy))
-        world_R = self.world_from_table[:3, :3] @ R
+        urdf, world_R = self._placed_rotation(obj, yaw_rad)
         quat = quat_xyzw_from_matrix(world_R).tolist()
         body_id = p.loadURDF(
-            resolve_urdf(obj),
+            urdf,
             [0, 0, 5.0],
             quat,
             globalScaling=float(obj.scale),
@@ -219,16 +224,25 @@ class TabletopWorld:
         self.placements.append((obj, np.asarray(xy_table, np.float64).copy(), float(yaw_rad)))
         return body
 
-    def footprint(self, obj: ObjectSpec, yaw_rad: float) -> np.ndarray:
-        """Half extent (x, y) in the table frame of an object's box at this yaw, without keeping it."""
-        p = self._p
+    def _placed_rotation(self, obj: ObjectSpec, yaw_rad: float) -> tuple[str, np.ndarray]:
+        """(URDF path, world rotation [3,3]) of an object placed upright at this yaw on the table.
+
+        An off-balance model (the scale-2 teddy) gets the rotation it comes to rest in, not the one
+        it would stand in for an instant before tipping over in physics (m3_core.sim.settle)."""
         entry = CATALOG.get(obj.model or obj.name, {})
         rpy = obj.upright_rpy_deg or entry.get("upright_rpy_deg", (0.0, 0.0, 0.0))
         R = _rot_z(yaw_rad) @ _rot_rpy(np.radians(rpy))
+        urdf = resolve_urdf(obj)
+        return urdf, rest_rotation(urdf, float(obj.scale), self.world_from_table[:3, :3] @ R)
+
+    def footprint(self, obj: ObjectSpec, yaw_rad: float) -> np.ndarray:
+        """Half extent (x, y) in the table frame of an object's box at this yaw, without keeping it."""
+        p = self._p
+        urdf, world_R = self._placed_rotation(obj, yaw_rad)
         body_id = p.loadURDF(
-            resolve_urdf(obj),
+            urdf,
             [0, 0, 5.0],
-            quat_xyzw_from_matrix(R).tolist(),
+            quat_xyzw_from_matrix(self.world_from_table[:3, :3].T @ world_R).tolist(),
             globalScaling=float(obj.scale),
             physicsClientId=self.client,
         )
