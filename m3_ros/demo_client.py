@@ -53,8 +53,6 @@ class DemoClient(Node):
     def wait_capture_received(self, sent: dict[str, int], timeout: float) -> dict[str, int]:
         """Wait until the capture node has taken in every message of `sent` (per topic); returns what
         is still missing when its counts stopped growing (empty: all arrived)."""
-        import rclpy
-
         return self.status_board.wait_for_received(
             self.capture_node, sent, lambda t: rclpy.spin_once(self, timeout_sec=t), timeout_s=timeout
         )

@@ -51,7 +51,7 @@ def _settled_quat(
     settle_s: float,
     time_step_s: float,
 ) -> tuple[float, ...]:
-    import pybullet as p
+    import pybullet as p  # local: heavy simulator, only when an object is placed
 
     client = p.connect(p.DIRECT)
     try:
