@@ -16,7 +16,7 @@ import pytest
 from m3_core.capture.bag2scene import bag_to_scene
 from m3_core.robot import load_robot_config
 from m3_core.scene import SceneError, load_scene
-from tests.conftest import wait_until
+from tests.conftest import stop_process, wait_until
 from tests.conftest_capture import run_live_capture, small_sim_bag_path, write_synthetic_bag
 
 pytestmark = pytest.mark.ros
@@ -99,7 +99,7 @@ def test_sigterm_saves_the_scene_and_exits_0(synthetic_bag, start_process, ros_e
     wait_until(lambda: saved_frames() >= 2 or capture.popen.poll() is not None, 180, what="two saves")
     assert replay.popen.poll() is None, "the replay ended before the SIGTERM: slow the bag down"
     capture.popen.send_signal(15)
-    code = capture.popen.wait(60)
+    code = stop_process(capture.popen, "capture", capture.output)  # past its drain; a hang is dumped
     log = capture.output()
     assert code == 0, log
     assert "final scene" in log, log

@@ -116,9 +116,17 @@ def test_query_in_the_browser_shows_object_and_gripper(viewer_url, browser) -> N
     button = _wait_for(lambda: [b for b in browser.find_elements(By.TAG_NAME, "button") if b.text == "Find"],
                        120, "the Find button")[0]  # fmt: skip
     _wait_for(lambda: "Type an object" in _page_text(browser), 60, "the status line")
-    # The panel shows the memory rendered by our renderer: wait until it is no longer all black.
-    time.sleep(1.0)  # let the splats draw once; every later step waits on a visible change
-    before = _screenshot(browser)
+    # The splats and the panel (the memory rendered by our renderer) draw after the page is up:
+    # wait until two screenshots in a row agree, then every later step waits on a visible change.
+    shots_before: list[np.ndarray] = [_screenshot(browser)]
+
+    def settled() -> bool:
+        shots_before.append(_screenshot(browser))
+        a, b = shots_before[-2:]
+        return bool((np.abs(a - b).sum(axis=2) > 30).mean() < 1e-4) and bool(b.max() > 0)
+
+    _wait_for(settled, 120, "the page to finish drawing")
+    before = shots_before[-1]
     green_before = _green_pixels(before)  # the axes gizmo and the "connected" icon are green too
 
     query = [i for i in browser.find_elements(By.TAG_NAME, "input") if i.get_attribute("type") == "text"][-1]
