@@ -299,6 +299,8 @@ def _print_result(args: argparse.Namespace, report: dict[str, Any], out: Path) -
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    """The six stages with `m3 demo`'s arguments (m3_ros.demo_cli); 0 when the target is found within
+    --max-error-m and every node exited cleanly. Raises what a stage raises (demo_cli reports it)."""
     paths = DemoPaths.under(args.out.absolute())
     paths.out.mkdir(parents=True, exist_ok=True)
     run = DemoRun(paths, _launch_values(args, paths))
