@@ -15,9 +15,11 @@ the engine's message); only found answers count in the found-path statistics; a 
 found at some repetition is reported under "not-found path" and never as found. Stages are the
 engine's timings: encode (text embeddings, cached), render (rasterize + relevance + the one
 device-to-host copy), locate (instances, fusion with the Gaussians, checks, grasp planning), of
-which grasp (the planner). Engines: "new" is the default config (relevance from the attention's
-principal components, fusion near the visible points); "reference" is relevance_method "decode"
-with fuse_search_m 0, i.e. the engine before issue 14.
+which grasp (the planner); cpu is the process's CPU time (all threads) for the whole query, which
+on a loaded machine says more than the wall time. Engines: "new" is the default config (relevance
+from the attention's principal components, fusion near the visible points, CPU images composited by
+tile); "reference" is relevance_method "decode", fuse_search_m 0 and the per-pixel CPU compositing,
+i.e. the engine before issue 14.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from m3_core.geometry import PinholeCamera  # noqa: E402
 from m3_core.query import QueryConfig, QueryEngine, TextEmbeddingTable, View, background_caption  # noqa: E402
+from m3_core.render import torch_backend  # noqa: E402
 
 ENGINES = {
     "new": {},
@@ -78,7 +81,9 @@ def make_views(args, memory) -> None:
     from m3_core.scene import load_scene
 
     scene = load_scene(args.make)
-    objects = [o for o in json.loads((args.gt / "objects.json").read_text())["objects"] if not o.get("support")]
+    objects = [
+        o for o in json.loads((args.gt / "objects.json").read_text())["objects"] if not o.get("support")
+    ]
     masks = [scene.read_mask(i) for i in range(len(scene.frames))]
     engine = QueryEngine(memory, QueryConfig(render_width=min(args.widths), **ENGINES["reference"]))
     entries = []
@@ -103,7 +108,9 @@ def make_views(args, memory) -> None:
                 }  # fmt: skip
                 res = engine.query(text, model=args.model, view=view_of(entry), search_3d="never")
                 ok = res.found and np.linalg.norm(res.position - obj["box_center_world"]) <= args.tol_m
-                print(f"  {obj['name']:6s} {text!r:20s} {f.name}: {'kept' if ok else 'dropped'} {res.message[:80]}")
+                print(
+                    f"  {obj['name']:6s} {text!r:20s} {f.name}: {'kept' if ok else 'dropped'} {res.message[:80]}"
+                )
                 hits.append(entry if ok else None)
             entries += [e for e in hits if e]
             kept += any(hits)
@@ -121,7 +128,9 @@ def make_views(args, memory) -> None:
 
 
 # -- measuring -------------------------------------------------------------------------------------
-def check_table(table: TextEmbeddingTable, memory, model: str, entries: list[dict], config: QueryConfig) -> None:
+def check_table(
+    table: TextEmbeddingTable, memory, model: str, entries: list[dict], config: QueryConfig
+) -> None:
     """Exit when a text the queries need is missing: the encoder must not be loaded silently."""
     background = background_caption(memory, model)
     needed = {e["text"] for e in entries} | set(config.negatives) | ({background} if background else set())
@@ -132,7 +141,12 @@ def check_table(table: TextEmbeddingTable, memory, model: str, entries: list[dic
 
 def stats(values: list[float]) -> dict[str, float]:
     a = np.asarray(values, dtype=np.float64)
-    return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)), "max": float(a.max()), "n": len(a)}
+    return {
+        "p50": float(np.percentile(a, 50)),
+        "p95": float(np.percentile(a, 95)),
+        "max": float(a.max()),
+        "n": len(a),
+    }
 
 
 def run_width(args, memory, table, entries: list[dict], width: int) -> dict:
@@ -149,39 +163,47 @@ def run_width(args, memory, table, entries: list[dict], width: int) -> dict:
             for name, engine in engines.items():  # alternating: load changes hit every engine alike
                 if cuda:
                     torch.cuda.synchronize()
-                t0 = time.perf_counter()
+                torch_backend.TILE_COMPOSITE = name != "reference"
+                t0, c0 = time.perf_counter(), time.process_time()
                 res = engine.query(entry["text"], model=args.model, view=view, search_3d="never")
-                wall = (time.perf_counter() - t0) * 1e3
+                wall, cpu = (time.perf_counter() - t0) * 1e3, (time.process_time() - c0) * 1e3
                 if r >= args.warmup:
-                    runs[name].append((res, wall))
+                    runs[name].append((res, wall, cpu))
         for name, got in runs.items():
-            found = [(res, wall) for res, wall in got if res.found]
-            err = [float(np.linalg.norm(res.position - entry["gt_centre"])) for res, _ in found]
+            err = [float(np.linalg.norm(res.position - entry["gt_centre"])) for res, _, _ in got if res.found]
             rows[name].append({
                 "text": entry["text"], "object": entry["object"], "frame": entry["frame"],
-                "found": len(found), "runs": len(got), "total_ms": [w for _, w in got],
-                "stages_ms": [{k: res.timings_ms.get(k, 0.0) for k in STAGES} for res, _ in got],
-                "found_flags": [res.found for res, _ in got],
+                "found": len(err), "runs": len(got), "total_ms": [w for _, w, _ in got],
+                "cpu_ms": [c for _, _, c in got],
+                "stages_ms": [{k: res.timings_ms.get(k, 0.0) for k in STAGES} for res, _, _ in got],
+                "found_flags": [res.found for res, _, _ in got],
                 "error_m": float(np.median(err)) if err else None,
-                "message": next((res.message for res, _ in got if not res.found), ""),
+                "message": next((res.message for res, _, _ in got if not res.found), ""),
                 "centre": got[0][0].centre_source,
             })  # fmt: skip
     return rows
 
 
 def summarise(rows: list[dict]) -> dict:
-    found_tot, found_stage, missed = [], {k: [] for k in STAGES}, []
+    found_tot, found_cpu, found_stage, missed = [], [], {k: [] for k in STAGES}, []
     for row in rows:
-        for ok, total, stages in zip(row["found_flags"], row["total_ms"], row["stages_ms"]):
+        for ok, total, cpu, stages in zip(
+            row["found_flags"], row["total_ms"], row["cpu_ms"], row["stages_ms"]
+        ):
             if ok:
                 found_tot.append(total)
+                found_cpu.append(cpu)
                 for k in STAGES:
                     found_stage[k].append(stages[k])
             else:
                 missed.append(total)
     out = {"found_queries": sum(r["found"] == r["runs"] for r in rows), "queries": len(rows)}
     if found_tot:
-        out["found_path_ms"] = {"total": stats(found_tot), **{k: stats(v) for k, v in found_stage.items()}}
+        out["found_path_ms"] = {
+            "total": stats(found_tot),
+            **{k: stats(v) for k, v in found_stage.items()},
+            "cpu": stats(found_cpu),
+        }
     if missed:
         out["not_found_path_ms"] = stats(missed)
     return out
@@ -192,7 +214,9 @@ def print_width(width: int, height: int, name: str, rows: list[dict], summary: d
     for row in rows:
         if row["found"] == row["runs"]:
             p50 = np.percentile(row["total_ms"], 50)
-            state = f"FOUND     p50 {p50:8.1f} ms  error {row['error_m'] * 100:4.1f} cm  centre {row['centre']}"
+            state = (
+                f"FOUND     p50 {p50:8.1f} ms  error {row['error_m'] * 100:4.1f} cm  centre {row['centre']}"
+            )
         elif row["found"]:
             state = f"FOUND {row['found']}/{row['runs']} only: not counted as found ({row['message'][:60]})"
         else:
@@ -200,7 +224,9 @@ def print_width(width: int, height: int, name: str, rows: list[dict], summary: d
         print(f"  {row['object']:6s} {row['text'][:18]:18s} {row['frame'][:14]:14s} {state}")
     print(f"  found: {summary['found_queries']}/{summary['queries']} queries")
     for key, val in summary.get("found_path_ms", {}).items():
-        print(f"  found path {key:7s} p50 {val['p50']:8.1f}  p95 {val['p95']:8.1f}  max {val['max']:8.1f} ms (n={val['n']})")
+        print(
+            f"  found path {key:7s} p50 {val['p50']:8.1f}  p95 {val['p95']:8.1f}  max {val['max']:8.1f} ms (n={val['n']})"
+        )
     if "not_found_path_ms" in summary:
         val = summary["not_found_path_ms"]
         print(f"  NOT-FOUND path (not a found latency): p50 {val['p50']:.1f} ms (n={val['n']})")
@@ -223,7 +249,11 @@ def main() -> int:
     if table is not None:
         check_table(table, memory, args.model, entries, QueryConfig())
     head = memory.heads[args.model]
-    device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads"
+    device = (
+        torch.cuda.get_device_name(0)
+        if args.device.startswith("cuda")
+        else f"cpu, {torch.get_num_threads()} threads"
+    )
     print(
         f"{device}; memory {args.memory} ({memory.gaussians.num_gaussians} Gaussians, {args.model} "
         f"d={head.feature_dim}, T={getattr(head, 'psc', torch.empty(0)).shape[0]} PSC); {len(entries)} queries; "
