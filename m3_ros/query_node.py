@@ -40,7 +40,6 @@ from m3_core.errors import M3Error, TransformError
 from m3_core.geometry import PinholeCamera, TransformBuffer, transform_points
 from m3_core.model.memory import M3Memory
 from m3_core.query import QueryConfig, QueryEngine, View, robust_extent
-from m3_core.query.gaussian3d import gaussian_relevance
 from m3_core.query.overlay import draw_target, heatmap, overlay_relevance
 from m3_core.query.result import NotFoundError
 from m3_core.robot import load_robot_config
@@ -425,10 +424,9 @@ class QueryNode(Node):
 
     def _relevance_cloud(self, engine: QueryEngine, model: str, text: str, config: QueryConfig) -> PointCloud2:
         """Every Gaussian centre coloured by its relevance to `text` (turbo), with a relevance channel."""
-        features, means, opacities = engine.gaussians(model)
+        means, _ = engine.host_gaussians()
         enc = engine.encode(text, model, config)  # embeddings are cached: the query just made them
-        relevance, _ = gaussian_relevance(features, opacities, enc.text_emb, enc.negatives_emb, enc.config)
-        relevance = relevance.astype(np.float32)
+        relevance = engine.gaussian_scores(enc)[0].astype(np.float32)  # no [N, d] features decoded
         keep = relevance > 0  # 0: too transparent to count
         rgb = heatmap(relevance[keep][None])[0]
         return xyzrgb_cloud_msg(means[keep], rgb, 0, self.world_frame, extra={"relevance": relevance[keep]})

@@ -290,3 +290,27 @@ def test_meta_means2d_collects_screen_space_gradients_for_densification() -> Non
     assert visible.any() and means2d.grad is not None
     assert float(means2d.grad[0, ~visible].abs().sum()) == 0.0
     assert float(means2d.grad[0, visible].abs().sum()) > 0.0
+
+
+@pytest.mark.parametrize(("seed", "opaque", "n"), [(0, False, 7), (2, True, 16), (4, False, 300)])
+def test_full_image_without_gradients_composites_by_tile_like_the_per_pixel_path(seed, opaque, n) -> None:
+    """No-grad full images take the tile path (_composite_tiles); it must give what the per-pixel
+    path (taken with gradients) and the brute-force reference give, early stop and clamp included.
+    CAM is 24x18: the last tile row is cut by the image edge."""
+    model = _random_model(n, seed, opaque=opaque)
+    pose = _pose(seed)
+    with torch.no_grad():
+        tiles = rasterize(model, pose, CAM, backend="torch")
+    per_pixel = rasterize(model, pose, CAM, backend="torch")  # parameters require grad: per-pixel path
+    assert per_pixel.rgb.requires_grad and not tiles.rgb.requires_grad
+    for got, want in [
+        (tiles.rgb, per_pixel.rgb),
+        (tiles.depth, per_pixel.depth),
+        (tiles.queries, per_pixel.queries),
+        (tiles.alpha, per_pixel.alpha),
+    ]:
+        torch.testing.assert_close(got, want.detach(), rtol=1e-9, atol=1e-9)
+    if n <= 16:
+        rgb, depth, queries, alpha = _reference(model, torch.linalg.inv(torch.as_tensor(pose)), CAM)
+        torch.testing.assert_close(tiles.rgb, rgb.detach(), rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(tiles.alpha, alpha.detach(), rtol=1e-9, atol=1e-9)

@@ -34,6 +34,7 @@ from m3_core.query.mask import candidate_mask, erode, otsu_threshold
 from m3_core.query.relevance import relevance
 from m3_core.query.result import NotFoundError, QueryError, QueryResult
 from m3_core.query.target import ObjectEstimate, estimate_object, reject_outliers, robust_extent
+from m3_core.query.text_table import TextEmbeddingTable
 from m3_core.query.view import RenderedRelevance, View, render_camera_for
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "QueryResult",
     "RenderedRelevance",
     "SEARCH_3D_MODES",
+    "TextEmbeddingTable",
     "View",
     "Workspace",
     "approach_direction",

@@ -25,6 +25,7 @@ T_MIN = 1e-4  # gsplat: a pixel is done once its transmittance would fall to thi
 MAX_ALPHA = 0.999
 CHUNK_ELEMS = 1 << 21  # pixels x candidates per compositing block: bounds peak memory
 FIRST_BLOCK = 16  # candidates per pixel in the first compositing block (then doubling)
+TILE_COMPOSITE = True  # full images without gradients composite by tile; False: per pixel (reference)
 
 
 def rasterize_torch(
@@ -51,6 +52,7 @@ def rasterize_torch(
         means, quats, scales, opacities, camera_from_world, fx, fy, cx, cy, width, height, near, far
     )
     device, dtype = means.device, means.dtype
+    full_image = pixels_xy is None
     if pixels_xy is None:
         rows, cols = torch.meshgrid(
             torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij"
@@ -73,7 +75,15 @@ def rasterize_torch(
     # Per-Gaussian values gathered per candidate: x, y, conic a/b/c, opacity.
     packed = torch.cat([proj.means2d[0], proj.conics, opacities[:, None]], dim=-1)[active]
     feats = torch.cat([features, proj.depths[:, None]], dim=-1)[active]  # depth rides as a channel
-    out_feat, T = _composite(packed, feats, pixels_xy, pix_tile, table)
+    if (
+        TILE_COMPOSITE
+        and full_image
+        and not (torch.is_grad_enabled() and (packed.requires_grad or feats.requires_grad))
+    ):
+        # A full image without gradients (queries, evaluation): tile by tile, 8x cheaper gathers.
+        out_feat, T = _composite_tiles(packed.detach(), feats.detach(), table, width, height, tile_size)
+    else:
+        out_feat, T = _composite(packed, feats, pixels_xy, pix_tile, table)
     alpha = 1.0 - T
     depth = out_feat[:, C] / alpha.clamp(min=1e-10)
     return out_feat[:, :C], depth, alpha, proj
@@ -252,6 +262,75 @@ class _Composite(torch.autograd.Function):
         )
         d_packed = torch.zeros_like(packed).index_add_(0, g, d_packed)
         return d_packed, d_feats, None, None, None
+
+
+@torch.no_grad()
+def _composite_tiles(
+    packed: Tensor, feats: Tensor, table: Tensor, width: int, height: int, tile_size: int
+) -> tuple[Tensor, Tensor]:
+    """_Composite.forward for a whole image, without what backward needs: the pixels of a tile share
+    its candidates, so each block gathers the candidates' values once per tile ([tiles, B]) instead
+    of once per pixel, and accumulates the features with one batched product ([S, B] x [B, C+1] per
+    tile). Same rules, same depth-ordered blocks; results equal up to float rounding (tests)."""
+    device, dtype = packed.device, packed.dtype
+    n_tiles, K = table.shape
+    tiles_w = (width + tile_size - 1) // tile_size
+    assert n_tiles == tiles_w * ((height + tile_size - 1) // tile_size), "full image: one row per tile"
+    tile = torch.arange(n_tiles, device=device)
+    off = torch.arange(tile_size, device=device)
+    prow = ((tile // tiles_w) * tile_size)[:, None, None] + off[None, :, None]  # [U, ts, 1]
+    pcol = ((tile % tiles_w) * tile_size)[:, None, None] + off[None, None, :]  # [U, 1, ts]
+    prow, pcol = (
+        prow.expand(-1, -1, tile_size).reshape(n_tiles, -1),
+        pcol.expand(-1, tile_size, -1).reshape(n_tiles, -1),
+    )
+    inside = (prow < height) & (pcol < width)  # [U, S]
+    px, py = pcol.to(dtype) + 0.5, prow.to(dtype) + 0.5
+    S, C1 = px.shape[1], feats.shape[1]
+    T = torch.ones(n_tiles, S, dtype=dtype, device=device)
+    done = ~inside
+    out = torch.zeros(n_tiles, S, C1, dtype=dtype, device=device)
+    cols = packed.t().contiguous()  # [6, A]
+    alive = tile
+    k0, block = 0, FIRST_BLOCK
+    while k0 < K:
+        first = table[:, k0].index_select(0, alive)
+        alive = alive.index_select(
+            0, ((first >= 0) & ~done.index_select(0, alive).all(dim=1)).nonzero().squeeze(1)
+        )
+        n = alive.numel()
+        if n == 0:
+            break
+        block = max(1, min(block, CHUNK_ELEMS // (n * S)))
+        c = table[:, k0 : k0 + block].index_select(0, alive)  # [n, B]
+        B = c.shape[1]
+        real = c >= 0
+        cf = c.clamp(min=0).reshape(-1)
+        gx, gy, ca, cb, cc, op = (v[:, None, :] for v in cols.index_select(1, cf).view(6, n, B).unbind(0))
+        dx = gx - px.index_select(0, alive)[:, :, None]  # [n, S, B]
+        dy = gy - py.index_select(0, alive)[:, :, None]
+        # sigma = 0.5 * (ca dx dx + cc dy dy) + cb dx dy, in the per-pixel path's order, in place
+        sigma = torch.mul(ca, dx).mul_(dx).add_(torch.mul(cc, dy).mul_(dy)).mul_(0.5)
+        sigma.add_(dx.mul_(cb).mul_(dy))
+        alpha = torch.neg(sigma).exp_().mul_(op).clamp_(max=MAX_ALPHA)
+        keep = (sigma >= 0).logical_and_(alpha >= ALPHA_THRESHOLD).logical_and_(real[:, None, :])
+        alpha.masked_fill_(~keep, 0.0)
+        one_minus = torch.rsub(alpha, 1.0)
+        T_alive = T.index_select(0, alive)
+        T_after = torch.cumprod(one_minus, dim=2).mul_(T_alive[:, :, None])
+        included = (T_after > T_MIN).logical_and_(~done.index_select(0, alive)[:, :, None])
+        weights = T_after.div_(one_minus).mul_(alpha).masked_fill_(~included, 0.0)  # alpha T_before
+        out.index_add_(0, alive, torch.bmm(weights, feats.index_select(0, cf).view(n, B, C1)))
+        T.index_copy_(0, alive, T_alive * one_minus.masked_fill_(~included, 1.0).prod(dim=2))
+        done.index_copy_(0, alive, done.index_select(0, alive) | ~included[:, :, -1])
+        k0 += block
+        block *= 2
+    pixel = (prow * width + pcol)[inside]
+    flat_out = torch.empty(height * width, C1, dtype=dtype, device=device)
+    flat_out[pixel] = out[inside]
+    flat_T = torch.empty(height * width, dtype=dtype, device=device)
+    flat_T[pixel] = T[inside]
+    return flat_out, flat_T
 
 
 def _segment_last(values: Tensor, segments: Tensor, n: int) -> Tensor:
