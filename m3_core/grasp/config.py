@@ -38,7 +38,7 @@ class GraspPlannerConfig:
     top_down_heights: tuple[float, ...] = (0.5, 0.75)
     """Top-down candidates at these fractions of the object's height above its support (and at the
     lowest height whose fingertips clear the support)."""
-    top_down_yaws: int = 12
+    top_down_yaws: int = 24
     """Closing directions of the top-down candidates, evenly spaced over 180 degrees."""
 
     # Filters
@@ -66,6 +66,9 @@ class GraspPlannerConfig:
     object_noise_m: float = 0.003
     """Object points up to this far past a finger's inner face are noise at the object's edges, not a
     collision (the fingers close onto the object anyway), metres."""
+    min_contact_depth_m: float = 0.01
+    """Each finger's contact points must span this much along the approach (the fingers' length):
+    fingers that only graze the object's top edge slip off it, metres."""
     contact_band_m: float = 0.006
     """Object points within this of a finger's side of the closing region count as its contacts, metres."""
     check_approach_sweep: bool = True
