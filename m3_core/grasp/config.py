@@ -75,8 +75,9 @@ class GraspPlannerConfig:
     """Also reject grasps whose fingers or palm hit something on the straight path from the pre-grasp."""
 
     # Ranking
-    max_evaluated: int = 512
-    """At most this many candidates (best prior score first) go through the collision check."""
+    max_evaluated: int = 1024
+    """At most this many candidates (best prior score first) go through the collision check (512 left
+    the mug's rim grasps, ranked low by the prior's centring, unchecked in 5 of 12 built-in queries)."""
     batch_size: int = 64
     """Candidates checked per vectorised batch."""
     top_k: int = 10
