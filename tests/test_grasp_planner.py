@@ -6,11 +6,13 @@ import dataclasses
 
 import numpy as np
 import pytest
+from scipy.spatial import cKDTree
 
 from m3_core.grasp.config import GraspPlannerConfig
-from m3_core.grasp.filters import _centre_cluster_extremes, approach_ok
+from m3_core.grasp.filters import _centre_cluster_extremes, approach_ok, grasp_frame_points, measure_closing
 from m3_core.grasp.gripper import grasp_matrix, gripper_boxes, local_boxes
 from m3_core.grasp.planner import plan_grasps
+from m3_core.grasp.pointcloud import estimate_normals
 from m3_core.grasp.support import support_plane
 from m3_core.grasp.types import Grasp
 from m3_core.robot import ArmConfig, GripperConfig
@@ -389,3 +391,27 @@ def test_a_grasp_with_room_to_spare_ranks_above_one_at_the_full_opening():
     assert grasps
     assert grasps[0].width_m < 0.04
     assert grasps[0].world_from_grasp[2, 3] > 0.06, "on the plate"
+
+
+def test_fingers_that_only_graze_the_top_edge_are_refused():
+    """Top-down across a 4 cm cube: fingertips 2 cm into it hold it; 5 mm into it they slip off."""
+    cube = box_surface((0.04, 0.04, 0.04), (0.0, 0.0, 0.02))
+    normals = estimate_normals(cube, cKDTree(cube), 16)
+    tips_below_origin = GRIPPER.finger_length_m - GRIPPER.tcp_depth_m
+    tips_at = np.array([0.02, 0.035])                                     # 2 cm and 5 mm below the top
+    origins = np.c_[np.zeros(2), np.zeros(2), tips_at + tips_below_origin]
+    poses = grasp_matrix(origins, np.tile([1.0, 0.0, 0.0], (2, 1)), np.tile([0.0, 0.0, -1.0], (2, 1)))
+    closing = measure_closing(poses, grasp_frame_points(poses, cube), normals, GRIPPER, GraspPlannerConfig())
+    np.testing.assert_array_equal(closing["ok"], [True, False])
+
+
+def test_contact_faces_are_judged_by_the_patch_when_point_normals_are_unreliable():
+    """A memory's per-point normals on a small, poorly seen object scatter by tens of degrees; the
+    patch a finger presses is still a plane facing it. With every normal wrong (pointing up), a
+    face-on grasp of a cube keeps its contacts in the friction cone through the patch's plane."""
+    cube = box_surface((0.04, 0.04, 0.04), (0.0, 0.0, 0.02))
+    wrong = np.tile([0.0, 0.0, 1.0], (len(cube), 1))
+    pose = grasp_matrix(np.array([[0.0, 0.0, 0.04]]), np.array([[1.0, 0.0, 0.0]]), np.array([[0.0, 0.0, -1.0]]))
+    closing = measure_closing(pose, grasp_frame_points(pose, cube), wrong, GRIPPER, GraspPlannerConfig())
+    assert closing["ok"][0]
+    assert closing["contact_cos"][0] > 0.95

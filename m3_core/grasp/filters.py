@@ -105,8 +105,12 @@ def measure_closing(
     left = slab & (np.abs(x - x_min[:, None]) <= band)
     right_patch, right_mean = _mean_normal_cos(right, n_x, normals)
     left_patch, left_mean = _mean_normal_cos(left, n_x, normals)
+    right_patch = np.maximum(right_patch, _patch_plane_cos(local, right, g.finger_width_m))
+    left_patch = np.maximum(left_patch, _patch_plane_cos(local, left, g.finger_width_m))
     width = extent + 2.0 * config.opening_clearance_m
     ok = (count >= config.min_points_between_fingers) & (width <= g.max_opening_m) & (extent >= g.min_opening_m)
+    # fingers that only graze the object's edge (a mug's rim 8 mm into the fingers) slip off it
+    ok &= np.minimum(_span(z, right), _span(z, left)) >= config.min_contact_depth_m
     return {"shift": 0.5 * (x_max + x_min), "width": np.minimum(width, g.max_opening_m),
             "count": count, "contact_cos": np.minimum(right_patch, left_patch),
             "contact_mean_cos": np.minimum(right_mean, left_mean), "ok": ok}
@@ -163,6 +167,37 @@ def _mean_normal_cos(side: np.ndarray, n_x: np.ndarray, normals: np.ndarray) -> 
         face = np.nanpercentile(np.where(side, np.abs(n_x), np.nan), 75.0, axis=1)
     patch = np.maximum(patch, np.nan_to_num(face, nan=-1.0))
     return patch, spread
+
+
+def _span(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per row of `values` [B,N]: max - min over the masked entries; 0 for rows without any."""
+    lo = np.min(np.where(mask, values, np.inf), axis=1)
+    hi = np.max(np.where(mask, values, -np.inf), axis=1)
+    return np.where(mask.any(axis=1), hi - lo, 0.0)
+
+
+def _patch_plane_cos(local: np.ndarray, side: np.ndarray, finger_width_m: float) -> np.ndarray:
+    """|cos| between the closing axis and the plane through one side's contact points (`side` [B,N]
+    of `local` [B,3,N]): the direction of least spread of the patch's positions; -1 where the patch
+    has fewer than 5 points or spans less than a third of the finger's width in y or in z.
+
+    Per-point normals come from 16 neighbours; on a memory's small or poorly seen object (the far
+    side of a 5 cm brick: ~10 points) they scatter by tens of degrees, while the patch the finger
+    presses, taken whole, is still a plane facing the finger."""
+    count = side.sum(axis=1)
+    n = np.maximum(count, 1)[:, None]
+    w = side[:, None, :]
+    mean = np.sum(local * w, axis=2) / n                                            # [B,3]
+    d = (local - mean[:, :, None]) * w
+    cov = np.einsum("bin,bjn->bij", d, d) / n[:, :, None]
+    _, vecs = np.linalg.eigh(cov)
+    cos = np.abs(vecs[:, 0, 0])                                                    # least-spread axis . x
+    big = np.where(side[:, None, :], local, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        span = np.nanmax(big, axis=2) - np.nanmin(big, axis=2)                      # [B,3]
+    wide = (span[:, 1] >= finger_width_m / 3.0) & (span[:, 2] >= finger_width_m / 3.0)
+    return np.where((count >= 5) & wide, cos, -1.0)
 
 
 def _body_boxes(widths: np.ndarray, gripper: GripperConfig, config: GraspPlannerConfig) -> tuple[np.ndarray, np.ndarray]:

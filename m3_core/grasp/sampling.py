@@ -112,7 +112,9 @@ def top_down_poses(
     yaws = np.pi * np.arange(config.top_down_yaws) / config.top_down_yaws
     axes = np.cos(yaws)[:, None] * major + np.sin(yaws)[:, None] * side
     top = float(np.percentile(heights, 99.0))
-    lowest = floor_h + gripper.finger_length_m - gripper.tcp_depth_m + 1e-3
+    # fingertips this high keep even their collision margin above the support's noise band: lower,
+    # the table's own scatter (and a memory's fuzz at the object's base) counts as an obstacle
+    lowest = floor_h + gripper.finger_length_m - gripper.tcp_depth_m + config.collision_margin_m + 1e-3
     bottom = float(np.percentile(heights, 1.0))
     levels = sorted({max(bottom + frac * (top - bottom), lowest) for frac in config.top_down_heights} | {lowest})
     # fingertips below the object's top: a level above it would close on air
