@@ -14,8 +14,8 @@ uncalibrated camera records). Three scenes, each by `m3 bag2scene --gt` (ground-
   D  (--rerecord) the scan recorded again with the corrected YAML on /tf_static
 
 Each gets a language memory (`m3 train SCENE --models language --iters N --device cpu --threads 1`)
-and every object is asked by name through `QueryEngine.query` (the path of `m3 query` and the
-query node): from the --views keyframes whose GT masks show it largest (memory depth) and in 3D
+and every object is asked by its name ("duck") and its caption ("yellow rubber duck") through
+`QueryEngine.query` (the path of `m3 query` and the query node): from the --views keyframes whose GT masks show it largest (memory depth) and in 3D
 over the Gaussians. Printed per scene: object-centre error against the simulator's box centre
 (mean / median / max over the found answers), how many were found and aimed at the right object,
 and where a grasp is answered the grasp point's distance from the object's true box (0 = inside).
@@ -109,14 +109,15 @@ def query_scene(memory_dir: Path, scene_dir: Path, gt_dir: Path, views: int, wid
     rows = []
     for obj in objects:
         where = [(scene.frames[i].name, scene.frames[i]) for i in best_views(scene, obj, views, masks)]
-        for view_name, frame in [*where, ("3d", None)]:
+        caption = obj["caption"].removeprefix("a ").removeprefix("an ")  # "a yellow rubber duck"
+        asks = [(text, v) for text in dict.fromkeys([obj["name"], caption]) for v in [*where, ("3d", None)]]
+        for text, (view_name, frame) in asks:
             view = None if frame is None else View(frame.world_from_camera, frame.camera, None)
             t0 = time.perf_counter()
-            res = engine.query(
-                obj["name"], model="language", view=view, search_3d="never" if view else "fallback"
-            )
+            res = engine.query(text, model="language", view=view, search_3d="never" if view else "fallback")
             row = {
                 "object": obj["name"],
+                "text": text,
                 "view": view_name,
                 "found": bool(res.found),
                 "s": time.perf_counter() - t0,
@@ -139,7 +140,7 @@ def query_scene(memory_dir: Path, scene_dir: Path, gt_dir: Path, views: int, wid
                 row["message"] = res.message[:100]
             rows.append(row)
             err = f"{row['centre_error_mm']:6.1f} mm" if res.found else "not found"
-            print(f"  {obj['name']:8s} {view_name:14s} {err}", flush=True)
+            print(f"  {text[:20]:20s} {view_name:14s} {err}", flush=True)
     return rows
 
 
@@ -250,6 +251,17 @@ def main() -> int:
             f"      {s['grasp_on_object']:2d}/{s['grasps']:2d}           "
             f"{s['grasp_box_mean_mm']:5.1f} / {s['grasp_box_max_mm']:5.1f} mm"
         )  # fmt: skip
+    objects = list(dict.fromkeys(r["object"] for r in result["scenes"]["A"]["rows"]))
+    print("\nper object, mean centre error of the right-object answers (mm; found/asked):")
+    print("scene " + "".join(f"{o:>16s}" for o in objects))
+    for k, s in result["scenes"].items():
+        cells = []
+        for o in objects:
+            rows = [r for r in s["rows"] if r["object"] == o]
+            right = [r["centre_error_mm"] for r in rows if r["found"] and r["nearest"] == o]
+            mean = f"{np.mean(right):6.1f}" if right else "     -"
+            cells.append(f"{mean} ({sum(r['found'] for r in rows)}/{len(rows)})".rjust(16))
+        print(f"{k:5s} " + "".join(cells))
     if a.json:
         a.json.write_text(json.dumps(result, indent=1, default=float) + "\n")
     return 0
