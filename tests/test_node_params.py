@@ -136,6 +136,20 @@ def _check_rviz_topics(node, query_node: str) -> None:
     assert all(topics[t]["Durability Policy"] == "Transient Local" for t in shown)
 
 
+def _ask_once_loaded(client, executor, request, log: Path, timeout_s: float = 300.0):
+    """Ask until the answer is not "still loading": the memory and the encoder load in the node's
+    own thread while the service already answers."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        future = client.call_async(request)
+        executor.spin_until_future_complete(future, timeout_sec=120.0)
+        answer = future.result()
+        assert answer is not None, "no answer within 120 s\n" + log.read_text()
+        if "still loading" not in answer.message or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.2)
+
+
 def test_query_node_uses_the_robot_yaml_frames_and_publishes_clouds(rclpy_node, home, tmp_path):
     """Regression: the query node had no robot description and answered in the B1+Z1 frames."""
     pytest.importorskip(
@@ -180,15 +194,7 @@ def test_query_node_uses_the_robot_yaml_frames_and_publishes_clouds(rclpy_node, 
         assert client.wait_for_service(timeout_sec=120.0), log.read_text()
 
         wait_until(lambda: tf_static.get_subscription_count() >= 1, 30.0, what="/tf_static subscriber")
-        deadline = time.monotonic() + 300.0  # the memory and the encoder load in the node's own thread
-        while True:  # ask until the answer is not "still loading" (the service answers at once)
-            future = client.call_async(Query.Request(text="yellow bath duck"))
-            executor.spin_until_future_complete(future, timeout_sec=120.0)
-            answer = future.result()
-            assert answer is not None, "no answer within 120 s\n" + log.read_text()
-            if "still loading" not in answer.message or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        answer = _ask_once_loaded(client, executor, Query.Request(text="yellow bath duck"), log)
         assert answer.success, answer.message + "\n" + log.read_text()
         assert answer.target.pose.header.frame_id == "base_arm"  # frames.arm_base of the YAML
         expected = transform_points(invert(WORLD_FROM_ARMBASE), OBJECTS["duck"][1][None])[0]
