@@ -136,40 +136,18 @@ def _check_rviz_topics(node, query_node: str) -> None:
     assert all(topics[t]["Durability Policy"] == "Transient Local" for t in shown)
 
 
-def _publish_static_frames(node):
-    """Latch map -> base_arm and map -> cam_optical (the test robot YAML's frames) on /tf_static."""
-    from rclpy.qos import DurabilityPolicy, QoSProfile
-    from tf2_msgs.msg import TFMessage
-
-    from m3_ros.conversions import transform_msg_from_matrix
-
-    latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-    tf_static = node.create_publisher(TFMessage, "/tf_static", latched)
-    tf_static.publish(
-        TFMessage(
-            transforms=[
-                transform_msg_from_matrix(WORLD_FROM_ARMBASE, "map", "base_arm"),
-                transform_msg_from_matrix(WORLD_FROM_CAMERA, "map", "cam_optical"),
-            ]
-        )
-    )
-    return tf_static
-
-
-def _ask_once_loaded(client, executor, text: str, log):
-    """Ask until the answer is not "still loading" (the service answers at once, while the memory
-    and the encoder load in the node's own thread); the first real answer."""
-    from m3_grasp.srv import Query
-
-    deadline = time.monotonic() + 300.0
+def _ask_once_loaded(client, executor, request, log: Path, timeout_s: float = 300.0):
+    """Ask until the answer is not "still loading": the memory and the encoder load in the node's
+    own thread while the service already answers."""
+    deadline = time.monotonic() + timeout_s
     while True:
-        future = client.call_async(Query.Request(text=text))
+        future = client.call_async(request)
         executor.spin_until_future_complete(future, timeout_sec=120.0)
         answer = future.result()
         assert answer is not None, "no answer within 120 s\n" + log.read_text()
         if "still loading" not in answer.message or time.monotonic() > deadline:
             return answer
-        time.sleep(0.2)  # poll interval of a loop bounded by the deadline
+        time.sleep(0.2)
 
 
 def test_query_node_uses_the_robot_yaml_frames_and_publishes_clouds(rclpy_node, home, tmp_path):
@@ -179,9 +157,11 @@ def test_query_node_uses_the_robot_yaml_frames_and_publishes_clouds(rclpy_node, 
     )
     from m3_grasp.srv import Query
     from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import DurabilityPolicy, QoSProfile
+    from tf2_msgs.msg import TFMessage
 
     from m3_core.geometry import invert, transform_points
-    from m3_ros.conversions import matrix_from_pose_msg
+    from m3_ros.conversions import matrix_from_pose_msg, transform_msg_from_matrix
 
     home_dir, env = home
     _robot_yaml(home_dir, "qry")
@@ -200,12 +180,21 @@ def test_query_node_uses_the_robot_yaml_frames_and_publishes_clouds(rclpy_node, 
     try:
         received: dict = {}
         subs = [_latched_cloud(node, t, received) for t in ("/m3/memory_cloud", "/m3/relevance_cloud")]
-        tf_static = _publish_static_frames(node)
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        tf_static = node.create_publisher(TFMessage, "/tf_static", latched)
+        tf_static.publish(
+            TFMessage(
+                transforms=[
+                    transform_msg_from_matrix(WORLD_FROM_ARMBASE, "map", "base_arm"),
+                    transform_msg_from_matrix(WORLD_FROM_CAMERA, "map", "cam_optical"),
+                ]
+            )
+        )
         client = node.create_client(Query, "/frames_test/query")
         assert client.wait_for_service(timeout_sec=120.0), log.read_text()
 
         wait_until(lambda: tf_static.get_subscription_count() >= 1, 30.0, what="/tf_static subscriber")
-        answer = _ask_once_loaded(client, executor, "yellow bath duck", log)
+        answer = _ask_once_loaded(client, executor, Query.Request(text="yellow bath duck"), log)
         assert answer.success, answer.message + "\n" + log.read_text()
         assert answer.target.pose.header.frame_id == "base_arm"  # frames.arm_base of the YAML
         expected = transform_points(invert(WORLD_FROM_ARMBASE), OBJECTS["duck"][1][None])[0]
