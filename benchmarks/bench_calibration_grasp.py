@@ -1,12 +1,12 @@
 """Does `m3 calibrate` give back the query/grasp accuracy that a wrong hand-eye costs?
 
     .venv/bin/python benchmarks/bench_calibration_grasp.py --out /tmp/cg [--frames 90] [--size 320x240]
-        [--source poses|sfm] [--iters 400] [--views 2] [--json FILE]
+        [--source poses|sfm] [--iters 400] [--views 2] [--rerecord] [--json FILE]
 
 One simulated scan (config/sim_default.yaml), rendered with the true extrinsics of
-config/robot_b1z1.yaml, is recorded twice: once with the true robot YAML on /tf_static, once with a
-YAML whose hand-eye is 10 mm and 2 deg off (spec field published_robot_config; what a robot with an
-uncalibrated camera records). Three scenes, each by `m3 bag2scene --gt` (ground-truth masks):
+config/robot_b1z1.yaml, is recorded with the true robot YAML on /tf_static and with a YAML whose hand-eye is 10 mm and
+2 deg off (spec field published_robot_config; what a robot with an uncalibrated camera records).
+The scenes, each by `m3 bag2scene --gt` (ground-truth masks):
 
   A  the bag with the true YAML                      (the calibration-free reference)
   B  the bag with the off YAML                       (what the user gets before calibrating)
@@ -15,8 +15,8 @@ uncalibrated camera records). Three scenes, each by `m3 bag2scene --gt` (ground-
 
 Each gets a language memory (`m3 train SCENE --models language --iters N --device cpu --threads 1`)
 and every object is asked by its name ("duck") and its caption ("yellow rubber duck") through
-`QueryEngine.query` (the path of `m3 query` and the query node): from the --views keyframes whose GT masks show it largest (memory depth) and in 3D
-over the Gaussians. Printed per scene: object-centre error against the simulator's box centre
+`QueryEngine.query` (the path of `m3 query` and the query node): from the --views keyframes whose
+GT masks show it largest (memory depth) and in 3D over the Gaussians. Printed per scene: object-centre error against the simulator's box centre
 (mean / median / max over the found answers), how many were found and aimed at the right object,
 and where a grasp is answered the grasp point's distance from the object's true box (0 = inside).
 --source poses calibrates from the simulator's exact camera poses (<bag>_gt/cameras.json);
