@@ -6,7 +6,7 @@
 One simulated scan (config/sim_default.yaml), rendered with the true extrinsics of
 config/robot_b1z1.yaml, is recorded with the true robot YAML on /tf_static and with a YAML whose hand-eye is 10 mm and
 2 deg off (spec field published_robot_config; what a robot with an uncalibrated camera records).
-The scenes, each by `m3 bag2scene --gt` (ground-truth masks):
+The scenes, each by `m3 bag2scene` and `m3 sim masks` (ground-truth masks):
 
   A  the bag with the true YAML                      (the calibration-free reference)
   B  the bag with the off YAML                       (what the user gets before calibrating)
@@ -158,7 +158,7 @@ def stats(rows: list[dict]) -> dict:
     }  # fmt: skip
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="work folder (bags, scenes, memories)")
     ap.add_argument("--frames", type=int, default=90, help="camera frames of the scan")
@@ -175,9 +175,20 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write all numbers here")
     a = ap.parse_args()
     a.out = a.out.absolute()
-    a.out.mkdir(parents=True, exist_ok=True)
+    return a
+
+
+def scene_from_bag(bag: Path, scene: Path, log: list[str], extra: tuple = ()) -> None:
+    """`m3 bag2scene` then `m3 sim masks` (the simulator's ground-truth masks and captions)."""
+    if not (scene / "scene.json").exists():
+        run_m3(["bag2scene", bag, scene, *extra, "--overwrite"], log)
+        run_m3(["sim", "masks", scene, f"{bag}_gt"], log)
+
+
+def make_scenes(a: argparse.Namespace, log: list[str], times: dict) -> tuple[dict, dict, Path, Path]:
+    """Scenes A (true YAML), B (hand-eye off), C (B calibrated) and, with --rerecord, D (recorded
+    again with the corrected YAML). Returns bags, scenes, the off YAML and the corrected YAML."""
     w, h = (int(v) for v in a.size.split("x"))
-    log: list[str] = []
     t0 = time.perf_counter()
     off = off_yaml(a.out)
     bags = {
@@ -185,11 +196,10 @@ def main() -> int:
         "B": record(a.out, "bag_off", a.frames, (w, h), off),
     }
     gt = Path(f"{bags['B']}_gt")
-    times = {"record_s": time.perf_counter() - t0}
+    times["record_s"] = time.perf_counter() - t0
     scenes = {k: a.out / f"scene_{k}" for k in "ABC"}
     for k in "AB":
-        if not (scenes[k] / "scene.json").exists():
-            run_m3(["bag2scene", bags[k], scenes[k], "--gt", f"{bags[k]}_gt", "--overwrite"], log)
+        scene_from_bag(bags[k], scenes[k], log)
     calibrated = a.out / "robot_calibrated.yaml"
     if not (scenes["C"] / "scene.json").exists():
         shutil.rmtree(scenes["C"], ignore_errors=True)
@@ -198,54 +208,48 @@ def main() -> int:
         times["calibrate_s"] = run_m3(
             ["calibrate", scenes["C"], *source, "--config", off, "--out", calibrated, "--apply"], log
         )
-    keys = "ABC"
     if a.rerecord:  # D: the robot publishes the corrected YAML and the scan is recorded again
-        keys = "ABCD"
         bags["D"] = record(a.out, "bag_calibrated", a.frames, (w, h), calibrated)
         scenes["D"] = a.out / "scene_D"
-        if not (scenes["D"] / "scene.json").exists():
-            run_m3(
-                ["bag2scene", bags["D"], scenes["D"], "--gt", f"{bags['D']}_gt", "--config", calibrated,
-                 "--overwrite"], log,
-            )  # fmt: skip
-    x_true = load_robot_config(ROBOT_YAML).extrinsics.ee_from_camera.matrix()
-    dx, ax = correction(x_true, load_robot_config(calibrated).extrinsics.ee_from_camera.matrix())
-    result: dict = {
-        "frames": a.frames, "size": a.size, "source": a.source, "iters": a.iters, "views": a.views,
-        "hand_eye_error_after": {"mm": float(np.linalg.norm(dx)) * 1e3, "deg": float(ax)}, "scenes": {},
+        scene_from_bag(bags["D"], scenes["D"], log, ("--config", calibrated))
+    return bags, scenes, off, calibrated
+
+
+def measure_scene(a: argparse.Namespace, k: str, bags: dict, scenes: dict, log: list[str], times: dict) -> dict:
+    """Train scene k's memory (once) and query it; its numbers and rows."""
+    memory = a.out / f"memory_{k}"
+    if not (memory / "manifest.json").exists():
+        times[f"train_{k}_s"] = run_m3(
+            ["train", scenes[k], "--out", memory, "--models", "language", "--iters", a.iters,
+             "--device", "cpu", "--threads", "1", "--quiet"], log,
+        )  # fmt: skip
+    print(f"scene {k}: queries", flush=True)
+    truth = Path(f"{bags['B' if k == 'C' else k]}_gt")  # the same scan; stamps match their bag
+    rows = query_scene(memory, scenes[k], truth, a.views, a.width)
+    placement = object_error_mm(scenes[k], truth)
+    return {
+        "keyframes": len(json.loads((scenes[k] / "scene.json").read_text())["frames"]),
+        "pose_placement_mm": {"mean": placement[0], "max": placement[1]},
+        **stats(rows), "rows": rows,
     }  # fmt: skip
-    for k in keys:
-        memory = a.out / f"memory_{k}"
-        if not (memory / "manifest.json").exists():
-            times[f"train_{k}_s"] = run_m3(
-                ["train", scenes[k], "--out", memory, "--models", "language", "--iters", a.iters,
-                 "--device", "cpu", "--threads", "1", "--quiet"], log,
-            )  # fmt: skip
-        print(f"scene {k}: queries", flush=True)
-        truth = Path(f"{bags['B' if k == 'C' else k]}_gt")  # the same scan; stamps match their bag
-        rows = query_scene(memory, scenes[k], truth, a.views, a.width)
-        placement = object_error_mm(scenes[k], truth)
-        result["scenes"][k] = {
-            "keyframes": len(json.loads((scenes[k] / "scene.json").read_text())["frames"]),
-            "pose_placement_mm": {"mean": placement[0], "max": placement[1]},
-            **stats(rows), "rows": rows,
-        }  # fmt: skip
-    result.update(
-        commands=log, times_s={k: round(v, 1) for k, v in times.items()}, load_average=os.getloadavg()
-    )
+
+
+SCENE_NAMES = {
+    "A": "A true YAML",
+    "B": "B hand-eye 1 cm, 2 deg off",
+    "C": "C = B calibrated (--apply)",
+    "D": "D recorded again, new YAML",
+}
+
+
+def print_result(a: argparse.Namespace, result: dict) -> None:
     src = "simulator's exact poses (--poses <bag>_gt)" if a.source == "poses" else "pycolmap SfM (--sfm)"
     print(f"\n{a.frames} frames @ {a.size}, calibrated from {src}: hand-eye after "
           f"{result['hand_eye_error_after']['mm']:.2f} mm, {result['hand_eye_error_after']['deg']:.3f} deg")  # fmt: skip
     print("scene                        keyframes  poses place objects (mean/max)  found  right  centre error mean / median / max   grasps on object  grasp-box mean / max")  # fmt: skip
-    names = {
-        "A": "A true YAML",
-        "B": "B hand-eye 1 cm, 2 deg off",
-        "C": "C = B calibrated (--apply)",
-        "D": "D recorded again, new YAML",
-    }
     for k, s in result["scenes"].items():
         print(
-            f"{names[k]:28s} {s['keyframes']:9d}  {s['pose_placement_mm']['mean']:8.2f} / {s['pose_placement_mm']['max']:6.2f} mm"
+            f"{SCENE_NAMES[k]:28s} {s['keyframes']:9d}  {s['pose_placement_mm']['mean']:8.2f} / {s['pose_placement_mm']['max']:6.2f} mm"
             f"          {s['found']:2d}/{s['queries']:2d}  {s['right_object']:2d}     "
             f"{s['centre_mean_mm']:6.1f} / {s['centre_median_mm']:6.1f} / {s['centre_max_mm']:6.1f} mm"
             f"      {s['grasp_on_object']:2d}/{s['grasps']:2d}           "
@@ -262,6 +266,26 @@ def main() -> int:
             mean = f"{np.mean(right):6.1f}" if right else "     -"
             cells.append(f"{mean} ({sum(r['found'] for r in rows)}/{len(rows)})".rjust(16))
         print(f"{k:5s} " + "".join(cells))
+
+
+def main() -> int:
+    a = parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    log: list[str] = []
+    times: dict[str, float] = {}
+    bags, scenes, _off, calibrated = make_scenes(a, log, times)
+    x_true = load_robot_config(ROBOT_YAML).extrinsics.ee_from_camera.matrix()
+    dx, ax = correction(x_true, load_robot_config(calibrated).extrinsics.ee_from_camera.matrix())
+    result: dict = {
+        "frames": a.frames, "size": a.size, "source": a.source, "iters": a.iters, "views": a.views,
+        "hand_eye_error_after": {"mm": float(np.linalg.norm(dx)) * 1e3, "deg": float(ax)}, "scenes": {},
+    }  # fmt: skip
+    for k in scenes:
+        result["scenes"][k] = measure_scene(a, k, bags, scenes, log, times)
+    result.update(
+        commands=log, times_s={k: round(v, 1) for k, v in times.items()}, load_average=os.getloadavg()
+    )
+    print_result(a, result)
     if a.json:
         a.json.write_text(json.dumps(result, indent=1, default=float) + "\n")
     return 0
