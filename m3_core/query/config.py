@@ -132,6 +132,28 @@ class QueryConfig:
     rank_points_bonus: float = 0.01
     """Candidates rank by mean relevance plus this x log10(their points): a 60-point fragment
     at 0.95 ranks after its 700-point object at 0.94, a 0.90 table after a 0.97 block."""
+    dense_views: int = 4
+    """3D queries: virtual cameras the memory's depth is rendered from to give the grasp planner a
+    dense object and scene (m3_core.query.dense): one from above, the others from the side around
+    the instance. A 3D instance's Gaussian means alone lie ~1 cm apart, too sparse for contact
+    normals and collision checks. 0 = plan on the Gaussian means only."""
+    dense_view_distance_m: float = 0.4
+    """3D queries: distance of the virtual cameras from the instance's centre (at least the framed
+    region's size, so that a camera never sits inside it)."""
+    dense_pixel_m: float = 0.0025
+    """3D queries: the virtual cameras' pixel footprint at the instance's centre (the planner
+    thins the object to 4 mm voxels: finer renders cost time and add nothing)."""
+    dense_margin_m: float = 0.06
+    """3D queries: the virtual cameras frame the instance's box grown by this on every side: the
+    table and the neighbours within the fingers' reach become collision points."""
+    dense_view_elevation_deg: float = 45.0
+    """3D queries: the side cameras look down at the instance from this angle above the horizon."""
+    dense_min_alpha: float = 0.9
+    """3D queries: rendered pixels less opaque than this are not back-projected: an edge pixel's
+    depth is a blend of the object and what lies behind it, a point in mid-air."""
+    dense_box_pad_m: float = 0.008
+    """3D queries: rendered points inside the instance's box (its Gaussians' means) grown by this are
+    the object's: the surface lies outside the means by about a Gaussian's size."""
     require_grasp: bool = True
     """True: a candidate on which the grasp planner (m3_core.grasp.planner) finds no feasible
     grasp is not the answer. The top-down fallback used without the planner never refuses."""
@@ -176,6 +198,22 @@ class QueryConfig:
             raise ValueError("surface_to_centre and max_centre_shift_m must be >= 0")
         if not 0.0 < self.fuse_relative_relevance <= 1.0:
             raise ValueError(f"fuse_relative_relevance must be in (0, 1], got {self.fuse_relative_relevance}")
+        if self.dense_views < 0 or not 0.0 <= self.dense_min_alpha <= 1.0:
+            raise ValueError(
+                f"dense_views must be >= 0 and dense_min_alpha in [0, 1], got {self.dense_views} "
+                f"and {self.dense_min_alpha}"
+            )
+        dense = {
+            "dense_view_distance_m": self.dense_view_distance_m,
+            "dense_pixel_m": self.dense_pixel_m,
+        }
+        if any(not v > 0 for v in dense.values()) or self.dense_margin_m < 0 or self.dense_box_pad_m < 0:
+            raise ValueError(
+                f"{dense} must be > 0 and dense_margin_m, dense_box_pad_m >= 0 metres, got "
+                f"{self.dense_margin_m} and {self.dense_box_pad_m}"
+            )
+        if not 0.0 <= self.dense_view_elevation_deg < 90.0:
+            raise ValueError(f"dense_view_elevation_deg must be in [0, 90), got {self.dense_view_elevation_deg}")
         if self.max_text_chars < 1 or self.max_points < 1:
             raise ValueError("max_text_chars and max_points must be >= 1")
 

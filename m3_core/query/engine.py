@@ -32,6 +32,7 @@ from m3_core.grasp.config import GraspPlannerConfig
 from m3_core.grasp.planner import plan_grasps
 from m3_core.grasp.types import Grasp
 from m3_core.query.config import QueryConfig
+from m3_core.query.dense import rendered_points, virtual_views
 from m3_core.query.gaussian3d import gaussian_relevance
 from m3_core.query.grasp import grasp_pose
 from m3_core.query.instances import (
@@ -287,14 +288,28 @@ class QueryEngine:
         return self._last_gaussian_relevance[1]
 
     def _scene_points(
-        self, enc: EncodedQuery, object_points: np.ndarray, rendered: RenderedRelevance | None
+        self,
+        enc: EncodedQuery,
+        object_points: np.ndarray,
+        rendered: RenderedRelevance | None,
+        dense: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(object [N',3], scene [M,3]): the object's points completed with the opaque Gaussians and
         view depth points inside its box (grown by _OBJECT_BOX_PAD_M, above its lowest point), and
-        what the gripper may collide with: everything else farther than _CLEARANCE_M from it."""
+        what the gripper may collide with: everything else farther than _CLEARANCE_M from it.
+        dense: points rendered around a 3D instance (dense_points); those inside its box (grown by
+        config.dense_box_pad_m, above its lowest point) join the object, the rest the scene."""
         means, opacities = self.host_gaussians()
         opaque = means[opacities >= enc.config.min_opacity]
         clouds = [opaque]
+        if dense is not None and len(dense) and len(object_points):
+            pad = enc.config.dense_box_pad_m
+            up = self._up(enc.config)
+            lo, hi = object_points.min(axis=0) - pad, object_points.max(axis=0) + pad
+            mine = np.all((dense >= lo) & (dense <= hi), axis=1)
+            mine &= dense @ up >= (object_points @ up).min() + 0.005  # not the support under it
+            object_points = np.vstack([dense[mine], object_points])
+            clouds.append(dense[~mine])
         if rendered is not None:
             depth = rendered.live_depth_m if rendered.live_depth_m is not None else rendered.rendered_depth_m
             step = max(1, int(np.sqrt(depth.size / enc.config.max_points)))
@@ -375,11 +390,22 @@ class QueryEngine:
         world_from_armbase: np.ndarray | None,
     ) -> tuple[tuple[Grasp, ...], str]:
         """(grasps best first, which planner made them) for one instance."""
-        obj, scene = self._scene_points(enc, instance.points, rendered)
+        dense = None
+        if instance.source == "gaussians" and enc.config.dense_views > 0:
+            dense = self.dense_points(enc.config, instance.points)
+        obj, scene = self._scene_points(enc, instance.points, rendered, dense)
         grasps = plan_grasps(
             obj, scene, self.robot.gripper, self.robot.arm, world_from_armbase, MEMORY_PLANNER
         )
         return tuple(grasps), "planner"
+
+    def dense_points(self, config: QueryConfig, points: np.ndarray) -> np.ndarray:
+        """[N,3] the memory's depth around a 3D instance's points, rendered from
+        config.dense_views virtual cameras and cropped to their box grown by config.dense_margin_m."""
+        lo = points.min(axis=0) - config.dense_margin_m
+        hi = points.max(axis=0) + config.dense_margin_m
+        views = virtual_views(points.min(axis=0), points.max(axis=0), config, self._up(config))
+        return rendered_points(self.memory, views, config.dense_min_alpha, lo, hi)
 
     # -- the query ----------------------------------------------------------------------------
     def workspace(
