@@ -134,7 +134,7 @@ class QueryConfig:
     at 0.95 ranks after its 700-point object at 0.94, a 0.90 table after a 0.97 block."""
     dense_views: int = 4
     """3D queries: virtual cameras the memory's depth is rendered from to give the grasp planner a
-    dense object and scene (m3_core.query.dense): one from above, the others from the side around
+    dense object (m3_core.query.dense): one from above, the others from the side around
     the instance. A 3D instance's Gaussian means alone lie ~1 cm apart, too sparse for contact
     normals and collision checks. 0 = plan on the Gaussian means only."""
     dense_view_distance_m: float = 0.4
@@ -143,17 +143,17 @@ class QueryConfig:
     dense_pixel_m: float = 0.0025
     """3D queries: the virtual cameras' pixel footprint at the instance's centre (the planner
     thins the object to 4 mm voxels: finer renders cost time and add nothing)."""
-    dense_margin_m: float = 0.06
-    """3D queries: the virtual cameras frame the instance's box grown by this on every side: the
-    table and the neighbours within the fingers' reach become collision points."""
+    dense_margin_m: float = 0.02
+    """3D queries: the virtual cameras frame the instance's box grown by this on every side."""
     dense_view_elevation_deg: float = 45.0
     """3D queries: the side cameras look down at the instance from this angle above the horizon."""
     dense_min_alpha: float = 0.9
     """3D queries: rendered pixels less opaque than this are not back-projected: an edge pixel's
     depth is a blend of the object and what lies behind it, a point in mid-air."""
-    dense_box_pad_m: float = 0.008
+    dense_box_pad_m: float = 0.003
     """3D queries: rendered points inside the instance's box (its Gaussians' means) grown by this are
-    the object's: the surface lies outside the means by about a Gaussian's size."""
+    the object's: the surface lies a few mm outside the means. At 8 mm the render's blend into the
+    table around the object's foot joined it (half the built-in duck's feasible grasps lost)."""
     require_grasp: bool = True
     """True: a candidate on which the grasp planner (m3_core.grasp.planner) finds no feasible
     grasp is not the answer. The top-down fallback used without the planner never refuses."""

@@ -1,12 +1,14 @@
-"""3D queries: a dense object and scene for the grasp planner, rendered from the memory.
+"""3D queries: a dense object for the grasp planner, rendered from the memory.
 
 A 3D query's instance is a cluster of the memory's Gaussians, whose means lie about 1 cm apart
 (28 for a 5 x 5 x 2 cm brick): too sparse for the planner's contact normals, and a finger fits
 between them in the collision checks. The memory renders depth at any pose, so the engine looks at
 the instance with a few virtual cameras (one from above, the others from the side around it), each
 framing the instance's box grown by a margin at a pixel footprint of a few millimetres, and
-back-projects their depth. The engine keeps the points inside the instance's box as the object and
-the others (the table around it, the neighbours) as the scene, as it does with a view's depth.
+back-projects their depth. The engine keeps the points inside the instance's box as the object.
+The others are not made obstacles: the render blends an object into the table around its foot (a
+fillet 1-2 cm wide), and as obstacles those points blocked every grasp of the built-in scene's
+brick, mug and teddy; the memory's Gaussians remain the collision scene.
 """
 
 from __future__ import annotations
