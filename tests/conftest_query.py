@@ -35,6 +35,9 @@ OBJECTS = {  # name: (caption index, centre in odom, colour)
     "teddy": (2, np.array([0.60, 0.45, TABLE_Z + 0.04]), (0.5, 0.3, 0.15)),
 }
 BLOCK_CENTRE = np.array([0.17, -0.10, TABLE_Z + 0.02])  # 4 cm wooden cube (clutter only)
+BRICK_CAPTION = "a blue lego brick"
+BRICK_CENTRE = np.array([-0.18, -0.12, TABLE_Z + 0.0125])  # 5 x 5 x 2.5 cm (brick=True only)
+BRICK_SIZE = np.array([0.05, 0.05, 0.025])
 QUERY_DIM = 16
 CAMERA = PinholeCamera(fx=150.0, fy=150.0, cx=79.5, cy=59.5, width=160, height=120)
 
@@ -88,6 +91,16 @@ def _clutter_parts(floor_row: int) -> list[tuple]:
     ]
 
 
+def _brick(n_side: int = 4) -> np.ndarray:
+    """Gaussian means on the brick's surface, ~1.7 cm apart (a few dozen, as a 400-step memory
+    holds the built-in scene's lego): a surface grid per face, duplicates merged."""
+    half = BRICK_SIZE / 2
+    g = [np.linspace(-h, h, n_side if k < 2 else 3) for k, h in enumerate(half)]
+    grid = np.stack([m.ravel() for m in np.meshgrid(*g, indexing="ij")], 1)
+    on_face = np.any(np.isclose(np.abs(grid), half), axis=1)
+    return BRICK_CENTRE + grid[on_face]
+
+
 def _bank(language, clutter: str) -> tuple[torch.Tensor, dict]:
     """PSC bank rows (captions, then the clutter's) and the manifest's preprocessing entry."""
     rows = language.encode_text(CAPTIONS)
@@ -103,10 +116,12 @@ def _bank(language, clutter: str) -> tuple[torch.Tensor, dict]:
     return torch.cat([rows, block, floor / floor.norm()]), {}
 
 
-def build_memory(path: Path, clutter: str = "") -> Path:
+def build_memory(path: Path, clutter: str = "", brick: bool = False) -> Path:
     """Write the analytic memory to `path` (a directory) and return it.
 
-    clutter: "" (duck, mug, teddy, table), "untrained" or "background" (module docstring)."""
+    clutter: "" (duck, mug, teddy, table), "untrained" or "background" (module docstring).
+    brick: add a 5 x 5 x 2.5 cm brick ("a blue lego brick", the PSC bank's last row) made of a
+    few dozen Gaussians, as sparse as a trained memory's small objects."""
     from m3_core.features import get_model
     from m3_core.model.attention import AttentionConfig, MemoryAttention
     from m3_core.model.gaussians import GaussianModel
@@ -122,6 +137,8 @@ def build_memory(path: Path, clutter: str = "") -> Path:
     parts.append((_sphere(teddy[1], 0.03, 300), teddy[0], teddy[2], 0.006))
     if clutter:
         parts += _clutter_parts(BACKGROUND_CAPTION)
+    if brick:
+        parts.append((_brick(), len(CAPTIONS) + (2 if clutter else 0), (0.1, 0.2, 0.8), 0.007))
     means = np.vstack([p[0] for p in parts])
     colors = np.vstack([np.tile(p[2], (len(p[0]), 1)) for p in parts])
     queries = np.vstack([np.tile(np.eye(QUERY_DIM)[p[1]], (len(p[0]), 1)) for p in parts])
@@ -138,6 +155,8 @@ def build_memory(path: Path, clutter: str = "") -> Path:
     )
     language = get_model("language")
     psc, preprocessing = _bank(language, clutter)  # [T, 384]
+    if brick:
+        psc = torch.cat([psc, language.encode_text([BRICK_CAPTION])])
     w_m = torch.zeros(QUERY_DIM, psc.shape[1])
     w_m[: len(psc)] = psc  # one-hot query k -> PSC row k
     w_m[len(psc) :] = 1e-3 * torch.randn(
