@@ -162,6 +162,7 @@ class QueryConfig:
         self._check_modes()
         self._check_relevance()
         self._check_workspace()
+        self._check_dense()
 
     def _check_modes(self) -> None:
         if self.threshold_mode not in ("fixed", "otsu"):
@@ -198,6 +199,10 @@ class QueryConfig:
             raise ValueError("surface_to_centre and max_centre_shift_m must be >= 0")
         if not 0.0 < self.fuse_relative_relevance <= 1.0:
             raise ValueError(f"fuse_relative_relevance must be in (0, 1], got {self.fuse_relative_relevance}")
+        if self.max_text_chars < 1 or self.max_points < 1:
+            raise ValueError("max_text_chars and max_points must be >= 1")
+
+    def _check_dense(self) -> None:
         if self.dense_views < 0 or not 0.0 <= self.dense_min_alpha <= 1.0:
             raise ValueError(
                 f"dense_views must be >= 0 and dense_min_alpha in [0, 1], got {self.dense_views} "
@@ -213,9 +218,9 @@ class QueryConfig:
                 f"{self.dense_margin_m} and {self.dense_box_pad_m}"
             )
         if not 0.0 <= self.dense_view_elevation_deg < 90.0:
-            raise ValueError(f"dense_view_elevation_deg must be in [0, 90), got {self.dense_view_elevation_deg}")
-        if self.max_text_chars < 1 or self.max_points < 1:
-            raise ValueError("max_text_chars and max_points must be >= 1")
+            raise ValueError(
+                f"dense_view_elevation_deg must be in [0, 90), got {self.dense_view_elevation_deg}"
+            )
 
     def _check_workspace(self) -> None:
         sizes = {

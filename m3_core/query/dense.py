@@ -89,9 +89,7 @@ def rendered_points(
     at least min_alpha opaque (an edge pixel's depth blends the surfaces behind it), inside the box."""
     clouds = []
     for view in views:
-        out = render_memory(
-            memory.gaussians, view.world_from_camera, view.camera, render_queries=False
-        )
+        out = render_memory(memory.gaussians, view.world_from_camera, view.camera, render_queries=False)
         depth = out.depth.reshape(view.camera.height, view.camera.width).float().cpu().numpy()
         alpha = out.alpha.reshape(view.camera.height, view.camera.width).float().cpu().numpy()
         points, _ = points_from_depth(depth, view.camera, view.world_from_camera, mask=alpha >= min_alpha)
