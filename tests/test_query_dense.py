@@ -1,8 +1,8 @@
 """3D queries plan on the memory's depth rendered around the instance (m3_core.query.dense).
 
-A real analytic memory (tests/conftest_query.py) with a brick of a few dozen Gaussians ~1.7 cm
-apart, as sparse as a trained memory's small objects: on its Gaussian means alone the planner
-finds no feasible grasp; on the depth rendered from virtual views it does.
+A real analytic memory (tests/conftest_query.py) with a brick of 13 Gaussians ~2 cm apart, as
+sparse as a short training leaves a small object: on its Gaussian means alone the planner finds no
+feasible grasp; on the depth rendered from virtual views it does.
 """
 
 from __future__ import annotations
@@ -45,20 +45,22 @@ def test_virtual_views_frame_the_box_at_the_footprint():
 
 
 def test_sparse_brick_gets_a_dense_object_and_a_feasible_grasp(engine):
-    old = engine.query("lego brick", search_3d="always", config=QueryConfig(render_width=160, dense_views=0))
+    gaussians_only = QueryConfig(render_width=160, dense_views=0)
+    old = engine.query("lego brick", search_3d="always", config=gaussians_only)
     new = engine.query("lego brick", search_3d="always")
-    # the same instance: the brick's Gaussians (its bottom went with the table's layer)
-    cands = old.candidates if not old.found else (old.instance,)
-    sparse = next(c for c in cands if np.linalg.norm(c.centre()[:2] - BRICK_CENTRE[:2]) < 0.02)
-    assert sparse.num_points < 60
-    assert not old.found and "no feasible grasp" in old.message
+    # on the brick's 13 Gaussian means the planner finds nothing (the engine before dense views)
+    assert not old.found and "no feasible grasp" in old.message, old.message
+    sparse = old.candidates[0]
+    assert sparse.num_points == 13
+    assert np.linalg.norm(sparse.centre()[:2] - BRICK_CENTRE[:2]) < 0.01
+    # on the rendered depth it grasps the brick: across it, near its centre
     assert new.found, new.message
-    assert np.linalg.norm(new.position[:2] - BRICK_CENTRE[:2]) < 0.01
-    enc = engine.encode("lego brick")
-    dense = engine.dense_points(enc.config, sparse.points)
-    obj, _ = engine._scene_points(enc, sparse.points, None, dense)
-    assert len(obj) > 10 * sparse.num_points
-    # the grasp closes across the brick at a width the brick has (5 cm, plus the clearance)
+    assert new.instance.num_points == 13  # the same instance; only the planner's input grew
+    dense = engine.dense_object(engine.encode("lego brick").config, new.instance)
+    assert len(dense) > 20 * sparse.num_points
+    lo, hi = BRICK_CENTRE - BRICK_SIZE / 2 - 0.01, BRICK_CENTRE + BRICK_SIZE / 2 + 0.01
+    assert np.all((dense >= lo) & (dense <= hi))  # the brick's surface, not the table around it
+    assert np.ptp(dense[:, 2]) > 0.01  # its sides too, not only the top face
     best = new.grasps[0]
     assert 0.04 < best.width_m <= engine.robot.gripper.max_opening_m
     assert np.linalg.norm(best.world_from_grasp[:2, 3] - BRICK_CENTRE[:2]) < 0.015

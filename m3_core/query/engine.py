@@ -60,6 +60,7 @@ _CLEARANCE_M = 0.01  # scene points this close to the object's are the object's 
 # must not count as obstacles the fingers hit: on the built-in scene's duck every grasp was refused
 # without it. 5 mm: at 15 mm, blended edge depth around the object made it too wide to grasp.
 _OBJECT_BOX_PAD_M = 0.005
+_ABOVE_SUPPORT_M = 0.005  # points this little above an object's bottom may be the support under it
 # Normals of memory points (Gaussian means, back-projected depth) are noisier than a mesh's: a
 # 25-degree cone found 3 antipodal pairs on the built-in duck, 40 degrees enough to plan it. The
 # contact score still ranks the better-aligned pairs first.
@@ -292,27 +293,13 @@ class QueryEngine:
         enc: EncodedQuery,
         object_points: np.ndarray,
         rendered: RenderedRelevance | None,
-        dense: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(object [N',3], scene [M,3]): the object's points completed with the opaque Gaussians and
         view depth points inside its box (grown by _OBJECT_BOX_PAD_M, above its lowest point), and
-        what the gripper may collide with: everything else farther than _CLEARANCE_M from it.
-        dense: points rendered around a 3D instance (dense_points); those inside its box (grown by
-        config.dense_box_pad_m, above its lowest point) join the object."""
+        what the gripper may collide with: everything else farther than _CLEARANCE_M from it."""
         means, opacities = self.host_gaussians()
         opaque = means[opacities >= enc.config.min_opacity]
         clouds = [opaque]
-        if dense is not None and len(dense) and len(object_points):
-            pad = enc.config.dense_box_pad_m
-            up = self._up(enc.config)
-            lo, hi = object_points.min(axis=0) - pad, object_points.max(axis=0) + pad
-            mine = np.all((dense >= lo) & (dense <= hi), axis=1)
-            mine &= dense @ up >= (object_points @ up).min() + 0.005  # not the support under it
-            # The rendered points outside the box are not obstacles: the render blends the object
-            # into the table around its foot (a fillet 1-2 cm wide), and as obstacles they blocked
-            # every grasp of the built-in scene's brick, mug and teddy (and raised the support
-            # plane's noise). The Gaussians stay the scene, as before.
-            object_points = np.vstack([dense[mine], object_points])
         if rendered is not None:
             depth = rendered.live_depth_m if rendered.live_depth_m is not None else rendered.rendered_depth_m
             step = max(1, int(np.sqrt(depth.size / enc.config.max_points)))
@@ -326,7 +313,7 @@ class QueryEngine:
         dist, _ = cKDTree(object_points).query(scene, distance_upper_bound=_CLEARANCE_M)
         up = self._up(enc.config)
         lo, hi = object_points.min(axis=0) - _OBJECT_BOX_PAD_M, object_points.max(axis=0) + _OBJECT_BOX_PAD_M
-        above_bottom = scene @ up >= (object_points @ up).min() + 0.005  # not the support under it
+        above_bottom = scene @ up >= (object_points @ up).min() + _ABOVE_SUPPORT_M
         inside = np.all((scene >= lo) & (scene <= hi), axis=1) & above_bottom & ~np.isfinite(dist)
         return np.vstack([object_points, scene[inside]]), scene[~np.isfinite(dist) & ~inside]
 
@@ -393,22 +380,36 @@ class QueryEngine:
         world_from_armbase: np.ndarray | None,
     ) -> tuple[tuple[Grasp, ...], str]:
         """(grasps best first, which planner made them) for one instance."""
-        dense = None
+        points = instance.points
         if instance.source == "gaussians" and enc.config.dense_views > 0:
-            dense = self.dense_points(enc.config, instance.points)
-        obj, scene = self._scene_points(enc, instance.points, rendered, dense)
+            points = np.vstack([self.dense_object(enc.config, instance), points])
+        obj, scene = self._scene_points(enc, points, rendered)
         grasps = plan_grasps(
             obj, scene, self.robot.gripper, self.robot.arm, world_from_armbase, MEMORY_PLANNER
         )
         return tuple(grasps), "planner"
 
-    def dense_points(self, config: QueryConfig, points: np.ndarray) -> np.ndarray:
-        """[N,3] the memory's depth around a 3D instance's points, rendered from
-        config.dense_views virtual cameras and cropped to their box grown by config.dense_margin_m."""
-        lo = points.min(axis=0) - config.dense_margin_m
-        hi = points.max(axis=0) + config.dense_margin_m
-        views = virtual_views(points.min(axis=0), points.max(axis=0), config, self._up(config))
-        return rendered_points(self.memory, views, config.dense_min_alpha, lo, hi)
+    def dense_object(self, config: QueryConfig, instance: Instance) -> np.ndarray:
+        """[N,3] the memory's depth on a 3D instance's surface (m3_core.query.dense): rendered from
+        config.dense_views virtual cameras, kept inside the box of its Gaussians grown by
+        config.dense_box_pad_m and above its bottom. An instance split from its support rests on
+        it (its lowest Gaussians went with the support's layer): its box reaches down to it.
+
+        The rendered points outside the box are not made obstacles: the render blends the object
+        into the table around its foot (a fillet 1-2 cm wide), and as obstacles they blocked every
+        grasp of the built-in scene's brick, mug and teddy (and raised the support plane's noise);
+        the Gaussians remain the collision scene."""
+        up = self._up(config)
+        points = instance.points
+        heights = points @ up
+        bottom = float(heights.min())
+        if instance.support_level_m is not None:
+            bottom = min(bottom, instance.support_level_m)
+        lo = points.min(axis=0) - config.dense_box_pad_m - (float(heights.min()) - bottom) * np.abs(up)
+        hi = points.max(axis=0) + config.dense_box_pad_m
+        views = virtual_views(lo, hi, config, up)
+        dense = rendered_points(self.memory, views, config.dense_min_alpha, lo, hi)
+        return dense[dense @ up >= bottom + _ABOVE_SUPPORT_M]
 
     # -- the query ----------------------------------------------------------------------------
     def workspace(
