@@ -132,7 +132,7 @@ class QueryConfig:
     rank_points_bonus: float = 0.01
     """Candidates rank by mean relevance plus this x log10(their points): a 60-point fragment
     at 0.95 ranks after its 700-point object at 0.94, a 0.90 table after a 0.97 block."""
-    dense_views: int = 4
+    dense_views: int = 5
     """3D queries: virtual cameras the memory's depth is rendered from to give the grasp planner a
     dense object (m3_core.query.dense): one from above, the others from the side around
     the instance. A 3D instance's Gaussian means alone lie ~1 cm apart, too sparse for contact
