@@ -122,32 +122,22 @@ def _centre_cluster_extremes(
     take the piece holding the value nearest 0, and return its smallest and largest value after
     dropping `fraction` of its values at each end (noise at the object's edges should not widen the
     grasp), and its size. Rows without values give (0, 0, 0)."""
-    # On the masked entries only, sorted row by row (they are a few percent of the dense rows).
-    v, rows, count_all = _masked_entries(x, mask)
-    order = np.lexsort((v, rows))
-    v, rows = v[order], rows[order]
-    lo, hi, count = np.zeros(len(x)), np.zeros(len(x)), np.zeros(len(x), dtype=np.intp)
-    if not len(v):
-        return lo, hi, count
-    new_row = np.ones(len(v), dtype=bool)
-    new_row[1:] = rows[1:] != rows[:-1]
-    row_of = np.cumsum(new_row) - 1                       # index among the rows with values
-    new_piece = new_row.copy()
-    new_piece[1:] |= np.diff(v) > gap
-    piece = np.cumsum(new_piece)
-    has = count_all > 0
-    starts = (np.cumsum(count_all) - count_all)[has]
-    # the first entry (in sorted order) nearest 0 in each row, as argmin over the dense row gives
-    a = np.abs(v)
-    at_min = np.flatnonzero(a == np.minimum.reduceat(a, starts)[row_of])
-    nearest = at_min[np.r_[True, row_of[at_min[1:]] != row_of[at_min[:-1]]]]
-    member = piece == piece[nearest][row_of]
-    c = np.add.reduceat(member.astype(np.intp), starts)
-    first = np.flatnonzero(member & np.r_[True, ~member[:-1] | new_row[1:]])   # a piece is contiguous
-    trim = np.floor(fraction * c).astype(np.intp)
-    count[has] = c
-    lo[has] = v[first + trim]
-    hi[has] = v[first + c - 1 - trim]
+    B, N = x.shape
+    ordered = np.sort(np.where(mask, x, np.nan), axis=1)                      # NaN (unmasked) last
+    valid = ~np.isnan(ordered)
+    with np.errstate(invalid="ignore"):
+        split = np.diff(ordered, axis=1) > gap
+    piece = np.concatenate([np.zeros((B, 1), dtype=np.intp), np.cumsum(split, axis=1)], axis=1)
+    rows = np.arange(B)
+    nearest = np.argmin(np.where(valid, np.abs(ordered), np.inf), axis=1)
+    member = valid & (piece == piece[rows, nearest][:, None])
+    count = member.sum(axis=1)
+    first = np.argmax(member, axis=1)
+    trim = np.floor(fraction * count).astype(np.intp)
+    lo = ordered[rows, np.minimum(first + trim, N - 1)]
+    hi = ordered[rows, np.clip(first + count - 1 - trim, 0, N - 1)]
+    empty = count == 0
+    lo[empty], hi[empty] = 0.0, 0.0
     return lo, hi, count
 
 
