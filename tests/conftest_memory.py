@@ -9,6 +9,8 @@ ids plus the colour, so a memory trained on the scene can be checked against wha
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ import torch.nn.functional as F  # noqa: N812 (the usual name)
 from m3_core.features.cache import SceneFeatures
 from m3_core.geometry.camera import PinholeCamera
 from m3_core.model.gaussians import GaussianModel
-from m3_core.render import rasterize
+from m3_core.render import rasterize, torch_backend
 from m3_core.scene import (
     Frame,
     Scene,
@@ -30,6 +32,19 @@ from m3_core.scene import (
     save_scene,
 )
 from m3_core.training.trainer import TrainConfig, train_memory
+
+
+@contextmanager
+def per_pixel_compositing() -> Iterator[None]:
+    """The CPU rasterizer's per-pixel (reference) compositing: the synthetic scenes' images stay
+    bit-identical to those the recorded training losses and query tolerances were made with (the
+    tile compositor agrees to float32 rounding, which moves a few uint8 pixels)."""
+    saved = torch_backend.TILE_COMPOSITE
+    torch_backend.TILE_COMPOSITE = False
+    try:
+        yield
+    finally:
+        torch_backend.TILE_COMPOSITE = saved
 
 N_OBJECTS = 3
 
@@ -87,7 +102,7 @@ def make_scene(
         angle = 2 * np.pi * i / n_frames + 0.1 * rng.standard_normal()
         eye = np.array([0.55 * np.cos(angle), 0.55 * np.sin(angle), 0.35 + 0.05 * np.sin(3 * angle)])
         pose = look_at(eye, np.array([0.0, 0.0, 0.03]))
-        with torch.no_grad():
+        with torch.no_grad(), per_pixel_compositing():
             out = rasterize(gt, torch.as_tensor(pose), cam, background=torch.zeros(3))
         name = f"frame_{i:06d}"
         rgb = (out.rgb.clamp(0, 1).numpy() * 255).round().astype(np.uint8)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.spatial import cKDTree
+from threadpoolctl import threadpool_limits
 
 from m3_core.grasp import filters, sampling, scoring
 from m3_core.grasp.config import GraspPlannerConfig
@@ -44,6 +45,10 @@ class _Scene:
     reach_dir: np.ndarray | None  # [3] horizontal unit direction arm base -> object, or None
 
 
+# The planner's matrix products are small ([3B,3] x [3,N] with B = batch_size): BLAS threads cost
+# more in start-up and contention than they gain (6x slower on a busy 2-core machine), and one thread
+# gives the same numbers.
+@threadpool_limits.wrap(limits=1, user_api="blas")
 def plan_grasps(
     object_points: np.ndarray,     # [N,3] world, metres
     scene_points: np.ndarray,      # [M,3] world, metres

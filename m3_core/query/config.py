@@ -74,10 +74,12 @@ class QueryConfig:
     fuse_radius_m: float = 0.02
     """"fused": a relevant Gaussian cluster belongs to the object when it comes this close to the
     visible points."""
-    fuse_search_m: float = 0.1
+    fuse_search_m: float = 0.2
     """"fused": only Gaussians inside the visible points' box grown by this are scored and clustered
-    (the object's back side lies within it; a low fusion threshold once let 22k-107k Gaussians of the
-    whole scene into the clustering, 0.5 s). 0 = every Gaussian (the engine before issue 14)."""
+    (a low fusion threshold once let 22k-107k Gaussians of the whole scene into the clustering,
+    0.5 s). At least half of support_min_width_m: the table under the object must stay wide enough
+    inside the box to be recognised as a support and split off (at 0.1 m a block fused with its
+    piece of table, tests/test_query_clutter.py). 0 = every Gaussian (the engine before issue 14)."""
     fuse_relative_relevance: float = 0.9
     """"fused": Gaussians need this fraction of the view mask's mean relevance (when that is lower
     than relevance_threshold): the view already said which object it is, the Gaussians only complete
@@ -171,9 +173,10 @@ class QueryConfig:
             raise ValueError(
                 f"relevance_method must be one of {RELEVANCE_METHODS}, got {self.relevance_method!r}"
             )
-        if self.fuse_search_m < 0:
+        if self.fuse_search_m != 0 and not self.fuse_search_m >= 0.5 * self.support_min_width_m:
             raise ValueError(
-                f"fuse_search_m must be >= 0 metres (0 = all Gaussians), got {self.fuse_search_m}"
+                f"fuse_search_m must be 0 (all Gaussians) or at least half of support_min_width_m "
+                f"({0.5 * self.support_min_width_m} m), got {self.fuse_search_m}"
             )
         if self.centre_mode not in ("fused", "surface"):
             raise ValueError(f"centre_mode must be 'fused' or 'surface', got {self.centre_mode!r}")

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
+from threadpoolctl import threadpool_limits
 
 from m3_core.geometry.camera import points_from_depth
 from m3_core.grasp.config import GraspPlannerConfig
@@ -372,6 +373,9 @@ class QueryEngine:
         return candidate
 
     # -- stage 4: grasp ---------------------------------------------------------------------
+    # One BLAS thread, as in the planner: the point transforms here are [N,3] x [3,3] products, which
+    # BLAS threads made 6x slower on a busy 2-core machine (same numbers either way).
+    @threadpool_limits.wrap(limits=1, user_api="blas")
     def plan(
         self,
         enc: EncodedQuery,

@@ -274,17 +274,8 @@ def _composite_tiles(
     tile). Same rules, same depth-ordered blocks; results equal up to float rounding (tests)."""
     device, dtype = packed.device, packed.dtype
     n_tiles, K = table.shape
-    tiles_w = (width + tile_size - 1) // tile_size
-    assert n_tiles == tiles_w * ((height + tile_size - 1) // tile_size), "full image: one row per tile"
     tile = torch.arange(n_tiles, device=device)
-    off = torch.arange(tile_size, device=device)
-    prow = ((tile // tiles_w) * tile_size)[:, None, None] + off[None, :, None]  # [U, ts, 1]
-    pcol = ((tile % tiles_w) * tile_size)[:, None, None] + off[None, None, :]  # [U, 1, ts]
-    prow, pcol = (
-        prow.expand(-1, -1, tile_size).reshape(n_tiles, -1),
-        pcol.expand(-1, tile_size, -1).reshape(n_tiles, -1),
-    )
-    inside = (prow < height) & (pcol < width)  # [U, S]
+    prow, pcol, inside = _tile_pixels(n_tiles, width, height, tile_size, device)
     px, py = pcol.to(dtype) + 0.5, prow.to(dtype) + 0.5
     S, C1 = px.shape[1], feats.shape[1]
     T = torch.ones(n_tiles, S, dtype=dtype, device=device)
@@ -331,6 +322,24 @@ def _composite_tiles(
     flat_T = torch.empty(height * width, dtype=dtype, device=device)
     flat_T[pixel] = T[inside]
     return flat_out, flat_T
+
+
+def _tile_pixels(
+    n_tiles: int, width: int, height: int, tile_size: int, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Row, column [U, S] of each tile's S = tile_size^2 pixels (row-major tiles and pixels), and
+    which of them lie inside the image (the last row and column of tiles may stick out)."""
+    tiles_w = (width + tile_size - 1) // tile_size
+    assert n_tiles == tiles_w * ((height + tile_size - 1) // tile_size), "full image: one row per tile"
+    tile = torch.arange(n_tiles, device=device)
+    off = torch.arange(tile_size, device=device)
+    prow = ((tile // tiles_w) * tile_size)[:, None, None] + off[None, :, None]  # [U, ts, 1]
+    pcol = ((tile % tiles_w) * tile_size)[:, None, None] + off[None, None, :]  # [U, 1, ts]
+    prow, pcol = (
+        prow.expand(-1, -1, tile_size).reshape(n_tiles, -1),
+        pcol.expand(-1, tile_size, -1).reshape(n_tiles, -1),
+    )
+    return prow, pcol, (prow < height) & (pcol < width)
 
 
 def _segment_last(values: Tensor, segments: Tensor, n: int) -> Tensor:
