@@ -124,10 +124,18 @@ def mass_properties(
     return com, inertia
 
 
+def default_cache_dir() -> Path:
+    """Per-user cache for generated collision files: $XDG_CACHE_HOME/m3_grasp/sim_collision (default
+    ~/.cache/...). Not the shared system temp dir, where another user could plant a file under the
+    predictable content-addressed name before us."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "m3_grasp" / "sim_collision"
+
+
 def hollow_urdf(urdf_path: Path | str, recipe: HollowCylinder, cache_dir: Path | None = None) -> str:
     """Path of a URDF like `urdf_path` whose collision hollows out `recipe.part` (see the module doc).
 
-    The files go to a content-addressed folder (under the system temp dir by default), written
+    The files go to a content-addressed folder (under the user's cache dir by default, see default_cache_dir), written
     atomically, so concurrent render workers and repeated runs share them.
     """
     urdf_path = Path(urdf_path)
@@ -141,7 +149,7 @@ def hollow_urdf(urdf_path: Path | str, recipe: HollowCylinder, cache_dir: Path |
     key = hashlib.sha256(
         urdf_path.read_bytes() + col_path.read_bytes() + json.dumps(asdict(recipe)).encode()
     ).hexdigest()[:16]
-    folder = (cache_dir or Path(tempfile.gettempdir()) / "m3_sim_collision") / f"{urdf_path.stem}_{key}"
+    folder = (cache_dir or default_cache_dir()) / f"{urdf_path.stem}_{key}"
     out = folder / f"{urdf_path.stem}_hollow.urdf"
     if out.exists():
         return str(out)
