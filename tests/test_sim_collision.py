@@ -94,3 +94,21 @@ def test_off_balance_teddy_is_placed_at_rest():
         body = sim.world.bodies[0]
         moved = np.linalg.norm(sim.rest_vertices["teddy"] - body.vertices, axis=1)
     assert moved.max() < 0.015, f"the teddy's surface moved up to {moved.max() * 100:.1f} cm while settling"
+
+
+def test_generated_collision_files_stay_in_the_users_cache(tmp_path, monkeypatch):
+    """Regression: the hollow mug's URDF was written under the shared system temp dir, where another
+    user could plant a file under its predictable content-addressed name before us."""
+    import tempfile
+
+    from m3_core.sim.spec import CATALOG
+    from m3_core.sim.world import ObjectSpec as _ObjectSpec
+    from m3_core.sim.world import resolve_urdf
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "shared_tmp"))
+    (tmp_path / "shared_tmp").mkdir()
+    name = next(k for k, v in CATALOG.items() if "hollow" in v)
+    urdf = resolve_urdf(_ObjectSpec(name=name))
+    assert urdf.startswith(str(tmp_path / "cache" / "m3_grasp" / "sim_collision"))
+    assert not any((tmp_path / "shared_tmp").iterdir())

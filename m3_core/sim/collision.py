@@ -135,8 +135,8 @@ def default_cache_dir() -> Path:
 def hollow_urdf(urdf_path: Path | str, recipe: HollowCylinder, cache_dir: Path | None = None) -> str:
     """Path of a URDF like `urdf_path` whose collision hollows out `recipe.part` (see the module doc).
 
-    The files go to a content-addressed folder (under the user's cache dir by default, see default_cache_dir), written
-    atomically, so concurrent render workers and repeated runs share them.
+    The files go to a content-addressed folder (under the user's cache by default, see
+    default_cache_dir), written atomically, so concurrent render workers and repeated runs share them.
     """
     urdf_path = Path(urdf_path)
     tree = ET.parse(urdf_path)
