@@ -57,15 +57,22 @@ def _json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+def write_off_yaml(path: Path) -> Path:
+    """The robot YAML with its hand-eye 10 mm ([+6, -8, 0] mm, camera frame) and 2 deg off: what a
+    robot records before it is calibrated."""
+    x_true = load_robot_config(ROBOT_YAML).extrinsics.ee_from_camera.matrix()
+    axis = np.ones(3) / np.sqrt(3)
+    x_off = x_true @ transform_from_rt(
+        Rotation.from_rotvec(np.radians(2.0) * axis).as_matrix(), np.array([0.006, -0.008, 0.0])
+    )
+    write_robot_yaml(ROBOT_YAML, path, {"ee_from_camera": x_off}, "hand-eye 10 mm and 2 deg off")
+    return path
+
+
 def make_scan(out: Path, frames: int, size: tuple[int, int]) -> np.ndarray:
     """Render (unless OUT/bag exists) and turn into OUT/scene; returns the true ee_from_camera."""
     x_true = load_robot_config(ROBOT_YAML).extrinsics.ee_from_camera.matrix()
-    axis = np.ones(3) / np.sqrt(3)
-    x_wrong = x_true @ transform_from_rt(
-        Rotation.from_rotvec(np.radians(2.0) * axis).as_matrix(), np.array([0.006, -0.008, 0.0])
-    )
-    wrong = out / "robot_wrong.yaml"
-    write_robot_yaml(ROBOT_YAML, wrong, {"ee_from_camera": x_wrong}, "hand-eye 10 mm and 2 deg off")
+    wrong = write_off_yaml(out / "robot_wrong.yaml")
     if not (out / "bag").exists():
         spec, spec_dir = load_spec(config_dir() / "sim_default.yaml")
         spec = replace(with_overrides(spec, frames=frames, size=size), published_robot_config=str(wrong))

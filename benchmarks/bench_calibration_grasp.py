@@ -42,14 +42,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_calibrate import ROBOT_YAML, object_error_mm  # noqa: E402
+from bench_calibrate import ROBOT_YAML, object_error_mm, write_off_yaml  # noqa: E402
 from bench_grasp import aimed_at  # noqa: E402
 from bench_query import best_views  # noqa: E402
-from scipy.spatial.transform import Rotation  # noqa: E402
 
-from m3_core.capture.calibrate import write_robot_yaml  # noqa: E402
 from m3_core.capture.handeye import correction  # noqa: E402
-from m3_core.geometry.se3 import transform_from_rt  # noqa: E402
 from m3_core.robot import load_robot_config  # noqa: E402
 
 M3 = [sys.executable, "-m", "m3_ros.cli"]
@@ -67,14 +64,7 @@ def run_m3(args: list[str], log: list[str]) -> float:
 
 def off_yaml(out: Path) -> Path:
     """The robot YAML with the hand-eye 10 mm ([+6, -8, 0] mm, camera frame) and 2 deg off."""
-    x_true = load_robot_config(ROBOT_YAML).extrinsics.ee_from_camera.matrix()
-    axis = np.ones(3) / np.sqrt(3)
-    x_off = x_true @ transform_from_rt(
-        Rotation.from_rotvec(np.radians(2.0) * axis).as_matrix(), np.array([0.006, -0.008, 0.0])
-    )
-    path = out / "robot_off.yaml"
-    write_robot_yaml(ROBOT_YAML, path, {"ee_from_camera": x_off}, "hand-eye 10 mm and 2 deg off")
-    return path
+    return write_off_yaml(out / "robot_off.yaml")
 
 
 def record(out: Path, name: str, frames: int, size: tuple[int, int], published: Path | None) -> Path:
