@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 ROBOT_CONFIG = config_dir() / "robot_b1z1.yaml"
 STATIC_TOPICS = ("/tf_static",)
 PUBLISHER_DEPTH = 100
+# how long the replay waits, before it exits, for reliable subscribers to acknowledge what it sent
+ACK_TIMEOUT_S = 10.0
 
 
 def default_wait_topics(robot_config: str | Path = ROBOT_CONFIG) -> list[str]:
@@ -262,13 +264,20 @@ class ReplayNode(Node):
             time.sleep(2.0)
         return time.monotonic() - t0
 
-    def wait_for_acks(self, timeout_s: float = 5.0) -> None:
-        """Let reliable subscribers receive what is still in flight before the node goes away
-        (exiting right after the last publish lost the last frames at 3x)."""
-
+    def wait_for_acks(self, timeout_s: float = ACK_TIMEOUT_S) -> None:
+        """Let reliable subscribers receive what is still in flight before the node goes away: a
+        reliable writer resends a sample until the reader acknowledges it, but only while it exists.
+        Exiting right after the last publish lost the last frames at 3x, and exiting at once on
+        Ctrl-C lost the 10 colour frames a loaded capture had not yet taken in. One deadline for all
+        topics, so a subscriber that never answers costs `timeout_s`, not that per topic."""
+        deadline = time.monotonic() + timeout_s
+        self.get_logger().info(
+            f"waiting up to {timeout_s:.0f} s until every subscriber has acknowledged what was sent"
+        )
         for topic, pub in self.publishers_by_topic.items():
             wait = getattr(pub, "wait_for_all_acked", None)  # rclpy >= Galactic
-            if wait is not None and not wait(Duration(seconds=timeout_s)):
+            left = max(deadline - time.monotonic(), 0.0)
+            if wait is not None and not wait(Duration(seconds=left)):
                 self.get_logger().warning(
                     f"{topic}: not every subscriber acknowledged within {timeout_s:.0f} s"
                 )
@@ -302,9 +311,11 @@ class ReplayNode(Node):
                     break
         finally:
             self.summary.wall_s = time.monotonic() - wall0
-        if self.running():
+        # after Ctrl-C too: `sent` counts what went out, and a reliable subscriber that is behind
+        # still needs the writer to exist to receive it
+        if rclpy.ok(context=self.context):
             self.wait_for_acks()
-        else:  # Ctrl-C (request_stop) or the context was shut down
+        if not self.running():  # Ctrl-C (request_stop) or the context was shut down
             self.summary.interrupted = True
         return self.summary
 

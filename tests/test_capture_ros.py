@@ -5,6 +5,7 @@ The scene made live must be the one `m3 bag2scene` makes offline: same keyframes
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -127,6 +128,65 @@ def test_looping_bag_clock_jumps_are_survived(synthetic_bag, ros_env, tmp_path):
     for f in scene.frames:  # every pose is still the chain's pose at that stamp: no stale transforms
         true = true_world_from_camera(f.stamp_ns)
         assert np.linalg.norm(f.world_from_camera[:3, 3] - true[:3, 3]) < 0.004
+
+
+def test_ctrl_c_replay_still_delivers_what_it_counted_to_a_capture_that_is_behind(
+    synthetic_bag, ros_env, tmp_path
+):
+    """Ctrl-C to the replay while the capture is behind (frozen with SIGSTOP, as a starved process
+    on a loaded host is): the replay waits for the capture to acknowledge what it sent before it
+    exits, so the capture takes in every message the replay's summary counts. Before, the replay
+    exited at once and the frames still in flight were lost (CI, a --loop run stopped with Ctrl-C:
+    10 of 111 colour frames never arrived)."""
+    import signal
+
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from rosbags.rosbag2 import Reader
+    from sensor_msgs.msg import Image
+
+    from tests.conftest_capture import LiveCapture
+
+    color = load_robot_config().topics.color
+    params = ("camera_reliable:=true", "tf_timeout_s:=5.0", "max_pending:=150")
+    live = LiveCapture(tmp_path / "live", ros_env, tmp_path, params)
+    seen: list[int] = []  # colour frames this test's own reliable subscriber got
+    qos = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
+    live.node.create_subscription(Image, color, lambda m: seen.append(m.header.stamp.nanosec), qos)
+    stopped = False
+    try:
+        live.start_nodes()
+        live.start(
+            "replay",
+            [sys.executable, "-m", "m3_ros.cli", "replay", str(synthetic_bag), "--wait-ready",
+             "m3_capture", "m3_pose_chain", "--wait-timeout", "120", "--json"],
+        )  # fmt: skip
+        replay = live.procs["replay"]
+        live.wait(lambda: len(seen) >= 5, 120, "5 colour frames through the replay")
+        live.procs["capture"].send_signal(signal.SIGSTOP)
+        stopped = True
+        frozen_at = len(seen)
+        live.wait(lambda: len(seen) >= frozen_at + 5 or replay.poll() is not None, 120,
+                  "5 more colour frames sent while the capture is frozen")  # fmt: skip
+        assert replay.poll() is None, "the replay ended before the Ctrl-C: the bag is too short"
+        replay.send_signal(signal.SIGINT)
+        # the fixed replay says it waits for acknowledgements; the old one simply exited
+        wait_until(
+            lambda: replay.poll() is not None or "acknowledged what was sent" in live.logs["replay"].read_text(),
+            120, what="the replay to exit or to wait for acknowledgements",
+        )  # fmt: skip
+        live.procs["capture"].send_signal(signal.SIGCONT)
+        stopped = False
+        assert replay.wait(timeout=120) == 0, live.logs["replay"].read_text()
+        text = live.logs["replay"].read_text()
+        summary = json.loads(text[text.index("{\n") :])
+        assert summary["interrupted"] and not summary["not_ready"]
+        with Reader(synthetic_bag) as reader:  # stopped mid-bag, not after it
+            assert summary["sent"][color] < sum(c.msgcount for c in reader.connections if c.topic == color)
+        live.drain_and_save(summary["sent"], 180.0)  # fails with what the capture never received
+    finally:
+        if stopped:
+            live.procs["capture"].send_signal(signal.SIGCONT)
+        live.close()
 
 
 def test_future_stamped_image_and_odometry_are_dropped_alone_live(synthetic_bag, ros_env, tmp_path):
