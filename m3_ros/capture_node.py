@@ -83,9 +83,16 @@ class CaptureNode(Node):
         camera_reliability = (
             ReliabilityPolicy.RELIABLE if p["camera_reliable"] else ReliabilityPolicy.BEST_EFFORT
         )
-        sensor_qos = QoSProfile(
-            history=HistoryPolicy.KEEP_LAST, depth=int(p["qos_depth"]), reliability=camera_reliability
-        )
+        # Reliable means every frame sent is wanted (a bag replay): keep all rather than the last
+        # qos_depth, or a burst after a stall (a starved process on a loaded host) overwrites frames
+        # the publisher already counts as delivered (CI: 15 of 90 lost at depth 30). The DDS bounds a
+        # keep-all history by its resource limits, and a full one holds the reliable writer back.
+        if p["camera_reliable"]:
+            sensor_qos = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=camera_reliability)
+        else:
+            sensor_qos = QoSProfile(
+                history=HistoryPolicy.KEEP_LAST, depth=int(p["qos_depth"]), reliability=camera_reliability
+            )
         # /tf is small but fast (odometry + arm pose, 120 messages/s at a 2x replay): a tf callback
         # starved for a second on a loaded host overflowed a 100-deep queue, and a lost sample moves
         # the interpolated pose by millimetres. 1000 holds ~8 s.

@@ -313,7 +313,12 @@ CAPTURE_PARAMS: list[Param] = [
     # keyframe gates can be tuned while capturing (ros2 param set)
     *params_from_dataclass(KeyframeConfig, read_only=False),
     *params_from_dataclass(CaptureConfig, read_only=True),
-    Param("qos_depth", 10, "history depth of the camera subscriptions", ParamType.INTEGER),
+    Param(
+        "qos_depth",
+        10,
+        "history depth of the best-effort camera subscriptions (reliable ones keep every frame)",
+        ParamType.INTEGER,
+    ),
     Param(
         "camera_reliable",
         False,

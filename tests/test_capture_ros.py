@@ -189,6 +189,53 @@ def test_ctrl_c_replay_still_delivers_what_it_counted_to_a_capture_that_is_behin
         live.close()
 
 
+def test_reliable_capture_with_a_short_queue_keeps_every_frame_of_a_burst(synthetic_bag, ros_env, tmp_path):
+    """A reliable camera subscription must not overwrite what it was sent: the capture is frozen
+    (SIGSTOP, a starved process) while 20 frames are sent, then thaws and gets them as one burst,
+    faster than its executor takes them. With a KEEP_LAST history of qos_depth (2 here) the burst
+    overwrote all but the last two (CI: 15 of 90 colour frames lost at depth 30 on a loaded runner,
+    reproduced here as 25 of 92 at depth 2); a reliable subscription now keeps all."""
+    import signal
+
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from tests.conftest_capture import LiveCapture
+
+    color = load_robot_config().topics.color
+    params = ("camera_reliable:=true", "qos_depth:=2", "tf_timeout_s:=5.0", "max_pending:=150")
+    live = LiveCapture(tmp_path / "live", ros_env, tmp_path, params)
+    seen: list[int] = []
+    qos = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
+    live.node.create_subscription(Image, color, lambda m: seen.append(m.header.stamp.nanosec), qos)
+    stopped = False
+    try:
+        live.start_nodes()
+        live.start(
+            "replay",
+            [sys.executable, "-m", "m3_ros.cli", "replay", str(synthetic_bag), "--wait-ready",
+             "m3_capture", "m3_pose_chain", "--wait-timeout", "120", "--json"],
+        )  # fmt: skip
+        replay = live.procs["replay"]
+        live.wait(lambda: len(seen) >= 5, 120, "5 colour frames through the replay")
+        live.procs["capture"].send_signal(signal.SIGSTOP)
+        stopped = True
+        frozen_at = len(seen)
+        live.wait(lambda: len(seen) >= frozen_at + 20 or replay.poll() is not None, 120,
+                  "20 more colour frames sent while the capture is frozen")  # fmt: skip
+        live.procs["capture"].send_signal(signal.SIGCONT)
+        stopped = False
+        assert replay.wait(timeout=120) == 0, live.logs["replay"].read_text()
+        text = live.logs["replay"].read_text()
+        summary = json.loads(text[text.index("{\n") :])
+        assert summary["sent"][color] >= frozen_at + 20
+        live.drain_and_save(summary["sent"], 180.0)  # fails with what the capture never received
+    finally:
+        if stopped:
+            live.procs["capture"].send_signal(signal.SIGCONT)
+        live.close()
+
+
 def test_future_stamped_image_and_odometry_are_dropped_alone_live(synthetic_bag, ros_env, tmp_path):
     """Through the real nodes: one colour image and one odometry message stamped 10 s ahead. The
     pose chain drops the odometry (it never reaches /tf), the capture drops the image, each counts it
