@@ -1,4 +1,5 @@
-"""3D queries plan on the memory's depth rendered around the instance (m3_core.query.dense).
+"""3D queries plan on the memory's depth rendered around the instance (m3_core.query.dense), and
+view queries too when what the view saw leaves no feasible grasp.
 
 A real analytic memory (tests/conftest_query.py) with a brick of 13 Gaussians ~2 cm apart, as
 sparse as a short training leaves a small object: on its Gaussian means alone the planner finds no
@@ -12,7 +13,8 @@ import pytest
 
 from m3_core.query import QueryConfig, QueryEngine
 from m3_core.query.dense import virtual_views
-from tests.conftest_query import BRICK_CENTRE, BRICK_SIZE, build_memory
+from m3_core.query.view import View
+from tests.conftest_query import BRICK_CENTRE, BRICK_SIZE, CAMERA, build_memory, look_at
 
 CONFIG = QueryConfig(render_width=160)
 
@@ -61,6 +63,21 @@ def test_sparse_brick_gets_a_dense_object_and_a_feasible_grasp(engine):
     lo, hi = BRICK_CENTRE - BRICK_SIZE / 2 - 0.01, BRICK_CENTRE + BRICK_SIZE / 2 + 0.01
     assert np.all((dense >= lo) & (dense <= hi))  # the brick's surface, not the table around it
     assert np.ptp(dense[:, 2]) > 0.01  # its sides too, not only the top face
+    best = new.grasps[0]
+    assert 0.04 < best.width_m <= engine.robot.gripper.max_opening_m
+    assert np.linalg.norm(best.world_from_grasp[:2, 3] - BRICK_CENTRE[:2]) < 0.015
+
+
+def test_view_query_refused_on_what_the_view_saw_plans_again_on_the_rendered_depth(engine):
+    """Seen from above, the brick is its top face (the view's depth and a few Gaussians): no
+    feasible grasp on that. The engine then plans once more with the memory's rendered depth around
+    the candidate (as a 3D query does) and grasps the brick, still answering from the view."""
+    view = View(look_at(BRICK_CENTRE + np.array([0.01, -0.05, 0.4]), BRICK_CENTRE), CAMERA)
+    seen_only = QueryConfig(render_width=160, dense_views=0)
+    old = engine.query("lego brick", view=view, config=seen_only, search_3d="never")
+    new = engine.query("lego brick", view=view, search_3d="never")
+    assert not old.found and "no feasible grasp" in old.message, old.message  # the engine before
+    assert new.found and new.source == "view", new.message
     best = new.grasps[0]
     assert 0.04 < best.width_m <= engine.robot.gripper.max_opening_m
     assert np.linalg.norm(best.world_from_grasp[:2, 3] - BRICK_CENTRE[:2]) < 0.015

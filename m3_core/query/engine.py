@@ -383,15 +383,29 @@ class QueryEngine:
         rendered: RenderedRelevance | None,
         world_from_armbase: np.ndarray | None,
     ) -> tuple[tuple[Grasp, ...], str]:
-        """(grasps best first, which planner made them) for one instance."""
+        """(grasps best first, which planner made them) for one instance. A 3D instance plans on
+        the memory's depth rendered around it; a view instance on what the view saw, and when that
+        leaves no feasible grasp (one side seen, a few sparse points on the far side) once more with
+        the rendered depth added: the memory holds the sides the view does not show."""
+        dense = enc.config.dense_views > 0
         points = instance.points
-        if instance.source == "gaussians" and enc.config.dense_views > 0:
+        if instance.source == "gaussians" and dense:
             points = np.vstack([self.dense_object(enc.config, instance), points])
-        obj, scene = self._scene_points(enc, points, rendered)
-        grasps = plan_grasps(
-            obj, scene, self.robot.gripper, self.robot.arm, world_from_armbase, MEMORY_PLANNER
-        )
+        grasps = self._plan_on(enc, points, rendered, world_from_armbase)
+        if not grasps and instance.source == "view" and dense and not instance.support:
+            points = np.vstack([self.dense_object(enc.config, instance), points])
+            grasps = self._plan_on(enc, points, rendered, world_from_armbase)
         return tuple(grasps), "planner"
+
+    def _plan_on(
+        self,
+        enc: EncodedQuery,
+        points: np.ndarray,
+        rendered: RenderedRelevance | None,
+        world_from_armbase: np.ndarray | None,
+    ) -> list[Grasp]:
+        obj, scene = self._scene_points(enc, points, rendered)
+        return plan_grasps(obj, scene, self.robot.gripper, self.robot.arm, world_from_armbase, MEMORY_PLANNER)
 
     def dense_object(self, config: QueryConfig, instance: Instance) -> np.ndarray:
         """[N,3] the memory's depth on a 3D instance's surface (m3_core.query.dense): rendered from
