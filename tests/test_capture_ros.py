@@ -130,110 +130,112 @@ def test_looping_bag_clock_jumps_are_survived(synthetic_bag, ros_env, tmp_path):
         assert np.linalg.norm(f.world_from_camera[:3, 3] - true[:3, 3]) < 0.004
 
 
+class FrozenCapture:
+    """A replay of `bag` into the capture and pose-chain nodes, with the capture frozen (SIGSTOP, as
+    a starved process on a loaded host is) once 5 colour frames went through, until `frames` more
+    were sent (seen by this test's own reliable subscriber). A context manager: thaws and stops
+    everything on the way out."""
+
+    def __init__(self, bag: Path, ros_env, tmp_path: Path, params: tuple[str, ...], frames: int) -> None:
+        from tests.conftest_capture import LiveCapture
+
+        self.bag, self.frames = bag, frames
+        self.color = load_robot_config().topics.color
+        self.live = LiveCapture(tmp_path / "live", ros_env, tmp_path, params)
+        self.seen: list[int] = []
+        self.stopped = False
+
+    def __enter__(self) -> FrozenCapture:
+        import signal
+
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+
+        live = self.live
+        qos = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
+        live.node.create_subscription(
+            Image, self.color, lambda m: self.seen.append(m.header.stamp.nanosec), qos
+        )
+        try:
+            live.start_nodes()
+            live.start(
+                "replay",
+                [sys.executable, "-m", "m3_ros.cli", "replay", str(self.bag), "--wait-ready",
+                 "m3_capture", "m3_pose_chain", "--wait-timeout", "120", "--json"],
+            )  # fmt: skip
+            self.replay = live.procs["replay"]
+            live.wait(lambda: len(self.seen) >= 5, 120, "5 colour frames through the replay")
+            live.procs["capture"].send_signal(signal.SIGSTOP)
+            self.stopped = True
+            frozen_at = len(self.seen)
+            live.wait(lambda: len(self.seen) >= frozen_at + self.frames or self.replay.poll() is not None,
+                      120, f"{self.frames} more colour frames sent while the capture is frozen")  # fmt: skip
+            self.frozen_at = frozen_at
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def thaw(self) -> None:
+        import signal
+
+        self.live.procs["capture"].send_signal(signal.SIGCONT)
+        self.stopped = False
+
+    def summary(self) -> dict:
+        """The replay's --json summary, once it exited with 0."""
+        assert self.replay.wait(timeout=120) == 0, self.live.logs["replay"].read_text()
+        text = self.live.logs["replay"].read_text()
+        return json.loads(text[text.index("{\n") :])
+
+    def __exit__(self, *_: object) -> None:
+        if self.stopped:
+            self.thaw()
+        self.live.close()
+
+
 def test_ctrl_c_replay_still_delivers_what_it_counted_to_a_capture_that_is_behind(
     synthetic_bag, ros_env, tmp_path
 ):
-    """Ctrl-C to the replay while the capture is behind (frozen with SIGSTOP, as a starved process
-    on a loaded host is): the replay waits for the capture to acknowledge what it sent before it
-    exits, so the capture takes in every message the replay's summary counts. Before, the replay
-    exited at once and the frames still in flight were lost (CI, a --loop run stopped with Ctrl-C:
-    10 of 111 colour frames never arrived)."""
+    """Ctrl-C to the replay while the capture is behind (frozen): the replay waits for the capture
+    to acknowledge what it sent before it exits, so the capture takes in every message the replay's
+    summary counts. Before, the replay exited at once and the frames still in flight were lost (CI,
+    a --loop run stopped with Ctrl-C: 10 of 111 colour frames never arrived)."""
     import signal
 
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
     from rosbags.rosbag2 import Reader
-    from sensor_msgs.msg import Image
 
-    from tests.conftest_capture import LiveCapture
-
-    color = load_robot_config().topics.color
     params = ("camera_reliable:=true", "tf_timeout_s:=5.0", "max_pending:=150")
-    live = LiveCapture(tmp_path / "live", ros_env, tmp_path, params)
-    seen: list[int] = []  # colour frames this test's own reliable subscriber got
-    qos = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
-    live.node.create_subscription(Image, color, lambda m: seen.append(m.header.stamp.nanosec), qos)
-    stopped = False
-    try:
-        live.start_nodes()
-        live.start(
-            "replay",
-            [sys.executable, "-m", "m3_ros.cli", "replay", str(synthetic_bag), "--wait-ready",
-             "m3_capture", "m3_pose_chain", "--wait-timeout", "120", "--json"],
-        )  # fmt: skip
-        replay = live.procs["replay"]
-        live.wait(lambda: len(seen) >= 5, 120, "5 colour frames through the replay")
-        live.procs["capture"].send_signal(signal.SIGSTOP)
-        stopped = True
-        frozen_at = len(seen)
-        live.wait(lambda: len(seen) >= frozen_at + 5 or replay.poll() is not None, 120,
-                  "5 more colour frames sent while the capture is frozen")  # fmt: skip
+    with FrozenCapture(synthetic_bag, ros_env, tmp_path, params, frames=5) as run:
+        replay = run.replay
         assert replay.poll() is None, "the replay ended before the Ctrl-C: the bag is too short"
         replay.send_signal(signal.SIGINT)
         # the fixed replay says it waits for acknowledgements; the old one simply exited
         wait_until(
-            lambda: replay.poll() is not None or "acknowledged what was sent" in live.logs["replay"].read_text(),
+            lambda: replay.poll() is not None or "acknowledged what was sent" in run.live.logs["replay"].read_text(),
             120, what="the replay to exit or to wait for acknowledgements",
         )  # fmt: skip
-        live.procs["capture"].send_signal(signal.SIGCONT)
-        stopped = False
-        assert replay.wait(timeout=120) == 0, live.logs["replay"].read_text()
-        text = live.logs["replay"].read_text()
-        summary = json.loads(text[text.index("{\n") :])
+        run.thaw()
+        summary = run.summary()
         assert summary["interrupted"] and not summary["not_ready"]
         with Reader(synthetic_bag) as reader:  # stopped mid-bag, not after it
-            assert summary["sent"][color] < sum(c.msgcount for c in reader.connections if c.topic == color)
-        live.drain_and_save(summary["sent"], 180.0)  # fails with what the capture never received
-    finally:
-        if stopped:
-            live.procs["capture"].send_signal(signal.SIGCONT)
-        live.close()
+            total = sum(c.msgcount for c in reader.connections if c.topic == run.color)
+            assert summary["sent"][run.color] < total
+        run.live.drain_and_save(summary["sent"], 180.0)  # fails with what the capture never received
 
 
 def test_reliable_capture_with_a_short_queue_keeps_every_frame_of_a_burst(synthetic_bag, ros_env, tmp_path):
     """A reliable camera subscription must not overwrite what it was sent: the capture is frozen
-    (SIGSTOP, a starved process) while 20 frames are sent, then thaws and gets them as one burst,
-    faster than its executor takes them. With a KEEP_LAST history of qos_depth (2 here) the burst
-    overwrote all but the last two (CI: 15 of 90 colour frames lost at depth 30 on a loaded runner,
-    reproduced here as 25 of 92 at depth 2); a reliable subscription now keeps all."""
-    import signal
-
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Image
-
-    from tests.conftest_capture import LiveCapture
-
-    color = load_robot_config().topics.color
+    while 20 frames are sent, then thaws and gets them as one burst, faster than its executor takes
+    them. With a KEEP_LAST history of qos_depth (2 here) the burst overwrote all but the last two
+    (CI: 15 of 90 colour frames lost at depth 30 on a loaded runner; here 36 of 45 at depth 2); a
+    reliable subscription now keeps all."""
     params = ("camera_reliable:=true", "qos_depth:=2", "tf_timeout_s:=5.0", "max_pending:=150")
-    live = LiveCapture(tmp_path / "live", ros_env, tmp_path, params)
-    seen: list[int] = []
-    qos = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
-    live.node.create_subscription(Image, color, lambda m: seen.append(m.header.stamp.nanosec), qos)
-    stopped = False
-    try:
-        live.start_nodes()
-        live.start(
-            "replay",
-            [sys.executable, "-m", "m3_ros.cli", "replay", str(synthetic_bag), "--wait-ready",
-             "m3_capture", "m3_pose_chain", "--wait-timeout", "120", "--json"],
-        )  # fmt: skip
-        replay = live.procs["replay"]
-        live.wait(lambda: len(seen) >= 5, 120, "5 colour frames through the replay")
-        live.procs["capture"].send_signal(signal.SIGSTOP)
-        stopped = True
-        frozen_at = len(seen)
-        live.wait(lambda: len(seen) >= frozen_at + 20 or replay.poll() is not None, 120,
-                  "20 more colour frames sent while the capture is frozen")  # fmt: skip
-        live.procs["capture"].send_signal(signal.SIGCONT)
-        stopped = False
-        assert replay.wait(timeout=120) == 0, live.logs["replay"].read_text()
-        text = live.logs["replay"].read_text()
-        summary = json.loads(text[text.index("{\n") :])
-        assert summary["sent"][color] >= frozen_at + 20
-        live.drain_and_save(summary["sent"], 180.0)  # fails with what the capture never received
-    finally:
-        if stopped:
-            live.procs["capture"].send_signal(signal.SIGCONT)
-        live.close()
+    with FrozenCapture(synthetic_bag, ros_env, tmp_path, params, frames=20) as run:
+        run.thaw()
+        summary = run.summary()
+        assert summary["sent"][run.color] >= run.frozen_at + 20
+        run.live.drain_and_save(summary["sent"], 180.0)  # fails with what the capture never received
 
 
 def test_future_stamped_image_and_odometry_are_dropped_alone_live(synthetic_bag, ros_env, tmp_path):
