@@ -151,20 +151,27 @@ class FrozenCapture:
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
 
+        from m3_ros.ready import ReadinessReporter
+
         live = self.live
         qos = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
-        live.node.create_subscription(
+        observer = live.node.create_subscription(
             Image, self.color, lambda m: self.seen.append(m.header.stamp.nanosec), qos
         )
+        # The replay waits for this observer too: it is not one of the nodes, and a replay that
+        # started before it matched (discovery on a loaded runner) played the 2 s bag unseen by it.
+        self.reporter = ReadinessReporter(live.node, [observer])
         try:
             live.start_nodes()
             live.start(
                 "replay",
                 [sys.executable, "-m", "m3_ros.cli", "replay", str(self.bag), "--wait-ready",
-                 "m3_capture", "m3_pose_chain", "--wait-timeout", "120", "--json"],
+                 "m3_capture", "m3_pose_chain", live.node.get_name(), "--wait-timeout", "120", "--json"],
             )  # fmt: skip
             self.replay = live.procs["replay"]
-            live.wait(lambda: len(self.seen) >= 5, 120, "5 colour frames through the replay")
+            live.wait(lambda: len(self.seen) >= 5 or self.replay.poll() is not None, 120,
+                      "5 colour frames through the replay")  # fmt: skip
+            assert len(self.seen) >= 5, f"the replay ended first:\n{live.logs['replay'].read_text()}"
             live.procs["capture"].send_signal(signal.SIGSTOP)
             self.stopped = True
             frozen_at = len(self.seen)
