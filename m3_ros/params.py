@@ -322,7 +322,7 @@ CAPTURE_PARAMS: list[Param] = [
     Param(
         "camera_reliable",
         False,
-        "subscribe the camera RELIABLE (default: sensor-data best effort)",
+        "subscribe the camera RELIABLE and keep every frame (a bag replay; default: sensor-data best effort)",
         ParamType.BOOL,
     ),
     Param("diagnostics_period_s", 5.0, "period of the diagnostics log line, s (0: off)", ParamType.DOUBLE),
