@@ -27,6 +27,7 @@ import numpy as np
 import rclpy
 from rosbags.rosbag2 import Reader
 
+from m3_core.robot import load_robot_config
 from m3_core.scene import load_scene
 from m3_core.sim import gt_dir_for, read_objects, write_scene_masks
 from m3_ros.conversions import matrix_from_pose_msg
@@ -272,6 +273,20 @@ def _report(args: argparse.Namespace, run: DemoRun) -> dict[str, Any]:
     return report
 
 
+def _reach_hint(target_arm_base: list[float]) -> str:
+    """Why there may be no grasp: the object beyond what the arm reaches from where the scan ended
+    (the body would step closer before grasping; the demo does not walk)."""
+    arm = load_robot_config().arm
+    distance = float(np.linalg.norm(target_arm_base))
+    if distance + arm.flange_from_grasp_m <= arm.reach_m:
+        return ""
+    return (
+        f" (the object is {distance:.2f} m from the arm base where the scan ended; the arm reaches "
+        f"{arm.reach_m:.2f} m to its flange, {arm.flange_from_grasp_m:.2f} m behind the grasp: a robot "
+        "would step closer and ask again)"
+    )
+
+
 def _print_result(args: argparse.Namespace, report: dict[str, Any], out: Path) -> int:
     """The result block; 0 when the target is within --max-error-m and every node exited cleanly."""
     print("\n== result")
@@ -289,7 +304,7 @@ def _print_result(args: argparse.Namespace, report: dict[str, Any], out: Path) -
               f"(pybullet, lift 10 cm, hold 1 s): {'HELD' if physics.get('success') else 'FAILED'} - "
               f"{physics.get('message', physics.get('error', ''))}")  # fmt: skip
     else:
-        print("   no feasible grasp in the answer: nothing to execute")
+        print(f"   no feasible grasp in the answer: nothing to execute{_reach_hint(ta)}")
     exit_codes = report["exit_codes"]
     print(f"   node exit codes: {exit_codes}")
     print(f"   pictures: {', '.join(report['pictures'])}")

@@ -43,3 +43,16 @@ def test_demo_finds_the_duck_through_real_nodes(tmp_path, ros_env):
         assert "no feasible grasp" in result.stdout
     for picture in summary["pictures"]:
         assert (out / picture).stat().st_size > 1000
+
+
+def test_demo_says_when_the_object_is_beyond_the_arms_reach():
+    """A demo answer without a grasp says why when the object lies beyond what the Z1 reaches from
+    where the scan ended (0.79 m from the arm base: the README demo's duck), and nothing when it
+    is within reach."""
+    from m3_core.robot import load_robot_config
+    from m3_ros.demo import _reach_hint
+
+    arm = load_robot_config().arm
+    far = _reach_hint([0.789, -0.026, 0.061])
+    assert "0.79 m from the arm base" in far and f"{arm.reach_m:.2f} m" in far
+    assert _reach_hint([arm.reach_m - arm.flange_from_grasp_m - 0.01, 0.0, 0.0]) == ""
