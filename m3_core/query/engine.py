@@ -392,7 +392,7 @@ class QueryEngine:
         if instance.source == "gaussians" and dense:
             points = np.vstack([self.dense_object(enc.config, instance), points])
         grasps = self._plan_on(enc, points, rendered, world_from_armbase)
-        if not grasps and instance.source == "view" and dense and not instance.support:
+        if not grasps and instance.source == "view" and dense:  # supports never get here (rejected)
             points = np.vstack([self.dense_object(enc.config, instance), points])
             grasps = self._plan_on(enc, points, rendered, world_from_armbase)
         return tuple(grasps), "planner"
