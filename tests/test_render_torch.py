@@ -314,3 +314,54 @@ def test_full_image_without_gradients_composites_by_tile_like_the_per_pixel_path
         rgb, depth, queries, alpha = _reference(model, torch.linalg.inv(torch.as_tensor(pose)), CAM)
         torch.testing.assert_close(tiles.rgb, rgb.detach(), rtol=1e-9, atol=1e-9)
         torch.testing.assert_close(tiles.alpha, alpha.detach(), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("pixels", [None, "subset"])
+def test_frustum_pre_cull_changes_neither_image_nor_gradients(pixels) -> None:
+    """The CPU backend leaves out Gaussians that cannot reach the image before the differentiable
+    projection. Gaussians around, behind and beside the camera, and large ones whose centre is off
+    screen but whose footprint reaches in, must render and differentiate exactly as without it."""
+    from m3_core.render.torch_backend import _frustum_superset, rasterize_torch
+
+    g = torch.Generator().manual_seed(11)
+    n = 600
+    means = (torch.rand(n, 3, generator=g, dtype=torch.float64) - 0.5) * torch.tensor([8.0, 8.0, 8.0], dtype=torch.float64)
+    means[:40, 2] = 2.0  # a band at the image's depth that straddles its edges
+    means[:40, 0] = torch.linspace(-3.0, 3.0, 40, dtype=torch.float64)
+    log_scales = torch.log(0.02 + 0.2 * torch.rand(n, 3, generator=g, dtype=torch.float64))
+    log_scales[:40] = math.log(0.4)  # large: centres off screen, footprints on it
+    leaves = [
+        means.requires_grad_(),
+        torch.randn(n, 4, generator=g, dtype=torch.float64).requires_grad_(),
+        log_scales.requires_grad_(),
+        torch.randn(n, generator=g, dtype=torch.float64).requires_grad_(),
+        torch.rand(n, 6, generator=g, dtype=torch.float64).requires_grad_(),
+    ]
+    cfw = torch.linalg.inv(torch.as_tensor(_pose(3)))
+    args = (cfw, CAM.fx, CAM.fy, CAM.cx + 0.5, CAM.cy + 0.5, CAM.width, CAM.height)
+    xy = None
+    if pixels == "subset":
+        xy = torch.rand(50, 2, generator=g, dtype=torch.float64) * torch.tensor([CAM.width, CAM.height], dtype=torch.float64)
+
+    def run(cull: bool):
+        m, q, ls, ol, f = leaves
+        scene = (m, q, ls.exp(), torch.sigmoid(ol), f)
+        feat, depth, alpha, proj = rasterize_torch(*scene, *args, pixels_xy=xy, cull=cull)
+        proj.means2d.retain_grad()
+        w = torch.randn(feat.shape, generator=torch.Generator().manual_seed(5), dtype=feat.dtype)
+        loss = (feat * w).sum() + depth.sum() + alpha.square().sum()
+        grads = torch.autograd.grad(loss, leaves + [proj.means2d], allow_unused=True)
+        return (feat, depth, alpha, proj.radii, proj.means2d.detach()[0]), grads
+
+    kept = _frustum_superset(leaves[0], leaves[2].exp(), torch.sigmoid(leaves[3]), *args, 0.01, 100.0)
+    assert kept is not None and 0 < kept.numel() < n // 2, "the scene should be mostly out of view"
+    (out_c, grads_c), (out_f, grads_f) = run(True), run(False)
+    assert float(out_f[2].max()) > 0.3, "the camera should see part of the scene"
+    seen, uv = (out_f[3] > 0).all(-1), out_f[4]
+    off_screen = (uv[:, 0] < 0) | (uv[:, 0] > CAM.width) | (uv[:, 1] < 0) | (uv[:, 1] > CAM.height)
+    assert bool((seen & off_screen).any()), "some footprint should reach in from an off-screen centre"
+    assert torch.equal(out_c[3], out_f[3]), "radii"
+    for got, want in zip(out_c[:3] + (out_c[4][seen],), out_f[:3] + (out_f[4][seen],)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads_c, grads_f):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from m3_core.render.projection import ALPHA_THRESHOLD, Projected, project_gaussians
+from m3_core.render.projection import ALPHA_THRESHOLD, EPS2D, Projected, project_gaussians
 
 TILE_SIZE = 8  # candidate binning only: any size gives the same image (alpha < 1/255 outside the box)
 T_MIN = 1e-4  # gsplat: a pixel is done once its transmittance would fall to this
@@ -45,12 +45,29 @@ def rasterize_torch(
     near: float = 0.01,
     far: float = 100.0,
     tile_size: int = TILE_SIZE,
+    cull: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Projected]:
     """Returns (features [P,C], expected depth [P], alpha [P], projection) with P = H*W row-major
     when pixels_xy is None. The returned projection's means2d is [1,N,2] (gsplat's meta shape)."""
-    proj = project_gaussians(
-        means, quats, scales, opacities, camera_from_world, fx, fy, cx, cy, width, height, near, far
+    # Gaussians that cannot reach the image are left out before the differentiable projection: a
+    # wrist camera sees a part of the scene, and the projection's autograd over all N was a third of
+    # a CPU training step. The test is a superset of the projection's own culling, so the image and
+    # the gradients are the same; culled Gaussians get radii 0 and zero gradients, as before.
+    keep = (
+        _frustum_superset(means, scales, opacities, camera_from_world, fx, fy, cx, cy, width, height, near, far)
+        if cull
+        else None
     )
+    if keep is None:
+        proj = project_gaussians(
+            means, quats, scales, opacities, camera_from_world, fx, fy, cx, cy, width, height, near, far
+        )
+    else:
+        sub = project_gaussians(
+            *(t.index_select(0, keep) for t in (means, quats, scales, opacities)),
+            camera_from_world, fx, fy, cx, cy, width, height, near, far,
+        )
+        proj = _scatter_projection(sub, keep, means.shape[0])
     device, dtype = means.device, means.dtype
     full_image = pixels_xy is None
     if pixels_xy is None:
@@ -87,6 +104,52 @@ def rasterize_torch(
     alpha = 1.0 - T
     depth = out_feat[:, C] / alpha.clamp(min=1e-10)
     return out_feat[:, :C], depth, alpha, proj
+
+
+CULL_MAX_FRACTION = 0.9  # pre-cull only when it leaves out more than a tenth of the Gaussians
+CULL_MARGIN_PX = 2.0  # pixels added to the radius bound: float rounding of the two computations
+
+
+@torch.no_grad()
+def _frustum_superset(
+    means: Tensor, scales: Tensor, opacities: Tensor, camera_from_world: Tensor,
+    fx: float, fy: float, cx: float, cy: float, width: int, height: int, near: float, far: float,
+) -> Tensor | None:
+    """Indices [M] of the Gaussians `project_gaussians` might keep (radii > 0), or None when it is
+    not worth leaving the others out. A superset of its tests: depth in [near, far] (with a relative
+    margin), opacity, and the opacity-aware box bounded from above: the 2D standard deviation along
+    x is at most fx / z * sqrt(1 + tan^2) * max scale (the Jacobian's row norm at the clamped view
+    direction times the covariance's largest singular value), plus the low-pass filter."""
+    R = camera_from_world[:3, :3]
+    t = camera_from_world[:3, 3]
+    means_c = means.detach() @ R.T + t
+    x, y, z = means_c.unbind(-1)
+    ok = (z >= near * (1.0 - 1e-4) - 1e-7) & (z <= far * (1.0 + 1e-4)) & (opacities.detach() >= ALPHA_THRESHOLD)
+    z = z.clamp(min=near * 0.5)
+    s_max = scales.detach().amax(dim=-1)
+    tan_x = max(cx / fx, (width - cx) / fx) + 0.3 * 0.5 * width / fx
+    tan_y = max(cy / fy, (height - cy) / fy) + 0.3 * 0.5 * height / fy
+    sig_x = torch.sqrt((fx / z * s_max).square_().mul_(1.0 + tan_x * tan_x).add_(EPS2D))
+    sig_y = torch.sqrt((fy / z * s_max).square_().mul_(1.0 + tan_y * tan_y).add_(EPS2D))
+    rx = sig_x.mul_(3.33).add_(CULL_MARGIN_PX)
+    ry = sig_y.mul_(3.33).add_(CULL_MARGIN_PX)
+    u = fx * x / z + cx
+    v = fy * y / z + cy
+    ok &= (u + rx > 0) & (u - rx < width) & (v + ry > 0) & (v - ry < height)
+    keep = ok.nonzero().squeeze(1)
+    return keep if keep.numel() < CULL_MAX_FRACTION * means.shape[0] else None
+
+
+def _scatter_projection(sub: Projected, keep: Tensor, n: int) -> Projected:
+    """A projection of the Gaussians `keep` as one of all n (the culled ones: radii 0, zeros). The
+    rest of the rasterizer reads these full tensors, so means2d stays upstream of the image and a
+    caller's retain_grad() on it still collects densification statistics."""
+    return Projected(
+        means2d=sub.means2d.new_zeros((n, 2)).index_copy(0, keep, sub.means2d),
+        conics=sub.conics.new_zeros((n, 3)).index_copy(0, keep, sub.conics),
+        depths=sub.depths.new_zeros(n).index_copy(0, keep, sub.depths),
+        radii=sub.radii.new_zeros((n, 2)).index_copy(0, keep, sub.radii),
+    )
 
 
 def _tile_candidates(
