@@ -75,6 +75,8 @@ def flange_distance(T: np.ndarray, base: np.ndarray) -> float:
 
 
 NARROW_BOX = box_surface((0.05, 0.12, 0.08), (0.0, 0.0, 0.04))
+# Tests of the measured width: the fingers open to what the grasp needs (no extra approach room).
+MEASURE = GraspPlannerConfig(approach_clearance_m=GraspPlannerConfig().opening_clearance_m)
 
 
 def test_box_grasps_close_across_its_narrow_side():
@@ -92,7 +94,7 @@ def test_box_grasps_close_across_its_narrow_side():
 
 def test_cylinder_grasped_across_its_diameter():
     cyl = cylinder_surface(0.025, 0.10, (0.0, 0.0, 0.05))
-    grasps = plan_grasps(cyl, table(), GRIPPER, ARM, None)
+    grasps = plan_grasps(cyl, table(), GRIPPER, ARM, None, MEASURE)
     assert grasps
     for g in grasps:
         assert abs(g.world_from_grasp[:3, 0] @ UP) < 0.3, "10 cm tall: only across the 5 cm diameter"
@@ -251,7 +253,7 @@ def test_depth_noise_does_not_widen_the_grasp_or_lower_the_fingers():
     obj = NARROW_BOX + rng.normal(0.0, sigma, NARROW_BOX.shape)
     tab = table()
     tab[:, 2] += rng.normal(0.0, sigma, len(tab))
-    grasps = plan_grasps(obj, tab, GRIPPER, ARM, None)
+    grasps = plan_grasps(obj, tab, GRIPPER, ARM, None, MEASURE)
     square = [g.width_m for g in grasps if abs(g.world_from_grasp[0, 0]) > 0.99]   # across the 5 cm
     assert square
     # noise spreads the faces over +-8 mm; the grasp widens by no more than 4 sigma (a few degrees of
@@ -298,7 +300,7 @@ def mug_surface(outer_r=0.045, wall=0.005, height=0.09, n=8000, seed=0) -> np.nd
 
 def test_open_cup_wider_than_the_opening_is_taken_by_its_rim():
     cup = mug_surface()
-    grasps = plan_grasps(cup, table(), GRIPPER, ARM, None)
+    grasps = plan_grasps(cup, table(), GRIPPER, ARM, None, MEASURE)
     assert grasps, "one finger inside, one outside the 5 mm wall"
     for g in grasps:
         T = g.world_from_grasp
@@ -372,7 +374,7 @@ def test_low_rounded_brick_on_a_noisy_table_is_taken_across_its_faces(seed):
     tab = table()
     tab[:, 2] += rng.normal(0.0, 0.0015, len(tab))
     tab = tab[np.linalg.norm(tab[:, :2], axis=1) > 0.036]                  # not under the brick
-    grasps = plan_grasps(brick, tab, GRIPPER, ARM, None, GraspPlannerConfig(friction_cone_deg=40.0))
+    grasps = plan_grasps(brick, tab, GRIPPER, ARM, None, dataclasses.replace(MEASURE, friction_cone_deg=40.0))
     assert grasps
     best = grasps[0]
     x = best.world_from_grasp[:3, 0]
@@ -389,7 +391,7 @@ def test_a_grasp_with_room_to_spare_ranks_above_one_at_the_full_opening():
     plate = box_surface((0.015, 0.05, 0.04), (0.0, 0.0, 0.08), n=2000, seed=1)
     grasps = plan_grasps(np.concatenate([body, plate]), table(), GRIPPER, ARM, None)
     assert grasps
-    assert grasps[0].width_m < 0.04
+    assert grasps[0].width_m < 0.015 + 2 * GraspPlannerConfig().approach_clearance_m + 0.004, "across the plate"
     assert grasps[0].world_from_grasp[2, 3] > 0.06, "on the plate"
 
 
@@ -415,3 +417,25 @@ def test_contact_faces_are_judged_by_the_patch_when_point_normals_are_unreliable
     closing = measure_closing(pose, grasp_frame_points(pose, cube), wrong, GRIPPER, GraspPlannerConfig())
     assert closing["ok"][0]
     assert closing["contact_cos"][0] > 0.95
+
+
+def test_fingers_approach_with_room_to_spare_where_nothing_is_in_the_way():
+    """A memory can place an object's side a centimetre off, and a finger coming down then lands on
+    it: where nothing is beside the object the fingers open `approach_clearance_m` past each side
+    (collision-free at that opening), and only beside a neighbour as little as the grasp needs."""
+    cfg = GraspPlannerConfig()
+    free = plan_grasps(NARROW_BOX, table(), GRIPPER, ARM, None)
+    assert free
+    for g in free:
+        assert g.width_m == pytest.approx(min(0.05 + 2 * cfg.approach_clearance_m, GRIPPER.max_opening_m), abs=0.004)
+        assert points_in_gripper(g, NARROW_BOX) == 0 and points_in_gripper(g, table()) == 0
+
+    # a plate 2.5 cm beside the box's face: the wide opening's finger would stand in it
+    yy, zz = np.meshgrid(np.arange(-0.06, 0.0601, 0.003), np.arange(0.0, 0.0801, 0.003))
+    plate = np.c_[np.full(yy.size, 0.05), yy.ravel(), zz.ravel()]
+    scene = np.concatenate([table(), plate])
+    beside = plan_grasps(NARROW_BOX, scene, GRIPPER, ARM, None)
+    assert beside, "the grasp the box needs still fits beside the plate"
+    for g in beside:
+        assert g.width_m <= 0.05 + 2 * cfg.opening_clearance_m + 0.004, g.width_m
+        assert points_in_gripper(g, plate) == 0

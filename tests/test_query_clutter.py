@@ -71,8 +71,9 @@ def test_small_wooden_object_is_the_block_not_the_table(engine, text):
     _never_table_or_floor(result)
     assert result.found, result.message
     assert np.linalg.norm(result.position - BLOCK_CENTRE) < 0.01, result.position
-    # a 4 cm cube; at an 80 px render the depth at its edges blends into the table: up to ~6 cm
-    assert result.grasps and 0.035 < result.grasps[0].width_m <= 0.07
+    # a 4 cm cube; at an 80 px render the depth at its edges blends into the table (up to ~6 cm),
+    # and the fingers approach with up to 1.5 cm to spare a side: at most the full opening
+    assert result.grasps and 0.035 < result.grasps[0].width_m <= 0.08
 
 
 def test_the_table_itself_is_not_graspable(engine):

@@ -43,7 +43,12 @@ class GraspPlannerConfig:
 
     # Filters
     opening_clearance_m: float = 0.005
-    """Free space left on each side of the object inside the open fingers, metres."""
+    """Free space left on each side of the object inside the open fingers, at least, metres."""
+    approach_clearance_m: float = 0.015
+    """Free space left on each side when the gripper's opening and the scene allow it (checked for
+    collisions at that opening; else `opening_clearance_m`): a memory places an object's sides up to
+    ~1.5 cm off (a blurred edge, a side it saw poorly), and a finger then lands on the object on its
+    way down, metres."""
     collision_margin_m: float = 0.003
     """Gripper boxes are inflated by this for collision tests (covers gaps between sparse points), metres."""
     support_clearance_m: float = 0.003
@@ -113,6 +118,8 @@ class GraspPlannerConfig:
         bad = [name for name in positive if getattr(self, name) <= 0]
         if bad:
             raise ValueError(f"GraspPlannerConfig: {', '.join(bad)} must be > 0")
+        if self.approach_clearance_m < self.opening_clearance_m:
+            raise ValueError("approach_clearance_m must be >= opening_clearance_m")
         if not 0.0 < self.friction_cone_deg < 90.0:
             raise ValueError(f"friction_cone_deg must be in (0, 90), got {self.friction_cone_deg}")
         if len(self.up) != 3 or abs(sum(u * u for u in self.up) - 1.0) > 1e-6:

@@ -85,7 +85,9 @@ def measure_closing(
     Along x those points fall into pieces wherever a finger fits between them (the wall of a mug
     and the space inside it); the piece nearest the origin is what the fingers take.
     Returns per candidate: `shift` (move the origin this far along +x to centre it on that piece),
-    `width` (the opening: its extent along x plus the clearance on both sides), `count` (its
+    `width` (the opening it needs: its extent along x plus `opening_clearance_m` on both sides),
+    `open_width` (the opening to approach with where nothing is in the way: `approach_clearance_m`
+    on both sides, at most the gripper's), `count` (its
     points), `contact_cos` (the smaller of the two sides' |cos| between the mean contact normal and
     the closing axis: tested against the friction cone), `contact_mean_cos` (the smaller side's mean
     |cos| of its contact normals: scored) and `ok` (enough points, extent fits the opening).
@@ -111,6 +113,7 @@ def measure_closing(
     # fingers that only graze the object's edge (a mug's rim 8 mm into the fingers) slip off it
     ok &= np.minimum(_span(z, right), _span(z, left)) >= config.min_contact_depth_m
     return {"shift": 0.5 * (x_max + x_min), "width": np.minimum(width, g.max_opening_m),
+            "open_width": np.minimum(extent + 2.0 * config.approach_clearance_m, g.max_opening_m),
             "count": count, "contact_cos": np.minimum(right_patch, left_patch),
             "contact_mean_cos": np.minimum(right_mean, left_mean), "ok": ok}
 

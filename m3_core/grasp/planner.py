@@ -218,27 +218,51 @@ def _evaluate_batch(
     closing = filters.measure_closing(poses, local, scene.normals, gripper, config)
     keep = closing["ok"] & (closing["contact_cos"] >= np.cos(np.radians(config.friction_cone_deg)))
     shift, width = closing["shift"][keep], closing["width"][keep]
+    open_width = closing["open_width"][keep]
     antipodal = scoring.antipodal_score(closing["contact_mean_cos"][keep], config)
     poses, local = poses[keep].copy(), local[keep]
     if not len(poses):
         return []
     poses[:, :3, 3] += shift[:, None] * poses[:, :3, 0]                      # centre the fingers on the object
     local[:, 0] -= shift[:, None]
-    above = filters.support_clearance(poses, width, scene.up, scene.support_h, gripper)
-    keep = above >= scene.floor_m
-    keep[keep] = ~filters.object_collisions(local[keep], width[keep], gripper, config)
-    poses, width, antipodal, above = poses[keep], width[keep], antipodal[keep], above[keep]
-    if not len(poses):
+    free, above, clearance = _clear_at(poses, local, width, scene, gripper, config)
+    # The same grasps, approached with room to spare where that opening is clear too (the fingers
+    # then miss an object whose side the memory placed up to a centimetre off); else with what the
+    # grasp needs. Ranked as before: the clearance term is that of the grasp's own opening.
+    approach_width = width.copy()
+    wide = np.flatnonzero(free & (open_width > width))
+    if len(wide):
+        ok = _clear_at(poses[wide], local[wide], open_width[wide], scene, gripper, config)[0]
+        approach_width[wide[ok]] = open_width[wide[ok]]
+    if not free.any():
         return []
-    free, clearance = filters.scene_collisions(poses, width, scene.obstacles, scene.obstacle_tree, gripper, config)
     clearance = np.minimum(clearance, above)[free]
-    poses, width, antipodal = poses[free], width[free], antipodal[free]
+    poses, width, approach_width, antipodal = poses[free], width[free], approach_width[free], antipodal[free]
     top_down, toward = scoring.approach_terms(poses, scene.up, scene.reach_dir)
     sat = config.clearance_saturation_m
+    # the spare-opening term judges the opening the grasp needs (the room a misjudged width has)
     q = scoring.quality(antipodal, scoring.centring(poses, scene.centre, scene.radius), top_down, toward,
                         np.clip(clearance / sat, 0.0, 1.0), config, scene.reach_dir is not None,
                         scoring.spare_opening(width, gripper.max_opening_m, config))
+    width = approach_width
     return list(zip(poses, width, q))
+
+
+def _clear_at(
+    poses: np.ndarray, local: np.ndarray, widths: np.ndarray, scene: _Scene, gripper: GripperConfig,
+    config: GraspPlannerConfig,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(free [B] bool, height above the support [B], clearance from the scene [B]) of grasps whose
+    fingers open to `widths`: above the floor level, not through the object, not through the scene."""
+    above = filters.support_clearance(poses, widths, scene.up, scene.support_h, gripper)
+    free = above >= scene.floor_m
+    free[free] = ~filters.object_collisions(local[free], widths[free], gripper, config)
+    clearance = np.zeros(len(poses))
+    if free.any():
+        ok, clear = filters.scene_collisions(poses[free], widths[free], scene.obstacles, scene.obstacle_tree, gripper, config)
+        clearance[free] = clear
+        free[free] = ok
+    return free, above, clearance
 
 
 def _suppress_duplicates(

@@ -18,7 +18,8 @@ class Grasp:
     world_from_grasp: np.ndarray
     """[4,4] grasp pose, metres."""
     width_m: float
-    """Opening the fingers need around the object at the grasp (before closing), metres."""
+    """Opening to approach with and close from (the object's width at the grasp plus clearance on
+    both sides: up to `approach_clearance_m` where nothing is in the way), metres."""
     world_from_pregrasp: np.ndarray
     """[4,4] pose the gripper goes to first: the grasp moved back along -z by the approach distance."""
     quality: float
