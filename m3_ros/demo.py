@@ -1,10 +1,12 @@
 """`m3 demo`: the README's main command, the whole chain on the built-in simulated robot scene.
 
-  1. m3 sim            simulated B1+Z1 scan -> ROS 2 bag (+ ground truth kept aside)
+  1. m3 sim            simulated B1+Z1 scan -> ROS 2 bag (+ ground truth kept aside), and a short
+                       bag of the robot standing at the table to grasp (`m3 sim --stance`)
   2. capture (ROS)     replay node -> pose-chain node -> capture node, three processes -> scene dir
   3. m3 sim masks      the simulator's instance masks + captions for the language-mask model
   4. m3 train          M3 memory (language-mask features + RGB)
-  5. query (ROS)       query node + pose chain + looping replay (live TF); call /m3/query
+  5. query (ROS)       query node + pose chain + looping replay of the stance bag (live TF);
+                       call /m3/query
   6. report            grasp target in the arm-base frame, its error against ground truth, pictures
 
 Each stage prints the equivalent command a user would type; node output goes to OUT/logs/.
@@ -124,10 +126,12 @@ class DemoPaths:
     memory_dir: Path
     logs: Path
     gt_dir: Path
+    stance_bag: Path
 
     @classmethod
     def under(cls, out: Path) -> DemoPaths:
-        return cls(out, out / "bag", out / "scene", out / "memory", out / "logs", gt_dir_for(out / "bag"))
+        return cls(out, out / "bag", out / "scene", out / "memory", out / "logs", gt_dir_for(out / "bag"),
+                   out / "stance_bag")  # fmt: skip
 
 
 @dataclass
@@ -155,17 +159,33 @@ def _launch_values(args: argparse.Namespace, paths: DemoPaths) -> dict[str, str]
             "require_grasp": "false"}  # fmt: skip
 
 
+# Where the robot stands to grasp after its scan: the scan walks an arc 1 m from the table's centre,
+# which puts the arm base ~0.8 m from the objects, beyond the Z1's reach; a robot steps closer before
+# it asks. Azimuth (table frame) and distance of the body from the look-at point, and the frames of
+# that short bag (3 s at the camera's 15 Hz: what the query stage replays in a loop).
+STANCE_AZIMUTH_DEG = -90.0
+STANCE_DISTANCE_M = 0.8
+STANCE_FRAMES = 45
+
+
 def _simulate(args: argparse.Namespace, run: DemoRun) -> None:
-    bag = run.paths.bag
+    bag, stance = run.paths.bag, run.paths.stance_bag
+    stance_args = ["--stance", str(STANCE_AZIMUTH_DEG), str(STANCE_DISTANCE_M)]
     with Stage(
         run.timings,
-        "1/6 simulate the robot scan",
-        f"m3 sim --out {bag} --frames {args.frames} --size {args.size}",
+        "1/6 simulate the robot scan, and the robot standing at the table to grasp",
+        f"m3 sim --out {bag} --frames {args.frames} --size {args.size}; "
+        f"m3 sim --out {stance} --frames {STANCE_FRAMES} --size {args.size} {' '.join(stance_args)}",
     ):
         _m3(
             ["sim", "--out", str(bag), "--frames", str(args.frames), "--size", args.size, "--force"],
             args.timeout,
         )
+        _m3(
+            ["sim", "--out", str(stance), "--frames", str(STANCE_FRAMES), "--size", args.size, "--force",
+             *stance_args],
+            args.timeout,
+        )  # fmt: skip
 
 
 def _capture(args: argparse.Namespace, run: DemoRun, client: Any) -> None:
@@ -219,9 +239,10 @@ def _train(args: argparse.Namespace, run: DemoRun) -> None:
 
 
 def _query(args: argparse.Namespace, run: DemoRun, client: Any) -> None:
-    with Stage(run.timings, "5/6 query through ROS (query node at the live camera pose)",
+    with Stage(run.timings, "5/6 query through ROS (query node at the live camera pose, robot at the table)",
                f"ros2 service call /m3/query m3_grasp/srv/Query \"{{text: '{args.query}'}}\""):  # fmt: skip
         run.values["rate"] = "1.0"
+        run.values["bag"] = str(run.paths.stance_bag)
         nodes = NodeProcesses(run.paths.logs)
         nodes.start(load_group("query", run.values))
         nodes.start(load_group("replay_loop", run.values))
@@ -274,14 +295,13 @@ def _report(args: argparse.Namespace, run: DemoRun) -> dict[str, Any]:
 
 
 def _reach_hint(target_arm_base: list[float]) -> str:
-    """Why there may be no grasp: the object beyond what the arm reaches from where the scan ended
-    (the body would step closer before grasping; the demo does not walk)."""
+    """Why there may be no grasp: the object beyond what the arm reaches from where the robot stands."""
     arm = load_robot_config().arm
     distance = float(np.linalg.norm(target_arm_base))
     if distance + arm.flange_from_grasp_m <= arm.reach_m:
         return ""
     return (
-        f" (the object is {distance:.2f} m from the arm base where the scan ended; the arm reaches "
+        f" (the object is {distance:.2f} m from the arm base; the arm reaches "
         f"{arm.reach_m:.2f} m to its flange, {arm.flange_from_grasp_m:.2f} m behind the grasp: a robot "
         "would step closer and ask again)"
     )

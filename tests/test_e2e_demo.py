@@ -31,6 +31,12 @@ def test_demo_finds_the_duck_through_real_nodes(tmp_path, ros_env):
     assert summary["error_m"] <= 0.03, summary
     assert summary["exit_codes"] and all(code == 0 for code in summary["exit_codes"].values()), summary
     assert len(summary["target_arm_base"]) == 3
+    # the query stage replays the robot standing at the table: the duck is within the Z1's reach
+    from m3_core.robot import load_robot_config
+
+    arm = load_robot_config().arm
+    distance = sum(v * v for v in summary["target_arm_base"]) ** 0.5
+    assert distance + arm.flange_from_grasp_m <= arm.reach_m, summary["target_arm_base"]
     # the demo prints what the capture received / paired / kept; nothing received is left unpaired
     assert "capture counts: received color=" in result.stdout, result.stdout
     stats = summary["capture_stats"]
@@ -47,8 +53,8 @@ def test_demo_finds_the_duck_through_real_nodes(tmp_path, ros_env):
 
 def test_demo_says_when_the_object_is_beyond_the_arms_reach():
     """A demo answer without a grasp says why when the object lies beyond what the Z1 reaches from
-    where the scan ended (0.79 m from the arm base: the README demo's duck), and nothing when it
-    is within reach."""
+    where the robot stands (0.79 m from the arm base: the duck seen from the scan's arc), and
+    nothing when it is within reach."""
     from m3_core.robot import load_robot_config
     from m3_ros.demo import _reach_hint
 

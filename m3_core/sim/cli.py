@@ -58,6 +58,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--stamp-jitter", action="store_true", default=None, help="camera timestamp jitter")
     parser.add_argument(
+        "--stance",
+        type=float,
+        nargs=2,
+        metavar=("AZIMUTH_DEG", "DISTANCE_M"),
+        default=None,
+        help="the body stands still at this azimuth (table frame, 0 = +x) and distance from the look-at "
+        "point while the arm sweeps the camera: where the robot stands to grasp after its scan",
+    )
+    parser.add_argument(
         "--workers", type=int, default=None, help="rendering processes (default: 2, 1 for tiny scenes)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -109,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
             depth_noise=args.depth_noise,
             odometry_drift=args.odometry_drift,
             stamp_jitter=args.stamp_jitter,
+            stance=args.stance,
         )
         result = generate(
             spec, spec_dir, args.out, force=args.force, progress=not args.no_progress and not args.json

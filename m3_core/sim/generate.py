@@ -82,9 +82,20 @@ def with_overrides(
     depth_noise: bool | None = None,
     odometry_drift: bool | None = None,
     stamp_jitter: bool | None = None,
+    stance: tuple[float, float] | None = None,
 ) -> SimSpec:
     """The spec with command-line overrides. `frames` keeps the rate and shortens/lengthens the
-    scan (same path, other speed); `size` rescales the intrinsics."""
+    scan (same path, other speed); `size` rescales the intrinsics; `stance` (azimuth in degrees,
+    distance in metres from the look-at point) makes the body stand still there while the arm sweeps
+    the camera as in the scan: where a robot stands to grasp after its scan (same world, same odom)."""
+    if stance is not None:
+        azimuth_deg, distance_m = (float(v) for v in stance)
+        if not distance_m > 0:
+            raise ValueError(f"--stance distance must be > 0 m, got {distance_m}")
+        spec = replace(
+            spec,
+            trajectory=replace(spec.trajectory, body_arc_deg=(azimuth_deg, azimuth_deg), body_radius_m=distance_m),
+        )
     if seed is not None:
         spec = replace(spec, seed=int(seed))
     if frames is not None:
