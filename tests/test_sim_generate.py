@@ -328,3 +328,29 @@ def test_frames_in_the_spec_file(tmp_path):
     result = generate(spec, spec_dir, tmp_path / "bag")
     assert result.frames == 3 and result.size == (64, 48)
     assert result.topics["/lidar_odometry"]["count"] == 6
+
+
+def test_stance_bag_holds_the_body_still_within_reach_of_the_table(tmp_path):
+    """`m3 sim --stance AZ DIST`: the robot standing at the table to grasp after its scan (what the
+    demo's query stage replays). The scan's arc leaves the arm base ~0.8 m from the objects, beyond
+    the Z1's 0.74 m reach; at the stance the body stands still 0.8 m from the look-at point, so the
+    arm base is 0.6 m from it, while the arm still sweeps the camera. Same world, same odom frame."""
+    from m3_core.sim import with_overrides
+
+    spec, spec_dir = load_spec(DEFAULT)
+    result = generate(with_overrides(spec, frames=4, size=(64, 48), stance=(-90.0, 0.8)), spec_dir, tmp_path / "st")
+    frames = json.loads((result.gt_dir / "cameras.json").read_text())["frames"]
+    lidar = np.array([np.asarray(f["world_from_lidar"], float) for f in frames])
+    cams = np.array([np.asarray(json.loads(f["world_from_camera"]) if isinstance(f["world_from_camera"], str)
+                                else f["world_from_camera"], float) for f in frames])  # fmt: skip
+    np.testing.assert_allclose(lidar, np.broadcast_to(lidar[0], lidar.shape), atol=1e-9)
+    target = np.asarray(spec.trajectory.target_xyz_m)  # the table frame is the world here (xy 0, yaw 0)
+    assert np.hypot(*(lidar[0][:2, 3] - target[:2])) == pytest.approx(0.8, abs=1e-6)
+    assert lidar[0][1, 3] < target[1], "azimuth -90 deg: on the table's -y side"
+    from m3_core.robot import load_robot_config
+
+    arm_base = lidar[0] @ load_robot_config(ROBOT).extrinsics.lidar_from_armbase.matrix()
+    assert np.hypot(*(arm_base[:2, 3] - target[:2])) == pytest.approx(0.6, abs=1e-6)
+    assert np.ptp(cams[:, :3, 3], axis=0).max() > 0.01, "the arm still sweeps the camera"
+    with pytest.raises(ValueError, match="distance"):
+        with_overrides(spec, stance=(-90.0, 0.0))
