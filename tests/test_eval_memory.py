@@ -92,3 +92,21 @@ def test_cli_train_head_flag(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         m3_main(["train", scene, "--out", out, "--head", "distill"])
     assert exit_info.value.code == 2 and "invalid choice: 'distill'" in capsys.readouterr().err
+
+
+def test_prepared_grid_keeps_channels_last_on_cpu_with_the_same_samples():
+    """The trainer samples each view's feature grid at 2000 pixels a step; on the CPU the prepared grid
+    keeps its channels last in memory (four contiguous rows per sample), and the samples equal those
+    of the contiguous [1, d + 1, h, w] layout bit for bit."""
+    from m3_core.training.losses import prepare_grid, sample_prepared_grid
+
+    g = torch.Generator().manual_seed(0)
+    grid = torch.randn(30, 40, 385, generator=g)
+    grid[3:7, 5:9] = 0.0  # cells without a feature
+    prepared = prepare_grid(grid)
+    assert prepared.shape == (1, 386, 30, 40) and prepared.stride(1) == 1, "channels last in memory"
+    pixels = torch.rand(500, 2, generator=g) * torch.tensor([239.0, 319.0])
+    got, valid = sample_prepared_grid(prepared, pixels, (240, 320))
+    want, want_valid = sample_prepared_grid(prepared.contiguous(), pixels, (240, 320))
+    assert torch.equal(got, want) and torch.equal(valid, want_valid)
+    assert bool(valid.any()) and not bool(valid.all())
