@@ -152,6 +152,11 @@ class QueryConfig:
     dense_min_alpha: float = 0.9
     """3D queries: rendered pixels less opaque than this are not back-projected: an edge pixel's
     depth is a blend of the object and what lies behind it, a point in mid-air."""
+    dense_replan_below: int = 3
+    """View queries: when the view's own points leave fewer feasible grasps than this (none: one
+    side seen; one or two: scattered normals on a poorly seen side, e.g. a single diagonal grasp
+    across a brick's corners), plan again with the memory's rendered depth around the instance
+    added, and keep the plan with more feasible grasps. 0 = never, 1 = only when none is found."""
     dense_box_pad_m: float = 0.003
     """3D queries: rendered points inside the instance's box (its Gaussians' means) grown by this are
     the object's: the surface lies a few mm outside the means. At 8 mm the render's blend into the
@@ -206,6 +211,8 @@ class QueryConfig:
             raise ValueError("max_text_chars and max_points must be >= 1")
 
     def _check_dense(self) -> None:
+        if self.dense_replan_below < 0:
+            raise ValueError(f"dense_replan_below must be >= 0, got {self.dense_replan_below}")
         if self.dense_views < 0 or not 0.0 <= self.dense_min_alpha <= 1.0:
             raise ValueError(
                 f"dense_views must be >= 0 and dense_min_alpha in [0, 1], got {self.dense_views} "

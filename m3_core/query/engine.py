@@ -385,16 +385,20 @@ class QueryEngine:
     ) -> tuple[tuple[Grasp, ...], str]:
         """(grasps best first, which planner made them) for one instance. A 3D instance plans on
         the memory's depth rendered around it; a view instance on what the view saw, and when that
-        leaves no feasible grasp (one side seen, a few sparse points on the far side) once more with
-        the rendered depth added: the memory holds the sides the view does not show."""
+        leaves fewer than `dense_replan_below` feasible grasps (one side seen, a few sparse points
+        with scattered normals on the far side) once more with the rendered depth added, keeping
+        the plan with more grasps: the memory holds the sides the view does not show."""
         dense = enc.config.dense_views > 0
         points = instance.points
         if instance.source == "gaussians" and dense:
             points = np.vstack([self.dense_object(enc.config, instance), points])
         grasps = self._plan_on(enc, points, rendered, world_from_armbase)
-        if not grasps and instance.source == "view" and dense:  # supports never get here (rejected)
+        # supports never get here (rejected before planning)
+        if len(grasps) < enc.config.dense_replan_below and instance.source == "view" and dense:
             points = np.vstack([self.dense_object(enc.config, instance), points])
-            grasps = self._plan_on(enc, points, rendered, world_from_armbase)
+            denser = self._plan_on(enc, points, rendered, world_from_armbase)
+            if len(denser) > len(grasps):
+                grasps = denser
         return tuple(grasps), "planner"
 
     def _plan_on(
