@@ -16,6 +16,18 @@ from m3_core.geometry.quaternion import rotmat_from_quat_wxyz
 
 ALPHA_THRESHOLD = 1.0 / 255.0  # gsplat: contributions below this alpha are skipped
 EPS2D = 0.3  # gsplat's screen-space low-pass filter (pixels^2 added to the 2D covariance diagonal)
+MAX_EXTEND = 3.33  # gsplat: the opacity-aware box reaches at most this many standard deviations
+
+
+def view_direction_limits(
+    fx: float, fy: float, cx: float, cy: float, width: int, height: int
+) -> tuple[float, float, float, float]:
+    """(x negative, x positive, y negative, y positive) limits of x/z and y/z at which gsplat clamps
+    the view direction for the projection's Jacobian: 1.3x the field of view on each side."""
+    tan_fovx = 0.5 * width / fx
+    tan_fovy = 0.5 * height / fy
+    return (cx / fx + 0.3 * tan_fovx, (width - cx) / fx + 0.3 * tan_fovx,
+            cy / fy + 0.3 * tan_fovy, (height - cy) / fy + 0.3 * tan_fovy)  # fmt: skip
 
 
 @dataclass
@@ -65,12 +77,7 @@ def project_gaussians(
 
     # Jacobian of the pinhole projection at a clamped point (gsplat clamps the view direction to
     # 1.3x the field of view so off-screen Gaussians do not explode); the clamp also cuts gradients.
-    tan_fovx = 0.5 * width / fx
-    tan_fovy = 0.5 * height / fy
-    lim_x_pos = (width - cx) / fx + 0.3 * tan_fovx
-    lim_x_neg = cx / fx + 0.3 * tan_fovx
-    lim_y_pos = (height - cy) / fy + 0.3 * tan_fovy
-    lim_y_neg = cy / fy + 0.3 * tan_fovy
+    lim_x_neg, lim_x_pos, lim_y_neg, lim_y_pos = view_direction_limits(fx, fy, cx, cy, width, height)
     rz = 1.0 / z
     tx = z * torch.clamp(x * rz, min=-lim_x_neg, max=lim_x_pos)
     ty = z * torch.clamp(y * rz, min=-lim_y_neg, max=lim_y_pos)
@@ -90,7 +97,7 @@ def project_gaussians(
         op = opacities.detach()
         # opacity-aware bounding box (gsplat 1.5, arXiv 2402.00525 B.2): alpha < 1/255 outside it
         extend = torch.clamp(
-            torch.sqrt(2.0 * torch.log(op.clamp(min=ALPHA_THRESHOLD) / ALPHA_THRESHOLD)), max=3.33
+            torch.sqrt(2.0 * torch.log(op.clamp(min=ALPHA_THRESHOLD) / ALPHA_THRESHOLD)), max=MAX_EXTEND
         )
         radius_x = torch.ceil(extend * torch.sqrt(a.detach().clamp(min=0)))
         radius_y = torch.ceil(extend * torch.sqrt(c.detach().clamp(min=0)))

@@ -18,7 +18,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from m3_core.render.projection import ALPHA_THRESHOLD, EPS2D, Projected, project_gaussians
+from m3_core.render.projection import (
+    ALPHA_THRESHOLD,
+    EPS2D,
+    MAX_EXTEND,
+    Projected,
+    project_gaussians,
+    view_direction_limits,
+)
 
 TILE_SIZE = 8  # candidate binning only: any size gives the same image (alpha < 1/255 outside the box)
 T_MIN = 1e-4  # gsplat: a pixel is done once its transmittance would fall to this
@@ -127,12 +134,12 @@ def _frustum_superset(
     ok = (z >= near * (1.0 - 1e-4) - 1e-7) & (z <= far * (1.0 + 1e-4)) & (opacities.detach() >= ALPHA_THRESHOLD)
     z = z.clamp(min=near * 0.5)
     s_max = scales.detach().amax(dim=-1)
-    tan_x = max(cx / fx, (width - cx) / fx) + 0.3 * 0.5 * width / fx
-    tan_y = max(cy / fy, (height - cy) / fy) + 0.3 * 0.5 * height / fy
+    lim_x_neg, lim_x_pos, lim_y_neg, lim_y_pos = view_direction_limits(fx, fy, cx, cy, width, height)
+    tan_x, tan_y = max(lim_x_neg, lim_x_pos), max(lim_y_neg, lim_y_pos)
     sig_x = torch.sqrt((fx / z * s_max).square_().mul_(1.0 + tan_x * tan_x).add_(EPS2D))
     sig_y = torch.sqrt((fy / z * s_max).square_().mul_(1.0 + tan_y * tan_y).add_(EPS2D))
-    rx = sig_x.mul_(3.33).add_(CULL_MARGIN_PX)
-    ry = sig_y.mul_(3.33).add_(CULL_MARGIN_PX)
+    rx = sig_x.mul_(MAX_EXTEND).add_(CULL_MARGIN_PX)
+    ry = sig_y.mul_(MAX_EXTEND).add_(CULL_MARGIN_PX)
     u = fx * x / z + cx
     v = fy * y / z + cy
     ok &= (u + rx > 0) & (u - rx < width) & (v + ry > 0) & (v - ry < height)
