@@ -52,6 +52,10 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--thetas", default=None, help="PSC thresholds, e.g. clip=0.9,language=0.95")
     parser.add_argument("--out", default=None, help="write the memory here (default: not written)")
+    parser.add_argument(
+        "--compile", choices=("auto", "on", "off"), default=None,
+        help="TrainConfig.compile_loss (default: the config's, auto = compiled on CUDA with Triton)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.baseline:
         parser.exit(2, "bench_train.py: --baseline is gone; use --heads attention,linear\n")
@@ -71,6 +75,8 @@ def _train_config(args: argparse.Namespace, cuda: bool):
         config = replace(config, iters=args.iters)
     if args.train_width is not None:
         config = replace(config, train_width=args.train_width)
+    if args.compile is not None:
+        config = replace(config, compile_loss=args.compile)
     if args.thetas:
         pairs = dict(kv.split("=") for kv in args.thetas.split(","))
         config = replace(config, thetas={**config.thetas, **{k: float(v) for k, v in pairs.items()}})
@@ -123,7 +129,8 @@ def main() -> int:
         s = res.stats
         total = t_features + t_train
         print(
-            f"\n[{head} head] iters {cfg.iters} at width {cfg.train_width or 'native'} ({res.memory.manifest['training']['render_mode']} mode)"
+            f"\n[{head} head] iters {cfg.iters} at width {cfg.train_width or 'native'} ({res.memory.manifest['training']['render_mode']} mode, "
+            f"compile_loss {cfg.compile_loss})"
         )
         print(f"  setup {s['seconds_setup']:.1f} s (PSC {s['seconds_psc']:.1f} s), train {s['seconds_train']:.1f} s "
               f"({cfg.iters / max(s['seconds_train'], 1e-9):.1f} it/s), features+setup+train {total:.1f} s")  # fmt: skip

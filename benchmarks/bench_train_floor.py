@@ -152,6 +152,24 @@ def profile_steps(step, steps: int = 20) -> dict[str, float]:
     }
 
 
+def time_ours(trainer, tag: str, args: argparse.Namespace, rows: dict, profiles: dict) -> None:
+    """Rows "ours{tag}, densification statistic on / over" for `trainer` (the first step, which
+    compiles the loss when the trainer is asked to, is reported and not timed)."""
+    from m3_core.training.densify import Densifier
+
+    t0 = time.perf_counter()
+    trainer.step()
+    torch.cuda.synchronize()
+    print(f"[ours{tag}] first step (compiles the loss when asked): {time.perf_counter() - t0:.1f} s, untimed")
+    for row in ("densification statistic on", "densification over"):
+        if row == "densification over":
+            trainer.densifier = Densifier(replace(trainer.densifier.config, enabled=False), trainer.scale)
+        name = f"ours{tag}, {row}"
+        rows[name] = time_steps(trainer.step, args.warmup, args.steps, args.repeats)
+        if args.profile:
+            profiles[name] = profile_steps(trainer.step)
+
+
 def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -169,6 +187,10 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed blocks per row (median reported)")
     parser.add_argument("--profile", action="store_true", help="kernel launches and GPU busy share per row")
     parser.add_argument("--label", default="", help="printed with the results (e.g. the commit)")
+    parser.add_argument(
+        "--compile", choices=("auto", "on", "off", "both"), default="both",
+        help="TrainConfig.compile_loss of our step; both: an eager and a compiled trainer, rows for each",
+    )  # fmt: skip
     return parser.parse_args()
 
 
@@ -177,7 +199,6 @@ def main() -> int:
 
     from m3_core.features import load_scene_features
     from m3_core.scene import load_scene
-    from m3_core.training.densify import Densifier
     from m3_core.training.trainer import TrainConfig, Trainer
 
     if not torch.cuda.is_available():
@@ -185,7 +206,7 @@ def main() -> int:
     device = torch.device("cuda")
     config = TrainConfig(iters=3000, train_width=args.train_width)
     # the first "ours" row must end before densification would change the Gaussian count
-    used = args.warmup + args.steps * args.repeats + (20 if args.profile else 0)
+    used = 1 + args.warmup + args.steps * args.repeats + (20 if args.profile else 0)
     if used >= config.densify.start:
         raise SystemExit(f"{used} steps would reach densify start {config.densify.start}: fewer --steps")
     scene = load_scene(args.scene)
@@ -193,8 +214,12 @@ def main() -> int:
         m: load_scene_features(scene, m, device=device, allow_random_weights=args.allow_random_weights, progress=False)
         for m in args.models.split(",")
     }  # fmt: skip
-    torch.manual_seed(0)
-    trainer = Trainer(scene, features, config, device)
+    modes = ("off", "on") if args.compile == "both" else (args.compile,)
+    trainers = {}
+    for mode in modes:
+        torch.manual_seed(0)
+        trainers[mode] = Trainer(scene, features, replace(config, compile_loss=mode), device)
+    trainer = trainers[modes[0]]
     n = trainer.gaussians.num_gaussians
     q = trainer.gaussians.queries.shape[1]
     H, W = trainer.views[0].rgb.shape[:2]
@@ -214,14 +239,10 @@ def main() -> int:
         if args.profile:
             profiles[name] = profile_steps(floor.step)
     del floors
-    rows["ours, densification statistic on"] = time_steps(trainer.step, args.warmup, args.steps, args.repeats)
-    if args.profile:
-        profiles["ours, densification statistic on"] = profile_steps(trainer.step)
-    trainer.densifier = Densifier(replace(trainer.densifier.config, enabled=False), trainer.scale)
-    rows["ours, densification over"] = time_steps(trainer.step, args.warmup, args.steps, args.repeats)
-    if args.profile:
-        profiles["ours, densification over"] = profile_steps(trainer.step)
-    assert trainer.gaussians.num_gaussians == n, "the Gaussian count changed while timing"
+    for mode, ours in trainers.items():
+        tag = "" if len(trainers) == 1 else (", compiled" if mode == "on" else ", eager")
+        time_ours(ours, tag, args, rows, profiles)
+        assert ours.gaussians.num_gaussians == n, "the Gaussian count changed while timing"
 
     med = {k: statistics.median(v) for k, v in rows.items()}
     rgb, same = med["floor RGB"], med["floor same channels"]
