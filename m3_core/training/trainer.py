@@ -344,6 +344,10 @@ class Trainer:
         if self.mode != "full" or mode == "off":
             return self.objective.full_image
         ok, why = compile_available(self.device)
+        if mode == "on" and not ok:
+            # On the CPU inductor's kernels gave NaN losses when ATen ran its AVX2 kernels on an
+            # AVX-512 machine (as CI's runners do): the CPU trains eagerly.
+            raise TrainError(f"compile_loss='on' is not available: {why}")
         if mode == "auto" and not ok:
             log.debug("loss not compiled: %s", why)
             return self.objective.full_image
