@@ -13,6 +13,8 @@ eager ones to float32 rounding (summation order), see tests/test_train_objective
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 from torch import Tensor, nn
 
@@ -82,8 +84,7 @@ def compile_available(device: torch.device) -> tuple[bool, str]:
     """(whether torch.compile can build GPU kernels here, why not). CUDA needs Triton."""
     if device.type != "cuda":
         return False, f"compiling the step's loss is for CUDA (device is {device.type})"
-    try:
-        import triton  # noqa: F401  (torch.compile's CUDA code generator)
-    except ImportError:
+    # torch.compile's CUDA code generator is Triton; asking whether it is installed is enough
+    if importlib.util.find_spec("triton") is None:
         return False, "torch.compile needs Triton on CUDA and it is not installed"
     return True, ""
