@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -177,11 +178,11 @@ def test_bad_images_raise_clear_errors(call, match):
 # -- the session -----------------------------------------------------------------------------
 
 
-def make_session(tmp_path: Path, **overrides) -> CaptureSession:
+def make_session(tmp_path: Path, monotonic=time.monotonic, **overrides) -> CaptureSession:
     kf = KeyframeConfig(min_translation_m=0.05, min_rotation_deg=10, max_interval_s=0, min_interval_s=0)
     config = CaptureConfig(keyframes=kf, **{"save_every": 2, "tf_wait_s": 0.1, **overrides})
     writer = SceneWriter(tmp_path / "scene", save_every=config.save_every)
-    session = CaptureSession(config, writer, "odom", CAM)
+    session = CaptureSession(config, writer, "odom", CAM, monotonic=monotonic)
     session.set_camera(load_cam())
     session.add_transform("lidar_link", CAM, np.eye(4), 0, static=True)
     return session
@@ -226,6 +227,36 @@ def test_session_missing_transform_is_skipped_and_counted(tmp_path):
     feed_frame(session, 5 * S)
     session.poll(flush=True)
     assert session.stats.dropped["no_transform"] == 2
+
+
+def test_a_late_tf_that_keeps_coming_is_waited_for_past_the_timeout(tmp_path):
+    """A starved pose publisher on a loaded host delivered /tf seconds behind the images: frames
+    timed out 1-5 s after they arrived and were dropped as no_transform while /tf was still coming
+    (the README demo kept 16 keyframes of 26). The timeout counts from /tf's last advance."""
+    clock = [100.0]
+    session = make_session(tmp_path, monotonic=lambda: clock[0], tf_timeout_s=1.0)
+    session.add_transform("odom", "lidar_link", pose(0.0), 0)
+    feed_frame(session, S)  # arrives at t=100
+    for k in range(1, 5):  # /tf creeps forward every 0.8 s of wall time, still short of the frame
+        clock[0] += 0.8
+        session.add_transform("odom", "lidar_link", pose(0.1 * k), k * S // 5)
+        assert session.poll(now_s=clock[0]) == 0 and session.pending == 1
+    assert session.stats.dropped["no_transform"] == 0  # 3.2 s after arrival: still waiting
+    session.add_transform("odom", "lidar_link", pose(2.0), 2 * S)
+    assert session.poll(now_s=clock[0]) == 1 and session.stats.kept == 1
+    # /tf that stops is given up on tf_timeout_s after its last advance
+    feed_frame(session, 3 * S)
+    assert session.poll(now_s=clock[0] + 0.9) == 0 and session.pending == 1
+    assert session.poll(now_s=clock[0] + 1.0) == 0 and session.stats.dropped["no_transform"] == 1
+
+
+def test_a_full_pending_queue_drops_as_queue_full_and_says_why(tmp_path):
+    session = make_session(tmp_path, max_pending=2)
+    session.add_transform("odom", "lidar_link", pose(0.0), 0)
+    for k in range(1, 4):
+        feed_frame(session, k * S)
+    assert session.poll(now_s=None) == 0 and session.pending == 2
+    assert session.stats.dropped["queue_full"] == 1 and session.stats.dropped["no_transform"] == 0
 
 
 def test_frame_past_the_newest_transform_is_dropped_not_given_a_stale_pose(tmp_path):

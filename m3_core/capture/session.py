@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,9 +77,12 @@ class CaptureConfig:
     tf_wait_s: float = 0.1
     """Decide a frame once transforms up to its stamp + this are in (s of stamp time)."""
     tf_timeout_s: float = 1.0
-    """Live only: decide anyway after waiting this long in wall time (s); then a missing pose drops it."""
+    """Live only: decide anyway once /tf has not advanced for this long in wall time (s) since the
+    frame arrived; then a missing pose drops it. A /tf that keeps arriving late (a starved pose
+    publisher on a loaded host) is waited for, up to max_pending frames."""
     max_pending: int = 30
-    """Frames waiting for transforms at most; beyond it the oldest is decided at once."""
+    """Frames waiting for transforms at most (a memory bound: ~1.5 MB a 640x480 frame); beyond it the
+    oldest is decided at once, and dropped as queue_full when its pose has not arrived yet."""
     pair_queue: int = 150
     """Images of one stream waiting for their color/depth partner at most (a memory bound for a
     stream whose partner stopped, ~5 s at 30 Hz); a partner that is merely late is waited for."""
@@ -154,6 +158,7 @@ class CaptureSession:
         camera_frame: str,
         buffer: TransformBuffer | None = None,
         chain_frames: FramesConfig | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """chain_frames: when given, each keyframe also records the four links of the pose chain
         (world<-lidar<-arm base<-ee<-camera) in scene.json, so the hand-eye can be calibrated from
@@ -171,6 +176,8 @@ class CaptureSession:
         self._camera: PinholeCamera | None = None
         self._parents: dict[str, str] = {}  # child -> parent of every edge seen
         self._newest_edge_ns: dict[str, int] = {}  # child -> newest stamp of a dynamic edge
+        self._monotonic = monotonic  # wall clock of arrivals; poll(now_s=...) must use the same one
+        self._tf_advanced_s = float("-inf")  # when a dynamic /tf edge last moved forward
         self._clock = ClockJumpDetector(int(config.clock_jump_s * 1e9))
         self._lock = threading.Lock()  # inputs vs. poll; poll itself runs in one thread at a time
         self._decide_lock = threading.Lock()
@@ -199,8 +206,9 @@ class CaptureSession:
             self._parents[child] = parent
             if static:
                 self._newest_edge_ns.pop(child, None)
-            else:
-                self._newest_edge_ns[child] = max(stamp_ns, self._newest_edge_ns.get(child, stamp_ns))
+            elif stamp_ns > self._newest_edge_ns.get(child, -1):
+                self._newest_edge_ns[child] = stamp_ns
+                self._tf_advanced_s = self._monotonic()
 
     def add_color(self, stamp_ns: int, array: np.ndarray, encoding: str) -> None:
         with self._lock:
@@ -271,7 +279,7 @@ class CaptureSession:
                     item = self._next_ready(now_s, flush)
                 if item is None:
                     break
-                kept += self._decide(item)
+                kept += self._decide(*item)
         return kept
 
     def save(self) -> int:
@@ -291,7 +299,7 @@ class CaptureSession:
         if dropped:
             self.stats.dropped["unpaired"] += dropped
             self._pairer.unpaired_color = self._pairer.unpaired_depth = 0
-        now = time.monotonic()
+        now = self._monotonic()
         for p in pairs:
             self.stats.paired += 1
             self._pending.append(_Pending(p.stamp_ns, p.color, p.depth, now))
@@ -310,29 +318,42 @@ class CaptureSession:
                 frame = self._parents[frame]
         return min(stamps) if stamps else None
 
-    def _next_ready(self, now_s: float | None, flush: bool) -> _Pending | None:
+    def _next_ready(self, now_s: float | None, flush: bool) -> tuple[_Pending, bool] | None:
+        """The oldest pending frame when it can be decided, and whether it is decided only because
+        the queue is full; None while it waits."""
         if not self._pending:
             return None
         head = self._pending[0]
         horizon = self._tf_horizon_ns()
+        overflow = len(self._pending) > self.config.max_pending
+        # /tf that still moves forward is late, not missing: the timeout counts from its last advance
+        waited_s = None if now_s is None else now_s - max(head.arrival_s, self._tf_advanced_s)
         ready = (
             flush
-            or len(self._pending) > self.config.max_pending
+            or overflow
             # camera_info is waited for like /tf: it may come later than the first images
             or (
                 self._camera is not None
                 and horizon is not None
                 and horizon >= head.stamp_ns + int(self.config.tf_wait_s * 1e9)
             )
-            or (now_s is not None and now_s - head.arrival_s >= self.config.tf_timeout_s)
+            or (waited_s is not None and waited_s >= self.config.tf_timeout_s)
         )
-        return self._pending.pop(0) if ready else None
+        return (self._pending.pop(0), overflow and not flush) if ready else None
 
-    def _decide(self, item: _Pending) -> int:
+    def _decide(self, item: _Pending, overflow: bool = False) -> int:
         try:
             world_from_camera = self.buffer.lookup(self.world_frame, self.camera_frame, item.stamp_ns)
         except TransformError as err:
-            self._drop("no_transform", f"frame at {item.stamp_ns * 1e-9:.3f}s skipped, no pose: {err}")
+            if overflow:  # /tf was still coming: a bigger queue would have kept this frame
+                self._drop(
+                    "queue_full",
+                    f"frame at {item.stamp_ns * 1e-9:.3f}s dropped before its pose arrived: "
+                    f"{self.config.max_pending} frames were already waiting for /tf (max_pending); "
+                    f"/tf lags the images ({err})",
+                )
+            else:
+                self._drop("no_transform", f"frame at {item.stamp_ns * 1e-9:.3f}s skipped, no pose: {err}")
             return 0
         camera = self._camera
         if camera is None:
