@@ -76,6 +76,18 @@ class GraspPlannerConfig:
     fingers that only graze the object's top edge slip off it, metres."""
     contact_band_m: float = 0.006
     """Object points within this of a finger's side of the closing region count as its contacts, metres."""
+    hanging_lever_m: float = 0.08
+    """A grasp farther than this from the object's centre (horizontally) holds an object that hangs
+    from the fingers (a tray by its side): the grip must resist the
+    weight's torque with the finger pads flat on the section, so its closing axis must follow the
+    section's plane (`hanging_alignment_deg`). In physics a tray's 33-degree flared side held in all
+    15 grasps closed along its normal and in none of 24 closed horizontally on the same spots, metres."""
+    hanging_alignment_deg: float = 25.0
+    """Largest angle between such a grasp's closing axis and the normal of the section it closes on
+    (`section_plane_cos`), degrees."""
+    section_half_width_m: float = 0.02
+    """Half width (across the closing line, along the fingers' width) of the section whose plane is
+    fitted, metres."""
     check_approach_sweep: bool = True
     """Also reject grasps whose fingers or palm hit something on the straight path from the pre-grasp."""
 

@@ -118,6 +118,23 @@ def measure_closing(
             "contact_mean_cos": np.minimum(right_mean, left_mean), "ok": ok}
 
 
+def section_plane_cos(
+    local: np.ndarray, widths: np.ndarray, gripper: GripperConfig, config: GraspPlannerConfig
+) -> np.ndarray:
+    """|cos| between each closing axis and the plane of the object section the fingers close on
+    (`local` [B,3,N] in each grasp frame, `widths` [B] the openings): the points between the fingers
+    within `section_half_width_m` of the closing line across (wider than a finger, so that a wall's
+    slope shows through its noise) and along the fingers' length; -1 where there are too few.
+
+    The contact normals come from a few millimetres of a memory's surface; on a thin wall (a tray's
+    8 mm side) they scatter by tens of degrees, while the section, centimetres wide, still shows
+    which way the wall leans."""
+    x, y, z = local[:, 0], local[:, 1], local[:, 2]
+    section = (np.abs(y) <= config.section_half_width_m) & (np.abs(x) <= 0.5 * widths[:, None])
+    section &= (z >= -gripper.tcp_depth_m) & (z <= gripper.finger_length_m - gripper.tcp_depth_m)
+    return _patch_plane_cos(local, section, gripper.finger_width_m)
+
+
 def _centre_cluster_extremes(
     x: np.ndarray, mask: np.ndarray, gap: float, fraction: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -225,6 +225,19 @@ def _evaluate_batch(
         return []
     poses[:, :3, 3] += shift[:, None] * poses[:, :3, 0]                      # centre the fingers on the object
     local[:, 0] -= shift[:, None]
+    # An object hanging from the fingers (held far from its centre) needs the pads flat on the section
+    offset = scene.centre - poses[:, :3, 3]
+    lever = np.linalg.norm(offset - (offset @ scene.up)[:, None] * scene.up, axis=1)   # horizontal
+    flat = np.ones(len(poses), dtype=bool)
+    hanging = np.flatnonzero(lever > config.hanging_lever_m)
+    if len(hanging):
+        section_cos = filters.section_plane_cos(local[hanging], width[hanging], gripper, config)
+        flat[hanging] = section_cos >= np.cos(np.radians(config.hanging_alignment_deg))
+    poses, local, width, open_width, antipodal = (
+        poses[flat], local[flat], width[flat], open_width[flat], antipodal[flat]
+    )
+    if not len(poses):
+        return []
     free, above, clearance = _clear_at(poses, local, width, scene, gripper, config)
     # The same grasps, approached with room to spare where that opening is clear too (the fingers
     # then miss an object whose side the memory placed up to a centimetre off); else with what the
