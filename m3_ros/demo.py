@@ -192,19 +192,19 @@ def _capture(args: argparse.Namespace, run: DemoRun, client: Any) -> None:
     p = run.paths
     with Stage(run.timings, "2/6 capture through ROS (replay -> pose chain -> capture)",
                f"m3 ros-demo replay capture --bag {p.bag} --rate {args.rate} --scene-dir {p.scene_dir}"):  # fmt: skip
-        nodes = NodeProcesses(p.logs)
-        nodes.start(load_group("capture", run.values))
-        client.wait_for_capture(timeout=60.0)
-        nodes.start(load_group("replay", run.values))
-        code = nodes.wait("m3_replay", timeout=args.timeout)
-        if code != 0:
-            raise RuntimeError(f"replay exited with {code}; see {p.logs / 'm3_replay.log'}")
-        # the replay has handed every message over; a loaded capture may still be decoding them
-        missing = client.wait_capture_received(bag_message_counts(p.bag), timeout=args.timeout)
-        if missing:
-            print(f"   WARNING: the capture never received {missing} (messages per topic)")
-        saved = client.save_scene(timeout=60.0)
-        run.exit_codes.update(nodes.stop())
+        with NodeProcesses(p.logs) as nodes:  # stopped on the way out, also on an error
+            nodes.start(load_group("capture", run.values))
+            client.wait_for_capture(timeout=60.0)
+            nodes.start(load_group("replay", run.values))
+            code = nodes.wait("m3_replay", timeout=args.timeout)
+            if code != 0:
+                raise RuntimeError(f"replay exited with {code}; see {p.logs / 'm3_replay.log'}")
+            # the replay has handed every message over; a loaded capture may still be decoding them
+            missing = client.wait_capture_received(bag_message_counts(p.bag), timeout=args.timeout)
+            if missing:
+                print(f"   WARNING: the capture never received {missing} (messages per topic)")
+            saved = client.save_scene(timeout=60.0)
+            run.exit_codes.update(nodes.stop())
         # what the capture received, paired and kept (every frame sent should be received and paired)
         run.capture_stats = load_scene(p.scene_dir).extra.get("capture_stats", {})
         print(f"   capture: {saved.split(';')[0]}")
@@ -243,13 +243,13 @@ def _query(args: argparse.Namespace, run: DemoRun, client: Any) -> None:
                f"ros2 service call /m3/query m3_grasp/srv/Query \"{{text: '{args.query}'}}\""):  # fmt: skip
         run.values["rate"] = "1.0"
         run.values["bag"] = str(run.paths.stance_bag)
-        nodes = NodeProcesses(run.paths.logs)
-        nodes.start(load_group("query", run.values))
-        nodes.start(load_group("replay_loop", run.values))
-        run.answer_arm = client.query(args.query, "arm_base_link", timeout=args.timeout)
-        run.answer_odom = client.query(args.query, "odom", timeout=60.0)
-        run.overlay = client.latest_overlay()
-        run.exit_codes.update(nodes.stop())
+        with NodeProcesses(run.paths.logs) as nodes:
+            nodes.start(load_group("query", run.values))
+            nodes.start(load_group("replay_loop", run.values))
+            run.answer_arm = client.query(args.query, "arm_base_link", timeout=args.timeout)
+            run.answer_odom = client.query(args.query, "odom", timeout=60.0)
+            run.overlay = client.latest_overlay()
+            run.exit_codes.update(nodes.stop())
 
 
 def _ros_stages(args: argparse.Namespace, run: DemoRun) -> None:

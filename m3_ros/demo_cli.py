@@ -9,6 +9,7 @@ from pathlib import Path
 
 from m3_core.errors import M3Error
 from m3_ros.demo import run_demo
+from m3_ros.ros_demo import interrupt_on_termination
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,9 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    interrupt_on_termination()  # SIGTERM / SIGHUP stop the stage's nodes like Ctrl-C
     try:
         return run_demo(args)
     except (RuntimeError, TimeoutError, M3Error, ValueError, subprocess.TimeoutExpired) as err:
         print(f"\nm3 demo failed: {err}\n   node logs: {args.out.absolute() / 'logs'}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: the stage's nodes were stopped on the way out
+        print(f"\nm3 demo interrupted\n   node logs: {args.out.absolute() / 'logs'}", file=sys.stderr)
+        return 130
 

@@ -27,13 +27,39 @@ DUMP_WAIT_S = 2.0
 LOG_TAIL_CHARS = 8000
 
 
+def interrupt_on_termination() -> None:
+    """End this process on SIGTERM and SIGHUP (systemd, docker, a closed terminal) the way Ctrl-C
+    does, with KeyboardInterrupt, so that `with NodeProcesses()` stops its nodes on the way out: the
+    default action killed the launcher alone and left its nodes running, unowned."""
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
+
+
 class NodeProcesses:
-    """A set of running node processes; `stop()` ends them like launch does (SIGINT, then kill)."""
+    """A set of running node processes; `stop()` ends them like launch does (SIGINT, then kill).
+
+    As a context manager it stops whatever still runs when the block ends, also on an error or an
+    interrupt, so that no node outlives the command that started it."""
 
     def __init__(self, log_dir: Path | None = None) -> None:
         self.log_dir = Path(log_dir) if log_dir else None
         self.procs: dict[str, subprocess.Popen] = {}
         self._logs: list = []
+
+    def __enter__(self) -> NodeProcesses:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        running = [name for name, proc in self.procs.items() if proc.poll() is None]
+        if running:
+            log.info("stopping %s", ", ".join(running))
+            self.stop(running)
+        for fh in self._logs:
+            fh.close()
 
     def start(self, specs: list[NodeSpec]) -> None:
         for spec in specs:

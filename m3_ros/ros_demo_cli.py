@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from m3_ros.graph import NodeSpec, graph_argument_specs, graph_arguments, load_group
-from m3_ros.ros_demo import NodeProcesses
+from m3_ros.ros_demo import NodeProcesses, interrupt_on_termination
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,22 +39,23 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:  # a missing required argument, a value of the wrong type
         print(f"m3 ros-demo: {err}", file=sys.stderr)
         return 2
-    nodes = NodeProcesses(args.log_dir)
-    nodes.start(specs)
-    print(f"m3 ros-demo: started {', '.join(nodes.procs)}; Ctrl-C to stop", flush=True)
+    interrupt_on_termination()  # SIGTERM / SIGHUP stop the nodes like Ctrl-C
     codes: dict[str, int] = {}
-    try:
-        while True:
-            done = nodes.exited()
-            if done:
-                codes.update(done)
-                bad = {n: c for n, c in done.items() if c != 0}
-                if bad or len(done) == len(nodes.procs):
-                    break
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        pass
-    codes.update(nodes.stop())
+    with NodeProcesses(args.log_dir) as nodes:
+        try:
+            nodes.start(specs)
+            print(f"m3 ros-demo: started {', '.join(nodes.procs)}; Ctrl-C to stop", flush=True)
+            while True:
+                done = nodes.exited()
+                if done:
+                    codes.update(done)
+                    bad = {n: c for n, c in done.items() if c != 0}
+                    if bad or len(done) == len(nodes.procs):
+                        break
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass
+        codes.update(nodes.stop())
     for name, code in codes.items():
         print(f"  {name}: exit {code}")
     return 0 if all(c == 0 for c in codes.values()) else 1

@@ -3,6 +3,7 @@ m3_ros.spin) before the harness kills it, and the harness waits longer than a no
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -110,3 +111,46 @@ def test_repeated_stops_under_traffic_save_and_exit_0(synthetic_bag, ros_env, tm
         assert run.code == 0 and run.final_save, where
         assert run.saved == run.kept >= 1, where
         assert run.others == {"replay": 0, "pose_chain": 0}, where
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(") ", 1)[1][:1] not in ("Z", "X")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find child processes")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_terminated_ros_demo_stops_its_nodes(ros_env, tmp_path, sig):
+    """SIGTERM (systemd, docker) to `m3 ros-demo` killed the launcher alone: its capture and pose-chain
+    nodes were still running, unowned, 50 minutes later. It must stop them as Ctrl-C does."""
+    import subprocess
+
+    logs = tmp_path / "logs"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "m3_ros.cli", "ros-demo", "capture", "--scene-dir", str(tmp_path / "scene"),
+         "--log-dir", str(logs)],
+        env=ros_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    nodes: list[int] = []
+    try:
+        def up() -> bool:
+            assert launcher.poll() is None, launcher.stdout.read()
+            log = logs / "m3_capture.log"
+            return log.exists() and "capturing" in log.read_text()
+
+        wait_until(up, 120, what="the capture node to start")
+        nodes = _children(launcher.pid)
+        assert len(nodes) == 2, nodes  # pose chain + capture
+        launcher.send_signal(sig)
+        out, _ = launcher.communicate(timeout=120)
+        assert "m3_capture: exit" in out and "m3_pose_chain: exit" in out, out
+        wait_until(lambda: not any(_alive(p) for p in nodes), 30, what="the nodes to exit")
+    finally:
+        for pid in [launcher.pid, *nodes]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
