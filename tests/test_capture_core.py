@@ -250,6 +250,22 @@ def test_a_late_tf_that_keeps_coming_is_waited_for_past_the_timeout(tmp_path):
     assert session.poll(now_s=clock[0] + 1.0) == 0 and session.stats.dropped["no_transform"] == 1
 
 
+def test_a_stopped_tf_stream_times_out_although_another_goes_on(tmp_path):
+    """Odometry keeps coming while the arm's stream stopped: the poses do not advance, so frames
+    are given up tf_timeout_s after they arrived (not kept until the queue overflows)."""
+    clock = [100.0]
+    session = make_session(tmp_path, monotonic=lambda: clock[0], tf_timeout_s=1.0)
+    session.add_transform("arm", CAM, np.eye(4), 0, static=True)
+    session.add_transform("lidar_link", "arm", np.eye(4), 0)  # the arm's stream: one sample, then silence
+    session.add_transform("odom", "lidar_link", pose(0.0), 0)
+    feed_frame(session, S)
+    for k in range(1, 4):
+        clock[0] += 0.5
+        session.add_transform("odom", "lidar_link", pose(0.1 * k), k * S)
+        session.poll(now_s=clock[0])
+    assert session.stats.dropped["no_transform"] == 1 and session.pending == 0
+
+
 def test_a_full_pending_queue_drops_as_queue_full_and_says_why(tmp_path):
     session = make_session(tmp_path, max_pending=2)
     session.add_transform("odom", "lidar_link", pose(0.0), 0)

@@ -177,7 +177,8 @@ class CaptureSession:
         self._parents: dict[str, str] = {}  # child -> parent of every edge seen
         self._newest_edge_ns: dict[str, int] = {}  # child -> newest stamp of a dynamic edge
         self._monotonic = monotonic  # wall clock of arrivals; poll(now_s=...) must use the same one
-        self._tf_advanced_s = float("-inf")  # when a dynamic /tf edge last moved forward
+        self._horizon_ns = -1  # newest stamp every dynamic edge between world and camera has reached
+        self._tf_advanced_s = float("-inf")  # when that horizon last moved forward
         self._clock = ClockJumpDetector(int(config.clock_jump_s * 1e9))
         self._lock = threading.Lock()  # inputs vs. poll; poll itself runs in one thread at a time
         self._decide_lock = threading.Lock()
@@ -208,7 +209,12 @@ class CaptureSession:
                 self._newest_edge_ns.pop(child, None)
             elif stamp_ns > self._newest_edge_ns.get(child, -1):
                 self._newest_edge_ns[child] = stamp_ns
-                self._tf_advanced_s = self._monotonic()
+                # the poses advance when the slowest edge of the chain does (one stream that stopped
+                # while another goes on is missing, not late)
+                horizon = self._tf_horizon_ns()
+                if horizon is not None and horizon > self._horizon_ns:
+                    self._horizon_ns = horizon
+                    self._tf_advanced_s = self._monotonic()
 
     def add_color(self, stamp_ns: int, array: np.ndarray, encoding: str) -> None:
         with self._lock:
