@@ -119,8 +119,15 @@ def test_cpu_losses_match_the_earlier_step(small_scene, mode: str) -> None:  # n
         logs = trainer.step()
         got.append([float(logs[k]) for k in ("loss", "rgb", "depth", "language", "clip")] + [logs["n"]])
     want = torch.tensor([row[:5] for row in recorded], dtype=torch.float64)
-    torch.testing.assert_close(torch.tensor([row[:5] for row in got], dtype=torch.float64), want,
-                               rtol=1e-6, atol=1e-7)  # fmt: skip
+    got_t = torch.tensor([row[:5] for row in got], dtype=torch.float64)
+    # Since the compiled CPU kernels (m3_core/render/cpu_kernels.py: float64 scalars inside) and
+    # fused Adam on the CPU the step rounds differently from the recorded one: within 2e-6 before
+    # the first densification (step 4 in full mode). After it, the split Gaussians start with zero
+    # Adam moments and gradients near zero, where eps=1e-15 turns a rounding difference into a
+    # different step (up to 6e-4 here; the recorded AVX-512 and scalar figures differ by 7e-5 there).
+    before = 3 if mode == "full" else 8
+    torch.testing.assert_close(got_t[:before], want[:before], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(got_t[before:], want[before:], rtol=2e-3, atol=1e-6)
     assert [row[5] for row in got] == [row[5] for row in recorded]
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from m3_core.render import cpu_kernels
 from m3_core.render.projection import (
     ALPHA_THRESHOLD,
     EPS2D,
@@ -97,8 +98,10 @@ def rasterize_torch(
     # densification statistics.
     proj.means2d = proj.means2d.unsqueeze(0)
     # Per-Gaussian values gathered per candidate: x, y, conic a/b/c, opacity.
-    packed = torch.cat([proj.means2d[0], proj.conics, opacities[:, None]], dim=-1)[active]
-    feats = torch.cat([features, proj.depths[:, None]], dim=-1)[active]  # depth rides as a channel
+    # index_select, not [active]: its backward is an index_add, advanced indexing's an index_put
+    # that sorts (3.7 ms of a ~70 ms CPU step); `active` has no repeats, so the sums are the same.
+    packed = torch.cat([proj.means2d[0], proj.conics, opacities[:, None]], dim=-1).index_select(0, active)
+    feats = torch.cat([features, proj.depths[:, None]], dim=-1).index_select(0, active)  # depth as a channel
     if (
         TILE_COMPOSITE
         and full_image
@@ -180,6 +183,8 @@ def _tile_candidates(
     lookup = torch.full((tiles_w * tiles_h,), -1, dtype=torch.long, device=device)
     lookup[uniq] = torch.arange(len(uniq), device=device)
 
+    if device.type == "cpu" and cpu_kernels.available():
+        return pix_tile, cpu_kernels.tile_table(tx0, tx1, ty0, ty1, lookup, tiles_w, len(uniq))
     # Enumerate each Gaussian's tile rectangle (row-major), keep the tiles some pixel lies in.
     nx, ny = tx1 - tx0, ty1 - ty0
     n_tiles = nx * ny
@@ -210,7 +215,15 @@ def _composite(
     packed: Tensor, feats: Tensor, xy: Tensor, pix_tile: Tensor, table: Tensor
 ) -> tuple[Tensor, Tensor]:
     """Front-to-back compositing -> (features [P,C+1], final transmittance T [P]); differentiable in
-    packed [A,6] (x, y, conic a/b/c, opacity) and feats [A,C+1]."""
+    packed [A,6] (x, y, conic a/b/c, opacity) and feats [A,C+1]. On the CPU the compiled per-pixel
+    loops of cpu_kernels when numba is installed, else the tensor form."""
+    if (
+        packed.device.type == "cpu"
+        and feats.dtype in (torch.float32, torch.float64)
+        and cpu_kernels.available()
+    ):
+        rules = (T_MIN, MAX_ALPHA, ALPHA_THRESHOLD)
+        return cpu_kernels.CompositeCPU.apply(packed, feats, xy.detach(), pix_tile, table, rules)
     return _Composite.apply(packed, feats, xy.detach(), pix_tile, table)
 
 

@@ -314,11 +314,12 @@ class Trainer:
             self.heads, self.gaussians.query_slices, config.depth_weight, config.feature_weight
         )
         self.full_image_loss = self._full_image_loss(config.compile_loss)
-        # Fused Adam on CUDA: one kernel per parameter group instead of ~7 per parameter.
+        # Fused Adam: one kernel per parameter group instead of ~7 per parameter (on the CPU too:
+        # a third of the single-tensor update's time over ~50k Gaussians).
         self.optimizer = torch.optim.Adam(
             _param_groups(self.gaussians, self.heads, config.optim, self.scale),
             eps=1e-15,
-            fused=device.type == "cuda" or None,
+            fused=device.type in ("cuda", "cpu") or None,
         )
         self.densifier = Densifier(self._densify_config(), self.scale, seed=config.seed)
         self.features_meta = {
