@@ -98,5 +98,10 @@ log "installing m3_core / m3_ros (editable)"
 
 "$venv/bin/python" -c 'import m3_grasp.srv, m3_grasp.msg, tf2_msgs.msg, m3_core, m3_ros' ||
   { echo "m3 setup: the environment does not import; see messages above" >&2; exit 1; }
+# numba compiles the CPU training kernels on first use (~30 s on 2 cores) and caches them; do it
+# here, once per install, rather than in the first training (docs/install.md)
+log "compiling the CPU training kernels (numba; cached for later processes)"
+"$venv/bin/python" -c 'from m3_core.render.torch_backend import warm_up_cpu_kernels as w; w()' ||
+  log "could not compile the CPU training kernels now; training will compile them on first use"
 echo "$stamp" > "$stamp_file"
 log "ready: $venv"

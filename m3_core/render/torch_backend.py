@@ -433,3 +433,24 @@ def _segment_last(values: Tensor, segments: Tensor, n: int) -> Tensor:
         last[:-1] = segments[1:] != segments[:-1]
         out[segments[last]] = values[last]
     return out
+
+
+def warm_up_cpu_kernels() -> bool:
+    """Compile (or load from numba's cache) the CPU kernels for float32 training by rendering and
+    differentiating a few pixels of a tiny scene; False when numba is not installed. The set-up
+    script calls this, so that the first training after install does not pay the compilation."""
+    if not cpu_kernels.available():
+        return False
+    g = torch.Generator().manual_seed(0)
+    n = 32
+    leaves = [
+        ((torch.rand(n, 3, generator=g) - 0.5) + torch.tensor([0.0, 0.0, 2.0])).requires_grad_(),
+        torch.randn(n, 4, generator=g).requires_grad_(),
+        (0.05 + 0.1 * torch.rand(n, 3, generator=g)).requires_grad_(),
+        torch.rand(n, generator=g).requires_grad_(),
+        torch.rand(n, 4, generator=g).requires_grad_(),
+    ]
+    xy = torch.rand(16, 2, generator=g) * 32.0
+    feat, depth, alpha, _ = rasterize_torch(*leaves, torch.eye(4), 30.0, 30.0, 16.0, 16.0, 32, 32, pixels_xy=xy)
+    (feat.sum() + depth.sum() + alpha.sum()).backward()
+    return True
