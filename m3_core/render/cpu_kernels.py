@@ -126,9 +126,9 @@ if numba is not None:
 
 
     @njit(cache=True)
-    def _scan_intersections(tx0, tx1, ty0, ty1, lookup, tiles_w, cursor, table):
+    def _scan_intersections(tx0, tx1, ty0, ty1, lookup, tiles_w, ids, cursor, table):
         """Each (used tile, Gaussian) intersection in Gaussian order: counted per row into cursor
-        when table is empty, else written at table[row, cursor[row]] (cursor then advances)."""
+        when table is empty, else the Gaussian's id written at table[row, cursor[row]]."""
         count_only = table.shape[0] == 0
         for a in range(tx0.shape[0]):
             for ty in range(ty0[a], ty1[a]):
@@ -136,17 +136,17 @@ if numba is not None:
                     row = lookup[ty * tiles_w + tx]
                     if row >= 0:
                         if not count_only:
-                            table[row, cursor[row]] = a
+                            table[row, cursor[row]] = ids[a]
                         cursor[row] += 1
 
     @njit(cache=True)
-    def _tile_table(tx0, tx1, ty0, ty1, lookup, tiles_w, n_rows):
+    def _tile_table(tx0, tx1, ty0, ty1, lookup, tiles_w, n_rows, ids):
         # Counting sort of the intersections by tile: Gaussians are visited in their (depth) order,
         # so each row comes out depth-ordered without a sort.
         counts = np.zeros(n_rows, np.int64)
-        _scan_intersections(tx0, tx1, ty0, ty1, lookup, tiles_w, counts, np.empty((0, 1), np.int64))
+        _scan_intersections(tx0, tx1, ty0, ty1, lookup, tiles_w, ids, counts, np.empty((0, 1), np.int64))
         table = np.full((n_rows, max(1, counts.max()) if n_rows else 1), -1, np.int64)
-        _scan_intersections(tx0, tx1, ty0, ty1, lookup, tiles_w, np.zeros(n_rows, np.int64), table)
+        _scan_intersections(tx0, tx1, ty0, ty1, lookup, tiles_w, ids, np.zeros(n_rows, np.int64), table)
         return table
 
     # The projection below works on scalars and tuples only: a small numpy array per Gaussian is a
@@ -305,12 +305,14 @@ if numba is not None:
             _project_vjp_one(i, means, quats, scales, R, t, cam, eps2d, g_m2d, g_con, g_z, g_means, g_quats, g_scales)
 
 
-def tile_table(tx0: Tensor, tx1: Tensor, ty0: Tensor, ty1: Tensor, lookup: Tensor, tiles_w: int, n_rows: int) -> Tensor:
-    """Candidate table [n_rows, K] (-1 pads) of the Gaussians (indices in the order given, i.e. by
-    depth) whose tile rectangle [tx0, tx1) x [ty0, ty1) covers each used tile (lookup: tile -> row or
-    -1); what torch_backend._tile_candidates builds with a stable sort."""
-    arrays = (_np(t.to(torch.int64)) for t in (tx0, tx1, ty0, ty1, lookup))
-    return torch.from_numpy(_tile_table(*arrays, int(tiles_w), int(n_rows)))
+def tile_table(
+    tx0: Tensor, tx1: Tensor, ty0: Tensor, ty1: Tensor, lookup: Tensor, tiles_w: int, n_rows: int, ids: Tensor
+) -> Tensor:
+    """Candidate table [n_rows, K] (-1 pads): per used tile (lookup: tile -> row or -1) the ids[a] of
+    the Gaussians a (in the order given, i.e. by depth) whose tile rectangle [tx0, tx1) x [ty0, ty1)
+    covers it; what torch_backend._tile_candidates builds with a stable sort."""
+    arrays = [_np(t.to(torch.int64)) for t in (tx0, tx1, ty0, ty1, lookup)]
+    return torch.from_numpy(_tile_table(*arrays, int(tiles_w), int(n_rows), _np(ids.to(torch.int64))))
 
 
 class ProjectCPU(torch.autograd.Function):
@@ -348,7 +350,8 @@ class ProjectCPU(torch.autograd.Function):
 
 class CompositeCPU(torch.autograd.Function):
     """`_Composite` of the torch backend as compiled per-pixel loops: (features [P,C+1], final
-    transmittance T [P]), differentiable in packed [A,6] (x, y, conic a/b/c, opacity) and feats."""
+    transmittance T [P]), differentiable in packed [N,6] (x, y, conic a/b/c, opacity) and feats
+    [N,C+1]; the table's entries index their rows directly (no gather of the visible ones)."""
 
     @staticmethod
     def forward(ctx, packed: Tensor, feats: Tensor, xy: Tensor, pix_tile: Tensor, table: Tensor, rules: tuple):

@@ -91,26 +91,34 @@ def rasterize_torch(
     # Active Gaussians in depth order with their tile ranges (gsplat's intersect_tile arithmetic).
     active = ((proj.radii[:, 0] > 0) & (proj.radii[:, 1] > 0)).nonzero().squeeze(1)
     active = active[torch.argsort(proj.depths.detach()[active], stable=True)]
-    with torch.no_grad():
-        pix_tile, table = _tile_candidates(proj, active, pixels_xy.detach(), width, height, tile_size)
 
     # means2d as [1,N,2] (gsplat's meta shape) inside the graph: callers may retain_grad() it for
     # densification statistics.
     proj.means2d = proj.means2d.unsqueeze(0)
-    # Per-Gaussian values gathered per candidate: x, y, conic a/b/c, opacity.
-    # index_select, not [active]: its backward is an index_add, advanced indexing's an index_put
-    # that sorts (3.7 ms of a ~70 ms CPU step); `active` has no repeats, so the sums are the same.
-    packed = torch.cat([proj.means2d[0], proj.conics, opacities[:, None]], dim=-1).index_select(0, active)
-    feats = torch.cat([features, proj.depths[:, None]], dim=-1).index_select(0, active)  # depth as a channel
-    if (
-        TILE_COMPOSITE
-        and full_image
-        and not (torch.is_grad_enabled() and (packed.requires_grad or feats.requires_grad))
-    ):
-        # A full image without gradients (queries, evaluation): tile by tile, 8x cheaper gathers.
-        out_feat, T = _composite_tiles(packed.detach(), feats.detach(), table, width, height, tile_size)
+    # Per-Gaussian values per candidate: x, y, conic a/b/c, opacity; features with depth as a channel.
+    packed = torch.cat([proj.means2d[0], proj.conics, opacities[:, None]], dim=-1)
+    feats = torch.cat([features, proj.depths[:, None]], dim=-1)
+    grad = torch.is_grad_enabled() and (packed.requires_grad or feats.requires_grad)
+    tiles = TILE_COMPOSITE and full_image and not grad
+    # The compiled loops read all N Gaussians through a table of their own indices: no gather of
+    # the active ones and no scatter of its gradient back (a tenth of a CPU training step).
+    compiled = not tiles and device.type == "cpu" and dtype in (torch.float32, torch.float64) and cpu_kernels.available()
+    with torch.no_grad():
+        pix_tile, table = _tile_candidates(
+            proj, active, pixels_xy.detach(), width, height, tile_size, global_ids=compiled
+        )
+    if compiled:
+        rules = (T_MIN, MAX_ALPHA, ALPHA_THRESHOLD)
+        out_feat, T = cpu_kernels.CompositeCPU.apply(packed, feats, pixels_xy.detach(), pix_tile, table, rules)
     else:
-        out_feat, T = _composite(packed, feats, pixels_xy, pix_tile, table)
+        # index_select, not [active]: its backward is an index_add, advanced indexing's an index_put
+        # that sorts; `active` has no repeats, so the sums are the same.
+        packed, feats = packed.index_select(0, active), feats.index_select(0, active)
+        if tiles:
+            # A full image without gradients (queries, evaluation): tile by tile, 8x cheaper gathers.
+            out_feat, T = _composite_tiles(packed.detach(), feats.detach(), table, width, height, tile_size)
+        else:
+            out_feat, T = _Composite.apply(packed, feats, pixels_xy.detach(), pix_tile, table)
     alpha = 1.0 - T
     depth = out_feat[:, C] / alpha.clamp(min=1e-10)
     return out_feat[:, :C], depth, alpha, proj
@@ -163,15 +171,17 @@ def _scatter_projection(sub: Projected, keep: Tensor, n: int) -> Projected:
 
 
 def _tile_candidates(
-    proj: Projected, active: Tensor, xy: Tensor, width: int, height: int, tile_size: int
-) -> tuple[Tensor, Tensor]:
+    proj: Projected, active: Tensor, xy: Tensor, width: int, height: int, tile_size: int,
+    global_ids: bool = False,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
     """Per pixel its tile's row in a candidate table [T,K] of depth-ordered indices into `active`
-    (-1 pads), built from (tile, Gaussian) intersections restricted to the tiles the pixels use."""
+    (-1 pads), built from (tile, Gaussian) intersections restricted to the tiles the pixels use.
+    global_ids: the table holds the Gaussians' own indices (active[i]) instead."""
     device, dtype = xy.device, xy.dtype
     tiles_w = (width + tile_size - 1) // tile_size
     tiles_h = (height + tile_size - 1) // tile_size
     # 1-D index_select throughout: the same gathers as advanced indexing, several times faster on CPU.
-    m2 = proj.means2d.detach().index_select(0, active) / tile_size
+    m2 = proj.means2d.detach().reshape(-1, 2).index_select(0, active) / tile_size  # [N,2] or [1,N,2]
     r = proj.radii.index_select(0, active).to(dtype) / tile_size
     tx0 = torch.floor(m2[:, 0] - r[:, 0]).clamp(0, tiles_w).long()
     tx1 = torch.ceil(m2[:, 0] + r[:, 0]).clamp(0, tiles_w).long()
@@ -184,7 +194,8 @@ def _tile_candidates(
     lookup[uniq] = torch.arange(len(uniq), device=device)
 
     if device.type == "cpu" and cpu_kernels.available():
-        return pix_tile, cpu_kernels.tile_table(tx0, tx1, ty0, ty1, lookup, tiles_w, len(uniq))
+        ids = active if global_ids else torch.arange(len(active))
+        return pix_tile, cpu_kernels.tile_table(tx0, tx1, ty0, ty1, lookup, tiles_w, len(uniq), ids)
     # Enumerate each Gaussian's tile rectangle (row-major), keep the tiles some pixel lies in.
     nx, ny = tx1 - tx0, ty1 - ty0
     n_tiles = nx * ny
@@ -207,24 +218,8 @@ def _tile_candidates(
     offsets = torch.cumsum(counts, 0) - counts
     table = torch.full((len(uniq), K), -1, dtype=torch.long, device=device)
     slot = row * K + torch.arange(len(row), device=device) - offsets.index_select(0, row)
-    table.view(-1).index_copy_(0, slot, gauss)
+    table.view(-1).index_copy_(0, slot, active.index_select(0, gauss) if global_ids else gauss)
     return pix_tile, table
-
-
-def _composite(
-    packed: Tensor, feats: Tensor, xy: Tensor, pix_tile: Tensor, table: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Front-to-back compositing -> (features [P,C+1], final transmittance T [P]); differentiable in
-    packed [A,6] (x, y, conic a/b/c, opacity) and feats [A,C+1]. On the CPU the compiled per-pixel
-    loops of cpu_kernels when numba is installed, else the tensor form."""
-    if (
-        packed.device.type == "cpu"
-        and feats.dtype in (torch.float32, torch.float64)
-        and cpu_kernels.available()
-    ):
-        rules = (T_MIN, MAX_ALPHA, ALPHA_THRESHOLD)
-        return cpu_kernels.CompositeCPU.apply(packed, feats, xy.detach(), pix_tile, table, rules)
-    return _Composite.apply(packed, feats, xy.detach(), pix_tile, table)
 
 
 class _Composite(torch.autograd.Function):
