@@ -1,4 +1,5 @@
-"""The CPU training path's hot loops, compiled with numba: projection, tile table, compositing.
+"""The CPU training path's hot loops, compiled with numba: projection, tile table, compositing
+(and the bilinear sampling of the feature grids at the step's points).
 
 CPU training renders ~2600 chosen pixels a step against ~50k Gaussians. As whole-tensor PyTorch
 operations (torch_backend's reference forms) that step was ~70 ms on 2 cores, most of it in three
@@ -303,6 +304,34 @@ if numba is not None:
     def _project_vjp(means, quats, scales, R, t, cam, eps2d, g_m2d, g_con, g_z, g_means, g_quats, g_scales):
         for i in prange(means.shape[0]):
             _project_vjp_one(i, means, quats, scales, R, t, cam, eps2d, g_m2d, g_con, g_z, g_means, g_quats, g_scales)
+
+
+    @njit(parallel=True, cache=True)
+    def _bilinear_points(grid, rows, cols, H, W, out):
+        h, w = grid.shape[0], grid.shape[1]
+        for p in prange(rows.shape[0]):
+            # grid_sample's bilinear, align_corners=False, border padding: cell centres at
+            # (i + 0.5) * W / w - 0.5 in pixels, coordinates clipped to the outermost centres
+            x = min(max((cols[p] + 0.5) * w / W - 0.5, 0.0), w - 1.0)
+            y = min(max((rows[p] + 0.5) * h / H - 0.5, 0.0), h - 1.0)
+            x0, y0 = int(math.floor(x)), int(math.floor(y))
+            x1, y1 = min(x0 + 1, w - 1), min(y0 + 1, h - 1)
+            fx, fy = x - x0, y - y0
+            w00, w01, w10, w11 = (1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy
+            for c in range(grid.shape[2]):
+                out[p, c] = w00 * grid[y0, x0, c] + w01 * grid[y0, x1, c] + w10 * grid[y1, x0, c] + w11 * grid[y1, x1, c]
+
+
+def bilinear_points(grid_hwc: Tensor, pixels: Tensor, image_hw: tuple[int, int]) -> Tensor:
+    """Bilinear samples [P, C] of a feature grid [h, w, C] (row-major, channels last) at pixels
+    [P, 2] (row, col) of an image of size image_hw: grid_sample(mode="bilinear", padding_mode="border",
+    align_corners=False) of the same grid, as one loop (the CPU training step samples a 385-channel
+    grid at 2000 points; grid_sample took ~4 ms of a ~45 ms step)."""
+    grid = _np(grid_hwc)
+    out = np.empty((pixels.shape[0], grid.shape[2]), dtype=grid.dtype)
+    rows, cols = (_np(pixels[:, i].to(torch.float64)) for i in (0, 1))
+    _bilinear_points(grid, rows, cols, int(image_hw[0]), int(image_hw[1]), out)
+    return torch.from_numpy(out)
 
 
 def tile_table(

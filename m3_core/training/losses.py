@@ -16,6 +16,8 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F  # noqa: N812 (the usual name)
 
+from m3_core.render import cpu_kernels
+
 RGB_L1_WEIGHT = 0.8
 RGB_DSSIM_WEIGHT = 0.2
 
@@ -125,6 +127,11 @@ def sample_prepared_grid(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """sample_grid on a grid already passed through prepare_grid."""
     H, W = image_hw
+    hwc = prepared[0].permute(1, 2, 0)  # prepare_grid's CPU layout: [h, w, d + 1] in memory
+    if prepared.device.type == "cpu" and hwc.is_contiguous() and cpu_kernels.available():
+        out = cpu_kernels.bilinear_points(hwc, pixels, image_hw)
+        weight = out[:, -1]
+        return out[:, :-1] / weight.clamp_min(1e-6)[:, None], weight >= 0.5
     rows, cols = pixels[:, 0].float(), pixels[:, 1].float()
     # grid_sample with align_corners=False: -1 is the left edge of cell 0 and of pixel 0 alike
     gx = (cols + 0.5) / W * 2 - 1
