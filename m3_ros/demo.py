@@ -108,6 +108,15 @@ def bag_message_counts(bag: Path) -> dict[str, int]:
     return dict(counts)
 
 
+def image_counts(counts: dict[str, int]) -> dict[str, int]:
+    """The image streams of a bag's per-topic counts: what the capture must have taken in before its
+    scene is saved. Camera info repeats with every frame and only its first matters; a loaded
+    capture node that lost one of 300 (a full reliable KEEP_LAST queue) made the demo wait its whole
+    stall timeout (60 s) for it."""
+    topics = load_robot_config().topics
+    return {t: n for t, n in counts.items() if t in (topics.color, topics.depth)}
+
+
 def _m3(args: list[str], timeout: float) -> None:
     """Run an `m3` subcommand as a child process (what a user would type), failing loudly."""
     cmd = [sys.executable, *SAFE_PATH_FLAGS, "-m", "m3_ros.cli", *args]
@@ -200,7 +209,7 @@ def _capture(args: argparse.Namespace, run: DemoRun, client: Any) -> None:
             if code != 0:
                 raise RuntimeError(f"replay exited with {code}; see {p.logs / 'm3_replay.log'}")
             # the replay has handed every message over; a loaded capture may still be decoding them
-            missing = client.wait_capture_received(bag_message_counts(p.bag), timeout=args.timeout)
+            missing = client.wait_capture_received(image_counts(bag_message_counts(p.bag)), timeout=args.timeout)
             if missing:
                 print(f"   WARNING: the capture never received {missing} (messages per topic)")
             saved = client.save_scene(timeout=60.0)

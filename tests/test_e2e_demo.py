@@ -62,3 +62,19 @@ def test_demo_says_when_the_object_is_beyond_the_arms_reach():
     far = _reach_hint([0.789, -0.026, 0.061])
     assert "0.79 m from the arm base" in far and f"{arm.reach_m:.2f} m" in far
     assert _reach_hint([arm.reach_m - arm.flange_from_grasp_m - 0.01, 0.0, 0.0]) == ""
+
+
+def test_demo_waits_for_the_image_streams_only(tmp_path):
+    """Before saving the scene the demo waits until the capture node has taken in what the replay
+    sent. It waits for the colour and depth streams of the simulated bag, not for its camera info:
+    a capture node under load that lost one CameraInfo of 300 (it repeats with every frame) made the
+    demo wait out its whole stall timeout (60 s) for it."""
+    from m3_core.robot import load_robot_config
+    from m3_ros.demo import bag_message_counts, image_counts
+    from tests.conftest_sim import make_tiny
+
+    make_tiny(tmp_path / "bag", frames=4, size=(64, 48))
+    counts = bag_message_counts(tmp_path / "bag")
+    topics = load_robot_config().topics
+    assert counts[topics.camera_info] == 4 and counts[topics.odometry] > 0
+    assert image_counts(counts) == {topics.color: 4, topics.depth: 4}
