@@ -45,6 +45,11 @@ def available() -> bool:
     return ENABLED and numba is not None
 
 
+def runs_on(t: Tensor) -> bool:
+    """Whether the kernels take tensors like t: on the CPU, float32 or float64, kernels available."""
+    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and available()
+
+
 if numba is not None:
 
     @njit(cache=True)

@@ -71,12 +71,7 @@ def project_gaussians(
     R = camera_from_world[:3, :3]
     t = camera_from_world[:3, 3]
     lims = view_direction_limits(fx, fy, cx, cy, width, height)
-    compiled = (
-        means.device.type == "cpu"
-        and means.dtype in (torch.float32, torch.float64)
-        and not (camera_from_world.requires_grad and torch.is_grad_enabled())
-        and cpu_kernels.available()
-    )
+    compiled = cpu_kernels.runs_on(means) and not (camera_from_world.requires_grad and torch.is_grad_enabled())
     if compiled:
         means2d, conics, z, a, c, det = cpu_kernels.ProjectCPU.apply(
             means, quats, scales, R.detach(), t.detach(), (fx, fy, cx, cy), lims, eps2d

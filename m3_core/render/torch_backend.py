@@ -102,7 +102,7 @@ def rasterize_torch(
     tiles = TILE_COMPOSITE and full_image and not grad
     # The compiled loops read all N Gaussians through a table of their own indices: no gather of
     # the active ones and no scatter of its gradient back (a tenth of a CPU training step).
-    compiled = not tiles and device.type == "cpu" and dtype in (torch.float32, torch.float64) and cpu_kernels.available()
+    compiled = not tiles and cpu_kernels.runs_on(feats)
     with torch.no_grad():
         pix_tile, table = _tile_candidates(
             proj, active, pixels_xy.detach(), width, height, tile_size, global_ids=compiled
