@@ -30,6 +30,13 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+# Absent objects: plain names, and ones that share a colour with a built-in object (the sentence
+# model's similarity of a short caption is dominated by its colour: "a yellow ball" once answered
+# with the duck, "a grey box" with the tray).
+ABSENT = (
+    "banana", "laptop", "a yellow ball", "a yellow sponge", "a red apple", "a red can", "a grey box",
+    "a brown dog", "a blue pen",
+)  # fmt: skip
 sys.path.insert(0, str(REPO))
 
 from m3_core.grasp.types import Grasp  # noqa: E402
@@ -351,7 +358,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--scene", type=Path, default=None, help="scene directory (default: the manifest's)")
     ap.add_argument("--views", type=int, default=3, help="views per object (best GT mask area)")
     ap.add_argument("--synonyms", type=int, default=2, help="synonyms per object besides the name")
-    ap.add_argument("--absent", nargs="*", default=["banana", "laptop"], help="objects not in the scene")
+    ap.add_argument(
+        "--absent", nargs="*", default=list(ABSENT), help="objects not in the scene (default: %(default)s)"
+    )
     ap.add_argument("--tries", type=int, default=12, help="part grasps tried per object (--ground-truth)")
     ap.add_argument("--width", type=int, default=320, help="query render width")
     ap.add_argument("--device", default="cpu")

@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from m3_core.geometry import PinholeCamera  # noqa: E402
 from m3_core.query import QueryConfig, QueryEngine, TextEmbeddingTable, View, background_caption  # noqa: E402
+from m3_core.query.phrases import query_forms  # noqa: E402
 from m3_core.render import torch_backend  # noqa: E402
 
 ENGINES = {
@@ -116,7 +117,8 @@ def make_views(args, memory) -> None:
             kept += any(hits)
     args.views.parent.mkdir(parents=True, exist_ok=True)
     args.views.write_text(json.dumps({"memory_scene": str(args.make), "views": entries}, indent=1) + "\n")
-    texts = sorted({e["text"] for e in entries} | set(engine.config.negatives))
+    forms = {f for e in entries for f in query_forms(e["text"], engine.config.attribute_words)}
+    texts = sorted(forms | set(engine.config.negatives))
     background = background_caption(memory, args.model)
     engine.embed(args.model, texts + ([background] if background else []))
     table = TextEmbeddingTable()

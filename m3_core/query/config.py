@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from m3_core.query.phrases import COLOUR_WORDS
+
 CANONICAL_NEGATIVES: tuple[str, ...] = ("object", "things", "stuff", "texture")
 
 # model -> (relevance_threshold, min_similarity) used when the config leaves them None.
@@ -38,6 +40,9 @@ class QueryConfig:
 
     negatives: tuple[str, ...] = CANONICAL_NEGATIVES
     """Canonical phrases the query competes against (LERF pairwise softmax); () = plain cosine."""
+    attribute_words: tuple[str, ...] = COLOUR_WORDS
+    """Words a match must do without: relevant pixels must also match the query without them ("a
+    red apple" must match "apple" too, not only the red mug; m3_core/query/phrases.py). () = off."""
     temperature: float = 0.1
     """Softmax temperature on cosine similarities (LERF uses 0.1, i.e. a factor of 10)."""
     relevance_threshold: float | None = None
@@ -199,6 +204,8 @@ class QueryConfig:
             raise ValueError(f"render size must be >= 0, got {self.render_width}x{self.render_height}")
         if any(not isinstance(n, str) or not n.strip() for n in self.negatives):
             raise ValueError(f"negatives must be non-empty strings, got {self.negatives!r}")
+        if any(not isinstance(w, str) or len(w.split()) != 1 for w in self.attribute_words):
+            raise ValueError(f"attribute_words must be single words, got {self.attribute_words!r}")
         if len(self.world_up) != 3:
             raise ValueError(f"world_up must be 3 numbers, got {self.world_up!r}")
         if not 0.0 <= self.extent_percentile < 50.0:

@@ -44,7 +44,8 @@ from m3_core.query.instances import (
     rejection_reason,
     split_instances,
 )
-from m3_core.query.relevance import relevance_from_products, text_directions
+from m3_core.query.phrases import query_forms
+from m3_core.query.relevance import form_count, relevance_from_products, text_directions
 from m3_core.query.result import QueryResult
 from m3_core.query.target import ObjectEstimate, estimate_object
 from m3_core.query.text_table import TextEmbeddingTable
@@ -75,9 +76,9 @@ class EncodedQuery:
     text: str
     model: str
     config: QueryConfig
-    text_emb: torch.Tensor  # [d]
+    text_emb: torch.Tensor  # [m, d]: the text and its other forms (phrases.query_forms)
     negatives_emb: torch.Tensor | None  # [k, d]
-    directions: torch.Tensor | None = None  # [1 + k, d] unit query + negatives, on the engine's device
+    directions: torch.Tensor | None = None  # [m + k, d] unit forms + negatives, on the engine's device
 
 
 def validate_text(text: Any, max_chars: int) -> str:
@@ -199,8 +200,8 @@ class QueryEngine:
         if background and background not in negatives:
             negatives.append(background)
         negatives_emb = self.embed(model, negatives) if negatives else None
-        text_emb = self.embed(model, [text])[0]
-        key = (model, text, tuple(negatives))
+        text_emb = self.embed(model, query_forms(text, config.attribute_words))
+        key = (model, text, tuple(negatives), config.attribute_words)
         if key not in self._directions:
             self._directions[key] = text_directions(text_emb, negatives_emb).to(self.device)
         self._directions.move_to_end(key)
@@ -256,7 +257,7 @@ class QueryEngine:
                 else text_directions(enc.text_emb, enc.negatives_emb)
             )
             dots, norms = self.memory.feature_products(enc.model, queries, directions.to(queries.device))
-            rel, sim = relevance_from_products(dots, norms, enc.config.temperature)
+            rel, sim = relevance_from_products(dots, norms, enc.config.temperature, form_count(enc.text_emb))
             host = torch.stack([rel, sim]).float().cpu().numpy()  # one copy
         return np.where(opacities >= enc.config.min_opacity, host[0], 0.0), host[1]
 

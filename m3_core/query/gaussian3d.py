@@ -36,7 +36,7 @@ def cluster_points(points: np.ndarray, radius_m: float) -> np.ndarray:
 def gaussian_relevance(
     features: torch.Tensor,  # [N, d]
     opacities: torch.Tensor,  # [N] in [0, 1]
-    text_emb: torch.Tensor,  # [d]
+    text_emb: torch.Tensor,  # [d] or [m, d] (the query's forms)
     negatives_emb: torch.Tensor | None,  # [k, d]
     config: QueryConfig,
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -5,6 +5,10 @@ relevance = min over negatives n of softmax([cos(f, t), cos(f, n)] / temperature
 
 so a feature counts as relevant only when it is closer to the query than to *every* canonical
 negative ("object", "things", ...). Works on any leading shape: [H,W,d] maps or [N,d] Gaussians.
+
+A query may come in m forms (text_emb [m, d]: the text, and the text without its colour words,
+see phrases.py): relevance and similarity are then the minimum over the forms, so a
+feature must match each of them.
 """
 
 from __future__ import annotations
@@ -20,9 +24,21 @@ def _as_float_tensor(x: torch.Tensor, name: str) -> torch.Tensor:
     return x if x.is_floating_point() else x.float()
 
 
+def form_count(text_emb: torch.Tensor) -> int:
+    """How many forms of the query text_emb holds: 1 for [d], m for [m, d]."""
+    return 1 if text_emb.ndim == 1 else int(text_emb.shape[0])
+
+
+def _per_form(rel: torch.Tensor, similarity: torch.Tensor, forms: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[..., forms] per-form relevance and similarity -> the minimum over the forms, [...]."""
+    if forms == 1:
+        return rel[..., 0], similarity[..., 0]
+    return rel.amin(dim=-1), similarity.amin(dim=-1)
+
+
 def relevance(
     features: torch.Tensor,  # [..., d]
-    text_emb: torch.Tensor,  # [d]
+    text_emb: torch.Tensor,  # [d] or [m, d] (m forms of the query)
     negatives_emb: torch.Tensor | None = None,  # [k, d]
     temperature: float = 0.1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,10 +53,10 @@ def relevance(
     if features.ndim < 2:
         raise ValueError(f"features must be [..., d] with at least 2 dims, got shape {tuple(features.shape)}")
     d = features.shape[-1]
-    text_emb = text_emb.reshape(-1) if text_emb.ndim == 2 and text_emb.shape[0] == 1 else text_emb
-    if text_emb.shape != (d,):
+    text_emb = text_emb.reshape(1, -1) if text_emb.ndim == 1 else text_emb
+    if text_emb.ndim != 2 or text_emb.shape[1] != d or text_emb.shape[0] < 1:
         raise ValueError(
-            f"text embedding must be [{d}] like the features, got {tuple(text_emb.shape)}; "
+            f"text embedding must be [{d}] or [m, {d}] like the features, got {tuple(text_emb.shape)}; "
             "is it from the same model's text encoder?"
         )
     if not temperature > 0:
@@ -51,8 +67,8 @@ def relevance(
     valid = norms.squeeze(-1) > _EPS
     f = f / norms.clamp_min(_EPS)
     t = text_emb.to(device).float()
-    t = t / t.norm().clamp_min(_EPS)
-    similarity = f @ t
+    t = t / t.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+    similarity = f @ t.T  # [..., m]
     if negatives_emb is None or negatives_emb.numel() == 0:
         rel = (similarity + 1.0) * 0.5
     else:
@@ -62,47 +78,54 @@ def relevance(
         n = negatives_emb.to(device).float()
         n = n / n.norm(dim=-1, keepdim=True).clamp_min(_EPS)
         neg_sim = f @ n.T  # [..., k]
-        rel = torch.sigmoid((similarity.unsqueeze(-1) - neg_sim) / temperature).amin(dim=-1)
+        rel = torch.sigmoid((similarity.unsqueeze(-1) - neg_sim.unsqueeze(-2)) / temperature).amin(dim=-1)
+    rel, similarity = _per_form(rel, similarity, t.shape[0])
     zero = torch.zeros((), device=device)
     return torch.where(valid, rel, zero), torch.where(valid, similarity, zero)
 
 
 def text_directions(
-    text_emb: torch.Tensor,  # [d] or [1, d]
+    text_emb: torch.Tensor,  # [d] or [m, d]
     negatives_emb: torch.Tensor | None = None,  # [k, d]
-) -> torch.Tensor:  # [1 + k, d]
-    """The query and its negatives as unit rows (query first), float32: what relevance compares
-    features with. Compute once per text and memory; pass to relevance_from_products."""
+) -> torch.Tensor:  # [m + k, d]
+    """The query's forms and its negatives as unit rows (forms first), float32: what relevance
+    compares features with. Compute once per text and memory; pass to relevance_from_products
+    with forms = form_count(text_emb)."""
     t = _as_float_tensor(text_emb, "text_emb").float()
-    t = t.reshape(-1) if t.ndim == 2 and t.shape[0] == 1 else t
-    if t.ndim != 1:
-        raise ValueError(f"text embedding must be [d], got shape {tuple(text_emb.shape)}")
-    rows = [t[None]]
+    t = t.reshape(1, -1) if t.ndim == 1 else t
+    if t.ndim != 2 or t.shape[0] < 1:
+        raise ValueError(f"text embedding must be [d] or [m, d], got shape {tuple(text_emb.shape)}")
+    rows = [t]
     if negatives_emb is not None and negatives_emb.numel() > 0:
         n = _as_float_tensor(negatives_emb, "negatives_emb").float()
-        if n.ndim != 2 or n.shape[1] != t.shape[0]:
-            raise ValueError(f"negatives must be [k, {t.shape[0]}], got {tuple(negatives_emb.shape)}")
+        if n.ndim != 2 or n.shape[1] != t.shape[1]:
+            raise ValueError(f"negatives must be [k, {t.shape[1]}], got {tuple(negatives_emb.shape)}")
         rows.append(n.to(t.device))
     dirs = torch.cat(rows)
     return dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(_EPS)
 
 
 def relevance_from_products(
-    dots: torch.Tensor,  # [..., 1 + k] features . text_directions (unnormalised features)
+    dots: torch.Tensor,  # [..., m + k] features . text_directions (unnormalised features)
     norms: torch.Tensor,  # [...] feature norms
     temperature: float = 0.1,
+    forms: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`relevance` from the products of the features with text_directions and their norms (what
-    M3Memory.feature_products returns): same rules, same result up to float rounding."""
+    M3Memory.feature_products returns): same rules, same result up to float rounding. The first
+    `forms` columns are the query's forms, the rest its negatives."""
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not 1 <= forms <= dots.shape[-1]:
+        raise ValueError(f"forms must be in [1, {dots.shape[-1]}], got {forms}")
     valid = norms > _EPS
     cos = dots / norms.clamp_min(_EPS)[..., None]
-    similarity = cos[..., 0]
-    if cos.shape[-1] == 1:
+    similarity = cos[..., :forms]
+    if cos.shape[-1] == forms:
         rel = (similarity + 1.0) * 0.5
     else:
-        rel = torch.sigmoid((similarity.unsqueeze(-1) - cos[..., 1:]) / temperature).amin(dim=-1)
+        rel = torch.sigmoid((similarity.unsqueeze(-1) - cos[..., None, forms:]) / temperature).amin(dim=-1)
+    rel, similarity = _per_form(rel, similarity, forms)
     zero = torch.zeros((), device=dots.device)
     return torch.where(valid, rel, zero), torch.where(valid, similarity, zero)
 
@@ -111,7 +134,7 @@ def relevance_from_queries(
     memory,  # M3Memory (duck-typed: feature_products)
     model: str,
     queries: torch.Tensor,  # [..., Q_all] rendered queries, all models' columns
-    text_emb: torch.Tensor,  # [d]
+    text_emb: torch.Tensor,  # [d] or [m, d]
     negatives_emb: torch.Tensor | None = None,  # [k, d]
     temperature: float = 0.1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,4 +142,4 @@ def relevance_from_queries(
     decoding the [..., d] feature map (see M3Memory.feature_products)."""
     dirs = text_directions(text_emb, negatives_emb).to(queries.device)
     dots, norms = memory.feature_products(model, queries, dirs)
-    return relevance_from_products(dots, norms, temperature)
+    return relevance_from_products(dots, norms, temperature, form_count(text_emb))

@@ -20,8 +20,8 @@ from m3_core.geometry.camera import PinholeCamera, points_from_depth
 from m3_core.model.memory import render_memory
 from m3_core.query.config import QueryConfig
 from m3_core.query.mask import candidate_mask, erode
+from m3_core.query.relevance import form_count, relevance_from_products, text_directions
 from m3_core.query.relevance import relevance as relevance_fn
-from m3_core.query.relevance import relevance_from_products, text_directions
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +128,10 @@ def render_relevance(
     memory: Any,
     view: View,
     model: str,
-    text_emb: torch.Tensor,  # [d]
+    text_emb: torch.Tensor,  # [d] or [m, d] (the query's forms)
     negatives_emb: torch.Tensor | None,  # [k, d]
     config: QueryConfig,
-    directions: torch.Tensor | None = None,  # [1 + k, d] text_directions, cached by the caller
+    directions: torch.Tensor | None = None,  # [m + k, d] text_directions, cached by the caller
 ) -> RenderedRelevance:
     """Render the memory at the view and score every pixel against the query (config: for_model).
 
@@ -148,7 +148,7 @@ def render_relevance(
         if directions is None:
             directions = text_directions(text_emb, negatives_emb)
         dots, norms = memory.feature_products(model, out.queries, directions.to(out.queries.device))
-        rel, sim = relevance_from_products(dots, norms, config.temperature)
+        rel, sim = relevance_from_products(dots, norms, config.temperature, form_count(text_emb))
         rgb, depth, alpha = out.rgb, out.depth, out.alpha
     else:
         rgb, depth, features, alpha = memory.render(view.world_from_camera, render_camera, models=[model])
