@@ -89,6 +89,19 @@ def test_every_module_is_found() -> None:
         assert expected in names
 
 
+# The capture graph's nodes start several at a time (the demo, every ROS test): importing torch,
+# the renderer and its compiled kernels cost each of them ~3 s more on a 2-core machine. They once
+# did, through m3_core.query's package imports (their parameters need QueryConfig only).
+@pytest.mark.parametrize("module", ["m3_ros.capture_node", "m3_ros.pose_chain_node", "m3_ros.replay_cli"])
+def test_capture_graph_nodes_do_not_import_torch(module: str) -> None:
+    pytest.importorskip("rclpy", reason="the ROS nodes need rclpy")
+    probe = f"import sys, {module}; print(sorted(m for m in ('torch', 'numba') if m in sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
 def test_capture_and_sim_stay_independent() -> None:
     """Two sources of scenes: the robot's capture tools never read the simulator (its ground-truth
     masks are copied by `m3 sim masks`), and the simulator never needs the capture code."""

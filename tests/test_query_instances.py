@@ -130,7 +130,7 @@ def test_unlabelled_background_never_wins():
     the object (the floor behind a table)."""
     import torch
 
-    from m3_core.query import relevance
+    from m3_core.query.relevance import relevance
 
     g = torch.Generator().manual_seed(3)
     table = torch.nn.functional.normalize(torch.randn(6, 32, generator=g), dim=1)
