@@ -94,3 +94,15 @@ def test_cuda_matches_cpu() -> None:
     _, a, _ = select_psc(x, 0.8)
     _, b, _ = select_psc(x.cuda(), 0.8)
     torch.testing.assert_close(a, b.cpu())
+
+
+@pytest.mark.parametrize("theta", [0.5, 0.8, 1.0])
+def test_repeated_rows_give_the_reference_selection(theta: float) -> None:
+    """A language-mask model's features: a few vectors repeated over every grid cell (visited once
+    each, module docstring), mixed with distinct rows so that J sets reach across the groups."""
+    rng = np.random.default_rng(7)
+    distinct = _clustered(7, n=40)
+    x = np.concatenate([distinct[rng.integers(0, 40, 500)], _clustered(8, n=60)])[rng.permutation(560)]
+    _, idx, stats = select_psc(torch.from_numpy(x), theta, chunk=16, block=4)
+    np.testing.assert_array_equal(idx.numpy(), psc_reference(x, theta))
+    assert stats.raw_features == 560 and 1 < stats.psc_size <= 100

@@ -9,6 +9,11 @@ so the chunk here is also capped by a memory budget. Rows already used when thei
 need no similarities at all; with a smaller chunk (default 1024 rather than the paper's 5000) more
 rows are used by then, which makes redundant features (language masks) nearly free.
 
+Exact duplicates (a language-mask model's features are a few caption vectors repeated over every
+grid cell: 7 distinct rows of 105,600 in the built-in scene) are visited once: a duplicate of a
+row has the same J, so it is used as soon as its first occurrence is decided, and the selection on
+the first occurrences alone is the same (3.1 s -> 0.7 s there).
+
 Exactness: the greedy is sequential, but within one chunk it is evaluated in blocks. A candidate
 row whose J already meets a used row is rejected at once (used only grows); the remaining
 candidates of a block are resolved with their pairwise overlap |J_a ∩ J_b| > 0, which is exactly
@@ -95,9 +100,38 @@ def select_psc(
     norms = features.float().norm(dim=1)
     if bool((norms == 0).any()):
         raise ValueError("features contain all-zero rows; drop them first (features_from_grids does)")
-    device = features.device
-    n = features.shape[0]
     normed = features.float() / norms[:, None]
+    distinct = _first_of_each_row(features.float())
+    if distinct is None:
+        indices = _greedy(normed, theta, chunk, block, memory_budget_bytes)
+    else:  # the same selection (module docstring), on one row per distinct vector
+        indices = distinct[_greedy(normed[distinct], theta, chunk, block, memory_budget_bytes)]
+    n = features.shape[0]
+    stats = PSCStats(raw_features=n, psc_size=int(indices.numel()), theta=float(theta))
+    log.debug("PSC: %d raw -> %d components (theta %.2f)", n, stats.psc_size, theta)
+    return features[indices], indices, stats
+
+
+def _first_of_each_row(x: torch.Tensor) -> torch.Tensor | None:
+    """Indices (ascending) of the first occurrence of each distinct row of x [N, d]; None when the
+    rows are all distinct. Rows are told apart by a random projection, then checked for equality."""
+    n = x.shape[0]
+    direction = torch.randn(x.shape[1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    keys = x.double() @ direction.to(x.device)
+    unique, inverse = torch.unique(keys, return_inverse=True)
+    if unique.numel() == n:
+        return None
+    rows = torch.arange(n, device=x.device)
+    first = torch.full((unique.numel(),), n, device=x.device).scatter_reduce(0, inverse, rows, "amin")
+    if not torch.equal(x, x[first[inverse]]):  # two distinct rows share a key: no shortcut
+        return None
+    return torch.sort(first).values
+
+
+def _greedy(normed: torch.Tensor, theta: float, chunk: int, block: int, memory_budget_bytes: int) -> torch.Tensor:
+    """Algorithm 1 on unit rows [N, d]: the selected row indices, in order."""
+    device = normed.device
+    n = normed.shape[0]
     used = torch.zeros(n, dtype=torch.bool, device=device)
     selected: list[torch.Tensor] = []
     c = _chunk_rows(n, chunk, memory_budget_bytes)
@@ -126,10 +160,9 @@ def select_psc(
             used |= member[acc].any(dim=0)
             rest = cand[block:]
             cand = rest[~(member[rest] & used).any(dim=1)] if rest.numel() else rest
-    indices = torch.cat(selected) if selected else torch.zeros(0, dtype=torch.long, device=device)
-    stats = PSCStats(raw_features=n, psc_size=int(indices.numel()), theta=float(theta))
-    log.debug("PSC: %d raw -> %d components (theta %.2f)", n, stats.psc_size, theta)
-    return features[indices], indices, stats
+    if not selected:
+        return torch.zeros(0, dtype=torch.long, device=device)
+    return torch.cat(selected)
 
 
 def psc_reference(features: np.ndarray, theta: float) -> np.ndarray:
