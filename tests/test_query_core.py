@@ -17,10 +17,10 @@ from m3_core.query import (
     grasp_pose,
     otsu_threshold,
     reject_outliers,
-    relevance,
     split_instances,
     validate_text,
 )
+from m3_core.query.relevance import relevance
 
 D = 32
 

@@ -96,9 +96,15 @@ def test_absent_object_of_a_present_colour_is_not_found(engine, text):
 
 
 @pytest.mark.parametrize("text, name", [("the yellow duck", "duck"), ("a red cup", "mug")])
-def test_colour_words_still_find_their_object(engine, text, name):
-    result = _locate(engine, text).require_found()
+@pytest.mark.parametrize("search_3d", ["never", "always"])
+def test_colour_words_still_find_their_object(engine, text, name, search_3d):
+    result = _locate(engine, text, search_3d=search_3d).require_found()
     assert np.linalg.norm(result.position - OBJECTS[name][1]) < 0.01
+    # the object's region is the text's own, as without the check: same outline, same answer
+    plain = _locate(engine, text, search_3d=search_3d, config=replace(CONFIG, attribute_words=()))
+    np.testing.assert_array_equal(result.instance.points, plain.instance.points)
+    if search_3d == "never":
+        np.testing.assert_array_equal(result.mask, plain.mask)
 
 
 def test_live_depth_is_used_and_checked(memory, engine):

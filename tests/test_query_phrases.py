@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -66,3 +67,15 @@ def test_a_feature_must_match_every_form():
     negs = basis[3:]
     assert relevance(feats, basis[0], negs)[0].item() > 0.99
     assert relevance(feats, basis[:2], negs)[0].item() == pytest.approx(0.5)  # cos 0 vs negative's 0
+
+
+def test_regions_keep_the_texts_relevance_only_when_some_part_matches_every_form():
+    from m3_core.query.relevance import keep_regions_of_every_form
+
+    rel = np.array([0.9, 0.85, 0.95, 0.9, 0.1])  # two regions relevant to the text, then background
+    every = np.array([0.7, 0.82, 0.3, 0.4, 0.05])  # region 0 has one element matching every form
+    labels = np.array([0, 0, 1, 1, -1])
+    sim, every_sim = rel - 0.3, every - 0.3
+    got_rel, got_sim = keep_regions_of_every_form(rel, sim, every, every_sim, labels, 0.8)
+    np.testing.assert_allclose(got_rel, [0.9, 0.85, 0.3, 0.4, 0.05])  # region 0 whole, region 1 not
+    np.testing.assert_allclose(got_sim, [0.6, 0.55, 0.0, 0.1, -0.25])

@@ -43,9 +43,15 @@ from m3_core.query.instances import (
     pixel_clusters,
     rejection_reason,
     split_instances,
+    voxel_clusters,
 )
 from m3_core.query.phrases import query_forms
-from m3_core.query.relevance import form_count, relevance_from_products, text_directions
+from m3_core.query.relevance import (
+    form_count,
+    keep_regions_of_every_form,
+    text_and_every_form,
+    text_directions,
+)
 from m3_core.query.result import QueryResult
 from m3_core.query.target import ObjectEstimate, estimate_object
 from m3_core.query.text_table import TextEmbeddingTable
@@ -235,16 +241,19 @@ class QueryEngine:
         return self._host
 
     def gaussian_scores(
-        self, enc: EncodedQuery, index: np.ndarray | None = None
+        self, enc: EncodedQuery, index: np.ndarray | None = None, every_form: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(relevance [n], similarity [n]) of the Gaussians `index` (None: all N) to the query;
-        relevance 0 for Gaussians more transparent than config.min_opacity."""
+        """(relevance [n], similarity [n]) of the Gaussians `index` (None: all N) to the query's text
+        (every_form: to all its forms at once, their minimum); relevance 0 for Gaussians more
+        transparent than config.min_opacity."""
+        forms = form_count(enc.text_emb)
         if enc.config.relevance_method == "decode":
             features, _, opacities = self.gaussians(enc.model)
             if index is not None:
                 sel = torch.as_tensor(index, device=features.device)
                 features, opacities = features[sel], opacities.reshape(-1)[sel]
-            return gaussian_relevance(features, opacities, enc.text_emb, enc.negatives_emb, enc.config)
+            text = enc.text_emb if every_form or forms == 1 else enc.text_emb[0]
+            return gaussian_relevance(features, opacities, text, enc.negatives_emb, enc.config)
         _, opacities = self.host_gaussians()
         with torch.no_grad():
             queries = self.memory.gaussians.queries
@@ -257,7 +266,8 @@ class QueryEngine:
                 else text_directions(enc.text_emb, enc.negatives_emb)
             )
             dots, norms = self.memory.feature_products(enc.model, queries, directions.to(queries.device))
-            rel, sim = relevance_from_products(dots, norms, enc.config.temperature, form_count(enc.text_emb))
+            own, every = text_and_every_form(dots, norms, enc.config.temperature, forms)
+            rel, sim = every if every_form else own
             host = torch.stack([rel, sim]).float().cpu().numpy()  # one copy
         return np.where(opacities >= enc.config.min_opacity, host[0], 0.0), host[1]
 
@@ -285,9 +295,20 @@ class QueryEngine:
 
     def _gaussian_relevance(self, enc: EncodedQuery) -> tuple[np.ndarray, np.ndarray]:
         """(relevance [N], similarity [N]) of every Gaussian to the query, kept for the query's
-        duration (each view candidate's fusion asks again)."""
+        duration (each view candidate's fusion asks again). With several forms of the query, only
+        clusters that hold a Gaussian relevant to every form keep the text's relevance
+        (relevance.keep_regions_of_every_form)."""
         if self._last_gaussian_relevance[0] is not enc:
-            self._last_gaussian_relevance = (enc, self.gaussian_scores(enc))
+            rel, sim = self.gaussian_scores(enc)
+            if form_count(enc.text_emb) > 1:
+                threshold = enc.config.relevance_threshold
+                idx = np.nonzero(rel >= threshold)[0]
+                labels = np.full(len(rel), -1, np.int64)
+                labels[idx] = voxel_clusters(self.host_gaussians()[0][idx], enc.config.cluster_radius_m)
+                rel, sim = keep_regions_of_every_form(
+                    rel, sim, *self.gaussian_scores(enc, every_form=True), labels, threshold
+                )
+            self._last_gaussian_relevance = (enc, (rel, sim))
         return self._last_gaussian_relevance[1]
 
     def _scene_points(

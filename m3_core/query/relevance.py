@@ -7,12 +7,16 @@ so a feature counts as relevant only when it is closer to the query than to *eve
 negative ("object", "things", ...). Works on any leading shape: [H,W,d] maps or [N,d] Gaussians.
 
 A query may come in m forms (text_emb [m, d]: the text, and the text without its colour words,
-see phrases.py): relevance and similarity are then the minimum over the forms, so a
-feature must match each of them.
+see phrases.py): `relevance` is then the minimum over the forms, so a feature must match each of
+them. The query engine uses that minimum only to pick regions (`keep_regions_of_every_form`): a
+region relevant to the text keeps the text's own relevance when some of it matches every form
+(an object's edge pixels blend into the background and match a weaker form less: the region's
+outline, and so the object's size and grasps, stay those of the text), and is dropped otherwise.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 _EPS = 1e-8
@@ -128,6 +132,35 @@ def relevance_from_products(
     rel, similarity = _per_form(rel, similarity, forms)
     zero = torch.zeros((), device=dots.device)
     return torch.where(valid, rel, zero), torch.where(valid, similarity, zero)
+
+
+def text_and_every_form(
+    dots: torch.Tensor,  # [..., m + k] products with text_directions
+    norms: torch.Tensor,  # [...]
+    temperature: float,
+    forms: int,
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """((relevance, similarity) to the text itself (the first form), (relevance, similarity) to
+    every form at once (their minimum)); the same pair twice when there is one form."""
+    own = relevance_from_products(torch.cat([dots[..., :1], dots[..., forms:]], dim=-1), norms, temperature)
+    if forms == 1:
+        return own, own
+    return own, relevance_from_products(dots, norms, temperature, forms)
+
+
+def keep_regions_of_every_form(
+    relevance: np.ndarray,  # [...] to the text
+    similarity: np.ndarray,  # [...]
+    every_relevance: np.ndarray,  # [...] to every form (text_and_every_form)
+    every_similarity: np.ndarray,  # [...]
+    labels: np.ndarray,  # [...] int region of each element, < 0 = none
+    threshold: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(relevance, similarity): the text's on the regions that hold an element reaching `threshold`
+    for every form, the every-form values elsewhere (module docstring)."""
+    seeds = np.unique(labels[(every_relevance >= threshold) & (labels >= 0)])
+    kept = (labels >= 0) & np.isin(labels, seeds)
+    return np.where(kept, relevance, every_relevance), np.where(kept, similarity, every_similarity)
 
 
 def relevance_from_queries(

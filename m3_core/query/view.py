@@ -20,7 +20,12 @@ from m3_core.geometry.camera import PinholeCamera, points_from_depth
 from m3_core.model.memory import render_memory
 from m3_core.query.config import QueryConfig
 from m3_core.query.mask import candidate_mask, erode
-from m3_core.query.relevance import form_count, relevance_from_products, text_directions
+from m3_core.query.relevance import (
+    form_count,
+    keep_regions_of_every_form,
+    text_and_every_form,
+    text_directions,
+)
 from m3_core.query.relevance import relevance as relevance_fn
 
 log = logging.getLogger(__name__)
@@ -141,6 +146,7 @@ def render_relevance(
     device-to-host copy."""
     render_camera = render_camera_for(view.camera, config)
     shape = (render_camera.height, render_camera.width)
+    forms = form_count(text_emb)
     if config.relevance_method == "products":
         out = render_memory(
             memory.gaussians, view.world_from_camera, render_camera, background=memory.background
@@ -148,18 +154,28 @@ def render_relevance(
         if directions is None:
             directions = text_directions(text_emb, negatives_emb)
         dots, norms = memory.feature_products(model, out.queries, directions.to(out.queries.device))
-        rel, sim = relevance_from_products(dots, norms, config.temperature, form_count(text_emb))
+        (rel, sim), (rel_all, sim_all) = text_and_every_form(dots, norms, config.temperature, forms)
         rgb, depth, alpha = out.rgb, out.depth, out.alpha
     else:
         rgb, depth, features, alpha = memory.render(view.world_from_camera, render_camera, models=[model])
-        rel, sim = relevance_fn(features[model], text_emb, negatives_emb, config.temperature)
-    planes = [rel, sim, alpha, depth]
+        text_only = text_emb if forms == 1 else text_emb[0]
+        rel, sim = relevance_fn(features[model], text_only, negatives_emb, config.temperature)
+        rel_all, sim_all = (
+            (rel, sim) if forms == 1 else relevance_fn(features[model], text_emb, negatives_emb, config.temperature)
+        )
+    planes = [rel, sim, alpha, depth] + ([rel_all, sim_all] if forms > 1 else [])
     packed = torch.cat(
         [p.reshape(*shape, 1).float() for p in planes] + [rgb.reshape(*shape, 3).float()], dim=-1
     )
     host = packed.cpu().numpy()  # one copy
     rel_np, sim_np, alpha_np, depth_np = (host[..., i] for i in range(4))
     valid = alpha_np >= config.min_alpha
+    if forms > 1:
+        regions = (rel_np >= config.relevance_threshold) & valid
+        _, labels = cv2.connectedComponents(regions.astype(np.uint8), connectivity=8)
+        rel_np, sim_np = keep_regions_of_every_form(
+            rel_np, sim_np, host[..., 4], host[..., 5], np.where(regions, labels, -1), config.relevance_threshold
+        )
     rel_np = np.where(valid, rel_np, 0.0).astype(np.float32)
     mask, threshold = candidate_mask(
         rel_np,
@@ -176,7 +192,7 @@ def render_relevance(
         relevance=rel_np,
         similarity=np.where(valid, sim_np, 0.0).astype(np.float32),
         valid=valid,
-        rgb=rgb_uint8(host[..., 4:]),
+        rgb=rgb_uint8(host[..., -3:]),
         rendered_depth_m=np.where(valid, depth_np, 0.0),
         live_depth_m=live,
         render_camera=render_camera,
