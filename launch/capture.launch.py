@@ -2,6 +2,7 @@
 
     ros2 launch m3_grasp capture.launch.py scene_dir:=~/scans/table1 [robot_config:=~/robot.yaml]
     ros2 service call /m3_capture/save std_srvs/srv/Trigger      # save now (also saved on Ctrl-C)
+    ros2 service call /m3_capture/finish std_srvs/srv/Trigger    # the scan is over: decide the last frames, save
 
 Starts `m3_pose_chain_node` and `m3_capture_node` (`ros2 run m3_grasp <executable>`), as the group
 "capture" of config/demo_graph.yaml describes them (the same description `m3 ros-demo capture`

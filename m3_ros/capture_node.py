@@ -3,8 +3,9 @@
 A thin adapter around m3_core.capture.CaptureSession (the same logic `m3 bag2scene` runs offline):
 camera topics with sensor-data QoS feed the session; /tf and /tf_static feed its transform buffer;
 a timer in its own callback group decides pending frames and writes PNGs; ~/save (std_srvs/Trigger)
-rewrites scene.json + sparse/0; a diagnostics line is logged periodically. The scene is saved again
-on shutdown.
+rewrites scene.json + sparse/0; ~/finish (std_srvs/Trigger) first decides the frames still waiting
+for transforms (the stream is over) and then saves; a diagnostics line is logged periodically. The
+scene is saved again on shutdown.
 
     ros2 run m3_grasp m3_capture_node --ros-args -p output_dir:=~/scans/table1 -p robot_config:=~/robot.yaml
 
@@ -131,6 +132,7 @@ class CaptureNode(Node):
         self.drops = DropCounter(self.get_logger())
         self.create_timer(float(p["poll_period_s"]), self._on_poll, callback_group=heavy_group)
         self.create_service(Trigger, "~/save", self._on_save, callback_group=heavy_group)
+        self.create_service(Trigger, "~/finish", self._on_finish, callback_group=heavy_group)
         if float(p["diagnostics_period_s"]) > 0:
             self.create_timer(
                 float(p["diagnostics_period_s"]), self._on_diagnostics, callback_group=heavy_group
@@ -208,6 +210,13 @@ class CaptureNode(Node):
         )
         self.get_logger().info(response.message)
         return response
+
+    def _on_finish(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        """The stream is over (a replay has been taken in, a scan was stopped): decide every pending
+        frame now with the transforms at hand, as on shutdown, and save. ~/save instead leaves the
+        last frames waiting up to tf_timeout_s for transforms that may still come."""
+        self.session.poll(flush=True)
+        return self._on_save(request, response)
 
     def _on_diagnostics(self) -> None:
         s = self.session

@@ -212,7 +212,7 @@ def _capture(args: argparse.Namespace, run: DemoRun, client: Any) -> None:
             missing = client.wait_capture_received(image_counts(bag_message_counts(p.bag)), timeout=args.timeout)
             if missing:
                 print(f"   WARNING: the capture never received {missing} (messages per topic)")
-            saved = client.save_scene(timeout=60.0)
+            saved = client.finish_scene(timeout=60.0)
             run.exit_codes.update(nodes.stop())
         # what the capture received, paired and kept (every frame sent should be received and paired)
         run.capture_stats = load_scene(p.scene_dir).extra.get("capture_stats", {})

@@ -3,7 +3,6 @@ like an operator with `ros2 service call` would."""
 
 from __future__ import annotations
 
-import re
 import time
 
 import numpy as np
@@ -25,7 +24,7 @@ class DemoClient(Node):
     def __init__(self, capture_node: str = "m3_capture", query_service: str = "/m3/query") -> None:
         super().__init__("m3_demo")
         self.capture_node = capture_node
-        self.save_client = self.create_client(Trigger, f"/{capture_node}/save")
+        self.finish_client = self.create_client(Trigger, f"/{capture_node}/finish")
         self.status_board = StatusBoard(self)
         self.query_client = self.create_client(Query, query_service)
         self._overlay: Image | None = None
@@ -45,9 +44,9 @@ class DemoClient(Node):
         return future.result()
 
     def wait_for_capture(self, timeout: float) -> None:
-        if not self.save_client.wait_for_service(timeout_sec=timeout):
+        if not self.finish_client.wait_for_service(timeout_sec=timeout):
             raise TimeoutError(
-                f"capture node service {self.save_client.srv_name} did not appear in {timeout:.0f} s"
+                f"capture node service {self.finish_client.srv_name} did not appear in {timeout:.0f} s"
             )
 
     def wait_capture_received(self, sent: dict[str, int], timeout: float) -> dict[str, int]:
@@ -57,18 +56,13 @@ class DemoClient(Node):
             self.capture_node, sent, lambda t: rclpy.spin_once(self, timeout_sec=t), timeout_s=timeout
         )
 
-    def save_scene(self, timeout: float) -> str:
-        """~/save until no frame is left pending (the last frames wait for their transforms for up
-        to tf_timeout_s); returns the last answer."""
-        deadline = time.monotonic() + timeout
-        while True:
-            answer = self._call(self.save_client, Trigger.Request(), timeout)
-            if not answer.success:
-                raise RuntimeError(f"capture save failed: {answer.message}")
-            pending = re.search(r"\((\d+) pending\)", answer.message)
-            if pending is None or int(pending.group(1)) == 0 or time.monotonic() > deadline:
-                return answer.message
-            time.sleep(0.2)
+    def finish_scene(self, timeout: float) -> str:
+        """~/finish: the replay is over and taken in, so the capture decides the frames still waiting
+        for transforms now (not tf_timeout_s later) and saves; returns its answer."""
+        answer = self._call(self.finish_client, Trigger.Request(), timeout)
+        if not answer.success:
+            raise RuntimeError(f"capture save failed: {answer.message}")
+        return answer.message
 
     def query(self, text: str, target_frame: str, timeout: float) -> Query.Response:
         """Ask until the answer is final (success, or a failure that waiting cannot fix)."""

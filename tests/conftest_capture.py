@@ -8,7 +8,6 @@ no /tf. The body drives along x while the arm sweeps; a few frames are blurred a
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import time
@@ -243,6 +242,7 @@ class LiveCapture:
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.client = self.node.create_client(Trigger, "/m3_capture/save")
+        self.finish_client = self.node.create_client(Trigger, "/m3_capture/finish")
         self.status_board = StatusBoard(self.node)
         self.save_message = ""
 
@@ -299,28 +299,22 @@ class LiveCapture:
 
     def drain_and_save(self, sent: dict[str, int], timeout_s: float) -> str:
         """Wait until the capture took in everything `sent` (the replay handed it over reliably, but
-        a loaded capture may still be decoding), then ~/save until no frame is pending (the last
-        frames wait for their transforms). Returns the last ~/save message."""
+        a loaded capture may still be decoding), then ~/finish: every frame still waiting for its
+        transforms is decided at once and the scene saved. Returns its message."""
         from std_srvs.srv import Trigger
 
         missing = self.status_board.wait_for_received("m3_capture", sent, self.spin, timeout_s=timeout_s)
         if missing:
             raise AssertionError(f"capture never received {missing} of {sent}")
-        deadline = time.monotonic() + 60
-        while True:
-            self.check_alive()
-            future = self.client.call_async(Trigger.Request())
-            self.executor.spin_until_future_complete(future, timeout_sec=60)
-            response = future.result()
-            assert response is not None and response.success, f"~/save failed: {response}"
-            self.save_message = response.message
-            if int(re.search(r"\((\d+) pending\)", self.save_message).group(1)) == 0:
-                return self.save_message
-            if time.monotonic() > deadline:
-                raise AssertionError(f"capture still has pending frames: {self.save_message}")
-            poll_end = time.monotonic() + 0.2  # ask again in 0.2 s (spin_once returns early on any event)
-            while time.monotonic() < poll_end:
-                self.spin()
+        self.check_alive()
+        future = self.finish_client.call_async(Trigger.Request())
+        self.executor.spin_until_future_complete(future, timeout_sec=60)
+        response = future.result()
+        assert response is not None and response.success, f"~/finish failed: {response}"
+        self.save_message = response.message
+        # nothing is left waiting: a frame whose pose never came is dropped now, not tf_timeout_s later
+        assert "(0 pending)" in self.save_message, self.save_message
+        return self.save_message
 
     def close(self) -> None:
         import rclpy
