@@ -178,49 +178,59 @@ STANCE_FRAMES = 45
 
 
 def _simulate(args: argparse.Namespace, run: DemoRun) -> None:
-    bag, stance = run.paths.bag, run.paths.stance_bag
-    stance_args = ["--stance", str(STANCE_AZIMUTH_DEG), str(STANCE_DISTANCE_M)]
+    bag = run.paths.bag
     with Stage(
         run.timings,
-        "1/6 simulate the robot scan, and the robot standing at the table to grasp",
-        f"m3 sim --out {bag} --frames {args.frames} --size {args.size}; "
-        f"m3 sim --out {stance} --frames {STANCE_FRAMES} --size {args.size} {' '.join(stance_args)}",
+        "1/6 simulate the robot scan",
+        f"m3 sim --out {bag} --frames {args.frames} --size {args.size}",
     ):
         _m3(
             ["sim", "--out", str(bag), "--frames", str(args.frames), "--size", args.size, "--force"],
             args.timeout,
         )
-        _m3(
-            ["sim", "--out", str(stance), "--frames", str(STANCE_FRAMES), "--size", args.size, "--force",
-             *stance_args],
-            args.timeout,
-        )  # fmt: skip
+
+
+def _start_stance_sim(args: argparse.Namespace, run: DemoRun) -> subprocess.Popen:
+    """The short bag of the robot standing at the table, rendered in one process while the capture
+    stage (which mostly waits for the replay's pace) runs; _query waits for it."""
+    stance_args = ["--stance", str(STANCE_AZIMUTH_DEG), str(STANCE_DISTANCE_M)]
+    sim_args = ["sim", "--out", str(run.paths.stance_bag), "--frames", str(STANCE_FRAMES), "--size", args.size,
+                "--force", "--workers", "1", *stance_args]  # fmt: skip
+    print(f"   (beside it) $ m3 {' '.join(a for a in sim_args if a != '--force')}", flush=True)
+    log = (run.paths.logs / "stance_sim.log").open("w")
+    cmd = [sys.executable, *SAFE_PATH_FLAGS, "-m", "m3_ros.cli", *sim_args]
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait_stance_sim(proc: subprocess.Popen, run: DemoRun, timeout: float) -> None:
+    code = proc.wait(timeout)
+    if code != 0:
+        log = run.paths.logs / "stance_sim.log"
+        raise RuntimeError(f"`m3 sim --stance` failed with exit code {code}; see {log}")
 
 
 def _capture(args: argparse.Namespace, run: DemoRun, client: Any) -> None:
     p = run.paths
-    with Stage(run.timings, "2/6 capture through ROS (replay -> pose chain -> capture)",
-               f"m3 ros-demo replay capture --bag {p.bag} --rate {args.rate} --scene-dir {p.scene_dir}"):  # fmt: skip
-        with NodeProcesses(p.logs) as nodes:  # stopped on the way out, also on an error
-            nodes.start(load_group("capture", run.values))
-            client.wait_for_capture(timeout=60.0)
-            nodes.start(load_group("replay", run.values))
-            code = nodes.wait("m3_replay", timeout=args.timeout)
-            if code != 0:
-                raise RuntimeError(f"replay exited with {code}; see {p.logs / 'm3_replay.log'}")
-            # the replay has handed every message over; a loaded capture may still be decoding them
-            missing = client.wait_capture_received(image_counts(bag_message_counts(p.bag)), timeout=args.timeout)
-            if missing:
-                print(f"   WARNING: the capture never received {missing} (messages per topic)")
-            saved = client.finish_scene(timeout=60.0)
-            run.exit_codes.update(nodes.stop())
-        # what the capture received, paired and kept (every frame sent should be received and paired)
-        run.capture_stats = load_scene(p.scene_dir).extra.get("capture_stats", {})
-        print(f"   capture: {saved.split(';')[0]}")
-        print(
-            "   capture counts: received color={received_color} depth={received_depth}, "
-            "paired={paired}, kept={kept}, dropped={dropped}".format(**run.capture_stats)
-        )
+    with NodeProcesses(p.logs) as nodes:  # stopped on the way out, also on an error
+        nodes.start(load_group("capture", run.values))
+        client.wait_for_capture(timeout=60.0)
+        nodes.start(load_group("replay", run.values))
+        code = nodes.wait("m3_replay", timeout=args.timeout)
+        if code != 0:
+            raise RuntimeError(f"replay exited with {code}; see {p.logs / 'm3_replay.log'}")
+        # the replay has handed every message over; a loaded capture may still be decoding them
+        missing = client.wait_capture_received(image_counts(bag_message_counts(p.bag)), timeout=args.timeout)
+        if missing:
+            print(f"   WARNING: the capture never received {missing} (messages per topic)")
+        saved = client.finish_scene(timeout=60.0)
+        run.exit_codes.update(nodes.stop())
+    # what the capture received, paired and kept (every frame sent should be received and paired)
+    run.capture_stats = load_scene(p.scene_dir).extra.get("capture_stats", {})
+    print(f"   capture: {saved.split(';')[0]}")
+    print(
+        "   capture counts: received color={received_color} depth={received_depth}, "
+        "paired={paired}, kept={kept}, dropped={dropped}".format(**run.capture_stats)
+    )
 
 
 def _masks(run: DemoRun) -> None:
@@ -264,15 +274,22 @@ def _query(args: argparse.Namespace, run: DemoRun, client: Any) -> None:
 def _ros_stages(args: argparse.Namespace, run: DemoRun) -> None:
     """Stages 2-5: the ones that talk to ROS nodes through one client node."""
 
-
     rclpy.init()
     client = DemoClient()
+    run.paths.logs.mkdir(parents=True, exist_ok=True)
+    stance = None
     try:
-        _capture(args, run, client)
+        with Stage(run.timings, "2/6 capture through ROS (replay -> pose chain -> capture)",
+                   f"m3 ros-demo replay capture --bag {run.paths.bag} --rate {args.rate} --scene-dir {run.paths.scene_dir}"):  # fmt: skip
+            stance = _start_stance_sim(args, run)
+            _capture(args, run, client)
         _masks(run)
         _train(args, run)
+        _wait_stance_sim(stance, run, args.timeout)
         _query(args, run, client)
     finally:
+        if stance is not None and stance.poll() is None:
+            stance.kill()
         client.destroy_node()
         rclpy.try_shutdown()
 
