@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
+from m3_core.grasp import scoring
 from m3_core.grasp.config import GraspPlannerConfig
 from m3_core.grasp.filters import _centre_cluster_extremes, approach_ok, grasp_frame_points, measure_closing
 from m3_core.grasp.gripper import grasp_matrix, gripper_boxes, local_boxes
@@ -507,3 +508,18 @@ def test_a_tray_held_by_its_leaning_side_is_gripped_along_the_side_normal():
         normal[2] = -np.sin(t)
         angle = np.degrees(np.arccos(min(1.0, abs(float(x @ normal)))))
         assert angle < limit, f"grasp at {p.round(3)} closes {angle:.0f} deg off its side's normal"
+
+
+def test_approach_room_ranks_a_grasp_with_room_beside_the_object_higher():
+    """A grasp that can only come down with opening_clearance_m beside the object (a thin wall whose
+    wider opening meets the tray's floor) scores below one approached with approach_clearance_m to
+    spare; with everything else equal, it ranks second."""
+    config = GraspPlannerConfig()
+    wall = np.array([0.008 + 2 * config.opening_clearance_m])  # needed opening: extent + clearance
+    room = scoring.approach_room(
+        np.array([wall[0], 0.05]), np.array([wall[0], 0.04 + 2 * config.approach_clearance_m]), config
+    )
+    np.testing.assert_allclose(room, [config.opening_clearance_m / config.approach_clearance_m, 1.0])
+    ones = np.ones(2)
+    q = scoring.quality(ones, ones, ones, ones, ones, config, True, 1.0, room)
+    assert q[0] < q[1] == pytest.approx(1.0)

@@ -123,6 +123,13 @@ class GraspPlannerConfig:
     """Weight of the opening left over beyond the grasp's width (see `spare_opening_saturation_m`)."""
     spare_opening_saturation_m: float = 0.03
     """Opening left over beyond the grasp's width that earns the full spare-opening score, metres."""
+    weight_approach_room: float = 0.15
+    """Weight of the room each finger has beside the object on the way down: half of the opening it
+    approaches with minus the object's measured extent, full score at `approach_clearance_m`. A
+    grasp that can only come down with `opening_clearance_m` to spare (across a tray's thin wall,
+    where a wider opening meets the tray's floor) misses when the memory places the object a few
+    millimetres off: on the built-in tray such a rim grasp ranked first and held nothing, the next
+    three held."""
 
     def __post_init__(self) -> None:
         positive = ("object_voxel_m", "scene_voxel_m", "max_object_points", "normal_neighbours",

@@ -256,7 +256,8 @@ def _evaluate_batch(
     # the spare-opening term judges the opening the grasp needs (the room a misjudged width has)
     q = scoring.quality(antipodal, scoring.centring(poses, scene.centre, scene.radius), top_down, toward,
                         np.clip(clearance / sat, 0.0, 1.0), config, scene.reach_dir is not None,
-                        scoring.spare_opening(width, gripper.max_opening_m, config))
+                        scoring.spare_opening(width, gripper.max_opening_m, config),
+                        scoring.approach_room(width, approach_width, config))
     width = approach_width
     return list(zip(poses, width, q))
 

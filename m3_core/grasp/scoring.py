@@ -31,15 +31,18 @@ def approach_terms(
 def quality(
     antipodal: np.ndarray, centred: np.ndarray, top_down: np.ndarray, toward: np.ndarray,
     clearance: np.ndarray, config: GraspPlannerConfig, has_base: bool, spare: np.ndarray | float = 1.0,
+    room: np.ndarray | float = 1.0,
 ) -> np.ndarray:
     """Weighted mean of the terms (each in [0, 1]); the toward-robot term counts only with a base.
-    `spare` is the opening-margin term (`spare_opening`; 1 before the width is known)."""
+    `spare` is the opening-margin term (`spare_opening`; 1 before the width is known), `room` the
+    approach-room term (`approach_room`; 1 before the approach opening is known)."""
     c = config
     w_toward = c.weight_toward_robot if has_base else 0.0
     total = (c.weight_antipodal + c.weight_centring + c.weight_top_down + w_toward + c.weight_clearance
-             + c.weight_spare_opening)
+             + c.weight_spare_opening + c.weight_approach_room)
     s = (c.weight_antipodal * antipodal + c.weight_centring * centred + c.weight_top_down * top_down
-         + w_toward * toward + c.weight_clearance * clearance + c.weight_spare_opening * spare)
+         + w_toward * toward + c.weight_clearance * clearance + c.weight_spare_opening * spare
+         + c.weight_approach_room * room)
     return np.clip(s / max(total, 1e-12), 0.0, 1.0)
 
 
@@ -50,6 +53,15 @@ def spare_opening(widths: np.ndarray, max_opening_m: float, config: GraspPlanner
     a grasp that needs nearly the full opening lands a finger on the object (a mug's 8.2 cm body
     measured 6.9 cm from one side), one with room to spare does not."""
     return np.clip((max_opening_m - widths) / config.spare_opening_saturation_m, 0.0, 1.0)
+
+
+def approach_room(widths: np.ndarray, approach_widths: np.ndarray, config: GraspPlannerConfig) -> np.ndarray:
+    """1 where each finger comes down `approach_clearance_m` beside the object (approach opening =
+    measured extent + twice that), falling linearly to 0 with no room at all (see
+    GraspPlannerConfig.weight_approach_room); `widths` are the openings the grasps need (the extent
+    plus `opening_clearance_m` a side)."""
+    room = 0.5 * (approach_widths - widths) + config.opening_clearance_m
+    return np.clip(room / config.approach_clearance_m, 0.0, 1.0)
 
 
 def antipodal_score(contact_mean_cos: np.ndarray, config: GraspPlannerConfig) -> np.ndarray:
