@@ -30,6 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("m3_core.training.cli", "train an M3 memory from a scene directory"),
     "eval": ("m3_core.training.eval_cli", "evaluate a memory on held-out views"),
     "query": ("m3_core.query.cli", "text query -> grasp target without ROS"),
+    "text-embeddings": (
+        "m3_core.query.text_table_cli",
+        "precompute a memory's text embeddings for given queries (a query node without the encoder)",
+    ),
     "view": ("m3_core.view.cli", "open a memory in the browser: orbit, render, query, see the grasp"),
     "demo": ("m3_ros.demo_cli", "the whole chain on the built-in scene (README main command)"),
     "ros-demo": ("m3_ros.ros_demo_cli", "start the demo's ROS nodes as processes (like demo.launch.py)"),

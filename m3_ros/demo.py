@@ -136,11 +136,12 @@ class DemoPaths:
     logs: Path
     gt_dir: Path
     stance_bag: Path
+    texts: Path
 
     @classmethod
     def under(cls, out: Path) -> DemoPaths:
         return cls(out, out / "bag", out / "scene", out / "memory", out / "logs", gt_dir_for(out / "bag"),
-                   out / "stance_bag")  # fmt: skip
+                   out / "stance_bag", out / "texts.safetensors")  # fmt: skip
 
 
 @dataclass
@@ -162,6 +163,7 @@ class DemoRun:
 def _launch_values(args: argparse.Namespace, paths: DemoPaths) -> dict[str, str]:
     return {"bag": str(paths.bag), "rate": str(args.rate), "scene_dir": str(paths.scene_dir),
             "memory": str(paths.memory_dir), "device": args.device, "camera_reliable": "true",
+            "text_embeddings": "",
             # A short CPU training can leave a memory on which the planner finds no grasp of the
             # object (1 of 3 fresh-clone CI runs): the demo still reports the located object and
             # says "no feasible grasp" rather than failing. On a robot the node refuses instead.
@@ -190,23 +192,32 @@ def _simulate(args: argparse.Namespace, run: DemoRun) -> None:
         )
 
 
-def _start_stance_sim(args: argparse.Namespace, run: DemoRun) -> subprocess.Popen:
-    """The short bag of the robot standing at the table, rendered in one process while the capture
-    stage (which mostly waits for the replay's pace) runs; _query waits for it."""
-    stance_args = ["--stance", str(STANCE_AZIMUTH_DEG), str(STANCE_DISTANCE_M)]
-    sim_args = ["sim", "--out", str(run.paths.stance_bag), "--frames", str(STANCE_FRAMES), "--size", args.size,
-                "--force", "--workers", "1", *stance_args]  # fmt: skip
-    print(f"   (beside it) $ m3 {' '.join(a for a in sim_args if a != '--force')}", flush=True)
-    log = (run.paths.logs / "stance_sim.log").open("w")
-    cmd = [sys.executable, *SAFE_PATH_FLAGS, "-m", "m3_ros.cli", *sim_args]
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+def _beside_capture(args: argparse.Namespace, run: DemoRun) -> dict[str, subprocess.Popen]:
+    """Work for the query stage that needs no ROS, run while the capture stage (which mostly waits for
+    the replay's pace) leaves the CPU half idle: the short bag of the robot standing at the table
+    (one render process), and the query's text embeddings (the query node then starts without
+    loading the sentence model). _query waits for them."""
+    stance = ["sim", "--out", str(run.paths.stance_bag), "--frames", str(STANCE_FRAMES), "--size", args.size,
+              "--force", "--workers", "1", "--stance", str(STANCE_AZIMUTH_DEG), str(STANCE_DISTANCE_M)]  # fmt: skip
+    jobs = {"stance_sim": stance}
+    if args.models == "language":
+        jobs["text_embeddings"] = ["text-embeddings", args.query, "--model", "language", "--out", str(run.paths.texts)]
+    procs = {}
+    for name, m3_args in jobs.items():
+        print(f"   (beside it) $ m3 {' '.join(a for a in m3_args if a != '--force')}", flush=True)
+        log = (run.paths.logs / f"{name}.log").open("w")
+        cmd = [sys.executable, *SAFE_PATH_FLAGS, "-m", "m3_ros.cli", *m3_args]
+        procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    return procs
 
 
-def _wait_stance_sim(proc: subprocess.Popen, run: DemoRun, timeout: float) -> None:
-    code = proc.wait(timeout)
-    if code != 0:
-        log = run.paths.logs / "stance_sim.log"
-        raise RuntimeError(f"`m3 sim --stance` failed with exit code {code}; see {log}")
+def _wait_beside(procs: dict[str, subprocess.Popen], run: DemoRun, timeout: float) -> None:
+    for name, proc in procs.items():
+        code = proc.wait(timeout)
+        if code != 0:
+            raise RuntimeError(f"{name} failed with exit code {code}; see {run.paths.logs / (name + '.log')}")
+    if "text_embeddings" in procs:
+        run.values["text_embeddings"] = str(run.paths.texts)
 
 
 def _capture(args: argparse.Namespace, run: DemoRun, client: Any) -> None:
@@ -277,19 +288,20 @@ def _ros_stages(args: argparse.Namespace, run: DemoRun) -> None:
     rclpy.init()
     client = DemoClient()
     run.paths.logs.mkdir(parents=True, exist_ok=True)
-    stance = None
+    beside: dict[str, subprocess.Popen] = {}
     try:
         with Stage(run.timings, "2/6 capture through ROS (replay -> pose chain -> capture)",
                    f"m3 ros-demo replay capture --bag {run.paths.bag} --rate {args.rate} --scene-dir {run.paths.scene_dir}"):  # fmt: skip
-            stance = _start_stance_sim(args, run)
+            beside = _beside_capture(args, run)
             _capture(args, run, client)
         _masks(run)
         _train(args, run)
-        _wait_stance_sim(stance, run, args.timeout)
+        _wait_beside(beside, run, args.timeout)
         _query(args, run, client)
     finally:
-        if stance is not None and stance.poll() is None:
-            stance.kill()
+        for proc in beside.values():
+            if proc.poll() is None:
+                proc.kill()
         client.destroy_node()
         rclpy.try_shutdown()
 

@@ -358,6 +358,14 @@ QUERY_PARAMS: list[Param] = [
         path=True,
     ),
     Param(
+        "text_embeddings",
+        "",
+        "precomputed text embeddings (`m3 text-embeddings`): texts in it need no text encoder at start "
+        "or query time; others are encoded as usual (empty: encode every text)",
+        ParamType.STRING,
+        path=True,
+    ),
+    Param(
         "device", "cpu", "torch device for rendering and text encoding: cpu, cuda, cuda:1", ParamType.STRING
     ),
     Param(

@@ -39,7 +39,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from m3_core.errors import M3Error, TransformError
 from m3_core.geometry import PinholeCamera, TransformBuffer, transform_points
 from m3_core.model.memory import M3Memory
-from m3_core.query import QueryConfig, QueryEngine, View, robust_extent
+from m3_core.query import QueryConfig, QueryEngine, TextEmbeddingTable, View, robust_extent
 from m3_core.query.overlay import draw_target, heatmap, overlay_relevance
 from m3_core.query.result import NotFoundError
 from m3_core.robot import load_robot_config
@@ -82,6 +82,7 @@ class QueryNode(Node):
         self.robot = load_robot_config(p["robot_config"])
         frames, topics = self.robot.frames, self.robot.topics
         self.memory_path: str = p["memory_path"]
+        self.text_embeddings: str = p["text_embeddings"]
         self.device: str = p["device"]
         self.world_frame: str = p["world_frame"] or frames.world
         self.camera_frame: str = p["camera_frame"] or frames.camera
@@ -146,16 +147,19 @@ class QueryNode(Node):
             t0 = time.perf_counter()
             memory = M3Memory.load(self.memory_path, device=self.device)
             memory.eval()
-            cache = QueryEngine(memory, robot=self.robot)
+            table = TextEmbeddingTable.load(self.text_embeddings) if self.text_embeddings else None
+            cache = QueryEngine(memory, robot=self.robot, text_table=table)
             model = self._model_name(memory, "")
-            cache.encode("object", model, self._query_config())  # loads the text encoder
+            # loads the text encoder, unless text_embeddings holds the negatives and background caption
+            cache.encode("object", model, self._query_config())
             with self._lock:
                 self._memory, self._cache, self._load_error = memory, cache, ""
             if self._publish_clouds:
                 self.memory_cloud_pub.publish(self._memory_cloud(memory))
+            encoder = "loaded" if cache.loaded_encoders else f"not needed yet (texts from {self.text_embeddings})"
             self.get_logger().info(
                 f"memory {self.memory_path} loaded in {time.perf_counter() - t0:.1f}s: "
-                f"models {memory.models}, {int(memory.gaussians.means.shape[0])} Gaussians"
+                f"models {memory.models}, {int(memory.gaussians.means.shape[0])} Gaussians; text encoder {encoder}"
             )
         except Exception as err:  # any failure must leave the node answering, not dead
             with self._lock:

@@ -49,6 +49,9 @@ def test_demo_finds_the_duck_through_real_nodes(tmp_path, ros_env):
         assert "no feasible grasp" in result.stdout
     for picture in summary["pictures"]:
         assert (out / picture).stat().st_size > 1000
+    # the query's text embeddings were computed beside the capture: the node never loads the encoder
+    query_log = (out / "logs" / "m3_query.log").read_text()
+    assert "text encoder not needed yet" in query_log and "text encoder loaded" not in query_log, query_log
 
 
 def test_demo_says_when_the_object_is_beyond_the_arms_reach():

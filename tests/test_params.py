@@ -154,6 +154,7 @@ def test_each_group_declares_only_the_arguments_it_uses():
     assert {a.name for a in group_arguments(["query"])} == {
         "robot_config",
         "memory",
+        "text_embeddings",
         "device",
         "require_grasp",
         "publish_static",

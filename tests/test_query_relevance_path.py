@@ -8,6 +8,7 @@ TextEmbeddingTable, which can be a file of precomputed ones (no text encoder loa
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import replace
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 
 from m3_core.model.attention import MemoryAttention
 from m3_core.model.memory import M3Memory
-from m3_core.query import QueryConfig, QueryEngine, View
+from m3_core.query import QueryConfig, QueryEngine, View, text_table_cli
 from m3_core.query.text_table import TextEmbeddingTable
 from m3_core.query.view import render_relevance
 from tests.conftest_memory import one_thread, small_memory, small_scene  # noqa: F401 (fixtures)
@@ -32,9 +33,14 @@ def _minilm() -> None:
 
 
 @pytest.fixture(scope="module")
-def memory(tmp_path_factory):
+def memory_dir(tmp_path_factory):
     _minilm()
-    return M3Memory.load(build_memory(tmp_path_factory.mktemp("relpath") / "memory")).eval()
+    return build_memory(tmp_path_factory.mktemp("relpath") / "memory")
+
+
+@pytest.fixture(scope="module")
+def memory(memory_dir):
+    return M3Memory.load(memory_dir).eval()
 
 
 class DecodeCalls:
@@ -138,6 +144,32 @@ def test_text_table_file_replaces_the_encoder(memory, tmp_path, monkeypatch) -> 
         "  yellow  bath duck ", view=_view(), search_3d="never"
     )
     assert got.require_found().position == pytest.approx(want.position)
+
+
+def test_text_embeddings_command_covers_a_query_without_the_encoder(memory_dir, memory, tmp_path, monkeypatch) -> None:
+    """`m3 text-embeddings` writes each text, its colourless form, the negatives and the background
+    caption: a query of those texts then never loads the text encoder."""
+    texts = ["yellow bath duck", "cup"]
+    for source in ({"memory": memory_dir, "model": None}, {"memory": None, "model": "language"}):
+        out = tmp_path / f"texts_{source['model']}.safetensors"
+        assert text_table_cli.run(argparse.Namespace(texts=texts, out=out, **source)) == 0
+    with_memory, without = (TextEmbeddingTable.load(tmp_path / f"texts_{m}.safetensors") for m in (None, "language"))
+    assert {"yellow bath duck", "bath duck", "cup", "object", "things", "stuff", "texture"} <= set(
+        with_memory.texts("language")
+    )
+    # without a memory: the same texts, and the language model's default background caption
+    assert set(without.texts("language")) == set(with_memory.texts("language")) | {"background"}
+    table = without
+
+    def no_encoder(*args, **kwargs):
+        raise AssertionError("the text encoder was loaded although the file holds every text")
+
+    monkeypatch.setattr(M3Memory, "text_encoder", no_encoder)
+    engine = QueryEngine(memory, CONFIG, text_table=table)
+    engine.query("yellow bath duck", view=_view(), search_3d="never").require_found()
+    engine.query("cup", view=_view(), search_3d="never").require_found()
+    bad = argparse.Namespace(memory=memory_dir, texts=["cup"], out=tmp_path, model=None)
+    assert text_table_cli.run(bad) == 2  # a directory is no file to write
 
 
 def test_text_table_of_another_model_is_refused(memory) -> None:

@@ -160,6 +160,12 @@ class QueryEngine:
             raise ValueError(f"unknown model {model!r}: this memory holds {models}")
         return model
 
+    @property
+    def loaded_encoders(self) -> list[str]:
+        """The models whose text encoder this engine has loaded (none while every text came from
+        its text table)."""
+        return list(self._encoders)
+
     def encoder(self, model: str) -> Any:
         if model not in self._encoders:
             self._encoders[model] = self.memory.text_encoder(model, device=self.device)

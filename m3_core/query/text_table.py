@@ -23,7 +23,10 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
+from safetensors.torch import save as safetensors_bytes
+
+from m3_core.scene import atomic_write_bytes
 
 FORMAT = "m3_text_embeddings"
 FORMAT_VERSION = "1"
@@ -100,7 +103,7 @@ class TextEmbeddingTable:
 
     # -- files -----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write every entry to a safetensors file (see the module docstring)."""
+        """Write every entry to a safetensors file (see the module docstring), atomically."""
         path = Path(path)
         tensors, metadata = {}, {"format": FORMAT, "version": FORMAT_VERSION}
         for model in self.models():
@@ -109,7 +112,7 @@ class TextEmbeddingTable:
             metadata[f"{model}.texts"] = json.dumps(texts)
             metadata[f"{model}.model_id"] = self.model_ids.get(model, "")
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path), metadata=metadata)
+        atomic_write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
         return path
 
     @classmethod
