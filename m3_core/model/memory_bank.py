@@ -97,11 +97,12 @@ def select_psc(
         raise ValueError(f"features must be a non-empty [N, d] tensor, got shape {tuple(features.shape)}")
     if not 0.0 < theta <= 1.0:
         raise ValueError(f"theta must be in (0, 1], got {theta}")
-    norms = features.float().norm(dim=1)
+    rows = features.float()
+    norms = rows.norm(dim=1)
     if bool((norms == 0).any()):
         raise ValueError("features contain all-zero rows; drop them first (features_from_grids does)")
-    normed = features.float() / norms[:, None]
-    distinct = _first_of_each_row(features.float())
+    normed = rows / norms[:, None]
+    distinct = _first_of_each_row(rows)
     if distinct is None:
         indices = _greedy(normed, theta, chunk, block, memory_budget_bytes)
     else:  # the same selection (module docstring), on one row per distinct vector

@@ -51,6 +51,7 @@ from m3_core.query.relevance import (
     keep_regions_of_every_form,
     text_and_every_form,
     text_directions,
+    text_form,
 )
 from m3_core.query.result import QueryResult
 from m3_core.query.target import ObjectEstimate, estimate_object
@@ -114,6 +115,15 @@ def rest_on_support(
     centre = estimate.centre + (0.5 * (top + level_m) - float(estimate.centre @ up)) * up
     extent = estimate.extent + np.abs(up) * ((top - level_m) - float(np.abs(up) @ estimate.extent))
     return ObjectEstimate(centre, extent, estimate.points)
+
+
+def query_texts(text: str, config: QueryConfig, background: str) -> tuple[list[str], list[str]]:
+    """(the text's forms, its negatives): every text a query of `text` embeds (background: the
+    memory's caption of unlabelled pixels, "" for none)."""
+    negatives = list(config.negatives)
+    if background and background not in negatives:
+        negatives.append(background)
+    return query_forms(text, config.attribute_words), negatives
 
 
 def background_caption(memory: Any, model: str) -> str:
@@ -207,12 +217,9 @@ class QueryEngine:
         model = self.model_name(model)
         config = (config or self.config).for_model(model)
         text = validate_text(text, config.max_text_chars)
-        negatives = list(config.negatives)
-        background = background_caption(self.memory, model)
-        if background and background not in negatives:
-            negatives.append(background)
+        forms, negatives = query_texts(text, config, background_caption(self.memory, model))
         negatives_emb = self.embed(model, negatives) if negatives else None
-        text_emb = self.embed(model, query_forms(text, config.attribute_words))
+        text_emb = self.embed(model, forms)
         key = (model, text, tuple(negatives), config.attribute_words)
         if key not in self._directions:
             self._directions[key] = text_directions(text_emb, negatives_emb).to(self.device)
@@ -247,19 +254,27 @@ class QueryEngine:
         return self._host
 
     def gaussian_scores(
-        self, enc: EncodedQuery, index: np.ndarray | None = None, every_form: bool = False
+        self, enc: EncodedQuery, index: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(relevance [n], similarity [n]) of the Gaussians `index` (None: all N) to the query's text
-        (every_form: to all its forms at once, their minimum); relevance 0 for Gaussians more
-        transparent than config.min_opacity."""
+        """(relevance [n], similarity [n]) of the Gaussians `index` (None: all N) to the query's
+        text; relevance 0 for Gaussians more transparent than config.min_opacity."""
+        return self._gaussian_score_pairs(enc, index)[0]
+
+    def _gaussian_score_pairs(
+        self, enc: EncodedQuery, index: np.ndarray | None = None
+    ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """gaussian_scores to the text, and to all its forms at once (their minimum; the same pair
+        with one form), from one pass over the Gaussians."""
         forms = form_count(enc.text_emb)
         if enc.config.relevance_method == "decode":
             features, _, opacities = self.gaussians(enc.model)
             if index is not None:
                 sel = torch.as_tensor(index, device=features.device)
                 features, opacities = features[sel], opacities.reshape(-1)[sel]
-            text = enc.text_emb if every_form or forms == 1 else enc.text_emb[0]
-            return gaussian_relevance(features, opacities, text, enc.negatives_emb, enc.config)
+            own = gaussian_relevance(features, opacities, text_form(enc.text_emb), enc.negatives_emb, enc.config)
+            if forms == 1:
+                return own, own
+            return own, gaussian_relevance(features, opacities, enc.text_emb, enc.negatives_emb, enc.config)
         _, opacities = self.host_gaussians()
         with torch.no_grad():
             queries = self.memory.gaussians.queries
@@ -272,10 +287,12 @@ class QueryEngine:
                 else text_directions(enc.text_emb, enc.negatives_emb)
             )
             dots, norms = self.memory.feature_products(enc.model, queries, directions.to(queries.device))
-            own, every = text_and_every_form(dots, norms, enc.config.temperature, forms)
-            rel, sim = every if every_form else own
-            host = torch.stack([rel, sim]).float().cpu().numpy()  # one copy
-        return np.where(opacities >= enc.config.min_opacity, host[0], 0.0), host[1]
+            (rel, sim), (rel_all, sim_all) = text_and_every_form(dots, norms, enc.config.temperature, forms)
+            planes = [rel, sim] if forms == 1 else [rel, sim, rel_all, sim_all]
+            host = torch.stack(planes).float().cpu().numpy()  # one copy
+        visible = opacities >= enc.config.min_opacity
+        own = (np.where(visible, host[0], 0.0), host[1])
+        return (own, own) if forms == 1 else (own, (np.where(visible, host[2], 0.0), host[3]))
 
     def gaussian_instances(
         self, enc: EncodedQuery, threshold: float | None = None, near: np.ndarray | None = None
@@ -305,15 +322,13 @@ class QueryEngine:
         clusters that hold a Gaussian relevant to every form keep the text's relevance
         (relevance.keep_regions_of_every_form)."""
         if self._last_gaussian_relevance[0] is not enc:
-            rel, sim = self.gaussian_scores(enc)
+            (rel, sim), every = self._gaussian_score_pairs(enc)
             if form_count(enc.text_emb) > 1:
                 threshold = enc.config.relevance_threshold
                 idx = np.nonzero(rel >= threshold)[0]
                 labels = np.full(len(rel), -1, np.int64)
                 labels[idx] = voxel_clusters(self.host_gaussians()[0][idx], enc.config.cluster_radius_m)
-                rel, sim = keep_regions_of_every_form(
-                    rel, sim, *self.gaussian_scores(enc, every_form=True), labels, threshold
-                )
+                rel, sim = keep_regions_of_every_form(rel, sim, *every, labels, threshold)
             self._last_gaussian_relevance = (enc, (rel, sim))
         return self._last_gaussian_relevance[1]
 

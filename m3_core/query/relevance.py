@@ -33,11 +33,9 @@ def form_count(text_emb: torch.Tensor) -> int:
     return 1 if text_emb.ndim == 1 else int(text_emb.shape[0])
 
 
-def _per_form(rel: torch.Tensor, similarity: torch.Tensor, forms: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[..., forms] per-form relevance and similarity -> the minimum over the forms, [...]."""
-    if forms == 1:
-        return rel[..., 0], similarity[..., 0]
-    return rel.amin(dim=-1), similarity.amin(dim=-1)
+def text_form(text_emb: torch.Tensor) -> torch.Tensor:
+    """The text's own form: text_emb itself for [d], its first row for [m, d]."""
+    return text_emb if text_emb.ndim == 1 else text_emb[0]
 
 
 def relevance(
@@ -83,7 +81,7 @@ def relevance(
         n = n / n.norm(dim=-1, keepdim=True).clamp_min(_EPS)
         neg_sim = f @ n.T  # [..., k]
         rel = torch.sigmoid((similarity.unsqueeze(-1) - neg_sim.unsqueeze(-2)) / temperature).amin(dim=-1)
-    rel, similarity = _per_form(rel, similarity, t.shape[0])
+    rel, similarity = rel.amin(dim=-1), similarity.amin(dim=-1)  # every form must match
     zero = torch.zeros((), device=device)
     return torch.where(valid, rel, zero), torch.where(valid, similarity, zero)
 
@@ -129,7 +127,7 @@ def relevance_from_products(
         rel = (similarity + 1.0) * 0.5
     else:
         rel = torch.sigmoid((similarity.unsqueeze(-1) - cos[..., None, forms:]) / temperature).amin(dim=-1)
-    rel, similarity = _per_form(rel, similarity, forms)
+    rel, similarity = rel.amin(dim=-1), similarity.amin(dim=-1)  # every form must match
     zero = torch.zeros((), device=dots.device)
     return torch.where(valid, rel, zero), torch.where(valid, similarity, zero)
 

@@ -24,8 +24,7 @@ from m3_core.features.language import BACKGROUND_CAPTION
 from m3_core.features.registry import get_model
 from m3_core.model.memory import M3Memory
 from m3_core.query.config import QueryConfig
-from m3_core.query.engine import QueryEngine
-from m3_core.query.phrases import query_forms
+from m3_core.query.engine import QueryEngine, query_texts
 from m3_core.query.text_table import TextEmbeddingTable
 
 
@@ -48,9 +47,11 @@ def _table_for_memory(memory_dir: Path, texts: list[str]) -> TextEmbeddingTable:
 
 
 def _table_for_model(model: str, texts: list[str]) -> TextEmbeddingTable:
-    config = QueryConfig()
-    wanted = [f for t in texts for f in query_forms(t, config.attribute_words)]
-    wanted = list(dict.fromkeys([*wanted, *config.negatives, BACKGROUND_CAPTION]))
+    wanted = []
+    for text in texts:  # what QueryEngine.encode embeds, with the model's default background caption
+        forms, negatives = query_texts(text, QueryConfig(), BACKGROUND_CAPTION)
+        wanted += forms + negatives
+    wanted = list(dict.fromkeys(wanted))
     encoder = get_model(model)
     table = TextEmbeddingTable()
     table.put(model, wanted, encoder.encode_text(wanted).float(), pinned=True)

@@ -25,6 +25,7 @@ from m3_core.query.relevance import (
     keep_regions_of_every_form,
     text_and_every_form,
     text_directions,
+    text_form,
 )
 from m3_core.query.relevance import relevance as relevance_fn
 
@@ -158,8 +159,7 @@ def render_relevance(
         rgb, depth, alpha = out.rgb, out.depth, out.alpha
     else:
         rgb, depth, features, alpha = memory.render(view.world_from_camera, render_camera, models=[model])
-        text_only = text_emb if forms == 1 else text_emb[0]
-        rel, sim = relevance_fn(features[model], text_only, negatives_emb, config.temperature)
+        rel, sim = relevance_fn(features[model], text_form(text_emb), negatives_emb, config.temperature)
         rel_all, sim_all = (
             (rel, sim) if forms == 1 else relevance_fn(features[model], text_emb, negatives_emb, config.temperature)
         )
