@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import cv2
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from m3_core.features import FeatureError, get_model, load_scene_features
+from m3_core.features import FeatureError, WeightsMissingError, get_model, load_scene_features
 from m3_core.features.cache import cache_path
 from m3_core.geometry.camera import PinholeCamera
 from m3_core.scene import (
@@ -285,3 +286,67 @@ def test_pca_preview_separates_regions():
     assert sim[0, 0] == 1 and sim[0, 4] == 0
     picture = preview_image(np.zeros((40, 60, 3), np.uint8), grid, sim)
     assert picture.shape == (40, 180, 3) and picture.dtype == np.uint8
+
+
+# -- a cached scene without building the model ------------------------------------------------
+
+
+@pytest.fixture
+def get_model_calls(monkeypatch):
+    """The get_model calls the feature cache makes (each still builds the real model)."""
+    from m3_core.features import cache as cache_module
+
+    calls: list[tuple[str, dict]] = []
+    real = cache_module.get_model
+
+    def counting(name, **kwargs):
+        calls.append((name, kwargs))
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(cache_module, "get_model", counting)
+    return calls
+
+
+def test_a_complete_cache_loads_without_building_the_model(scene, get_model_calls):
+    options = {"arch": "ViT-B-32"}
+    first = load_scene_features(scene, "clip", allow_random_weights=True, options=options, progress=False)
+    assert len(get_model_calls) == 1 and first.num_extracted == 3
+    again = load_scene_features(scene, "clip", allow_random_weights=True, options=options, progress=False)
+    assert len(get_model_calls) == 1, "an unchanged source and a complete cache need no model"
+    assert again.num_extracted == 0 and torch.equal(again.grids, first.grids)
+    assert (again.model_id, again.weights_hash, again.dim) == (first.model_id, first.weights_hash, first.dim)
+    assert again.preprocessing == first.preprocessing and again.random_weights
+    # what could give other features builds the model: a changed image, other options ...
+    atomic_write_png(scene.frames[1].image_path, np.zeros((H, W, 3), np.uint8))
+    changed = load_scene_features(scene, "clip", allow_random_weights=True, options=options, progress=False)
+    assert len(get_model_calls) == 2 and changed.num_extracted == 1
+    coarser = load_scene_features(
+        scene, "clip", allow_random_weights=True, options={**options, "short_side": 64}, progress=False
+    )
+    assert len(get_model_calls) == 3 and coarser.num_extracted == 3
+    # ... and random weights that are no longer allowed say what is missing, as before
+    with pytest.raises(WeightsMissingError):
+        load_scene_features(scene, "clip", options=options, progress=False)
+
+
+def test_a_touched_weights_file_builds_the_model_again(tmp_path, get_model_calls):
+    from m3_core.features.language import minilm_dir
+
+    model_dir = tmp_path / "minilm"
+    model_dir.mkdir()
+    for src in minilm_dir().iterdir():
+        if src.is_file():  # the weights by link, the config as a file of its own to touch
+            dst = model_dir / src.name
+            dst.write_bytes(src.read_bytes()) if src.name == "config.json" else dst.symlink_to(src)
+    scene = make_scene(tmp_path / "s", n_frames=2)
+    options = {"model_dir": str(model_dir)}
+    first = load_scene_features(scene, "language", options=options, progress=False)
+    load_scene_features(scene, "language", options=options, progress=False)
+    assert len(get_model_calls) == 1
+    config = model_dir / "config.json"
+    os.utime(config, ns=(config.stat().st_atime_ns, config.stat().st_mtime_ns + 10**9))
+    again = load_scene_features(scene, "language", options=options, progress=False)
+    # built again; the same weights hash keeps every frame, and the new source is recorded
+    assert len(get_model_calls) == 2 and again.num_extracted == 0 and torch.equal(again.grids, first.grids)
+    load_scene_features(scene, "language", options=options, progress=False)
+    assert len(get_model_calls) == 2

@@ -4,6 +4,7 @@ File format (safetensors, so loading it cannot run code):
     tensors   "frame:<frame name>"  float16 [h, w, d]   (zeros = no feature)
     metadata  "m3": JSON {"format": "m3-features", "version": 1, "model", "model_id", "dim",
                           "weights_hash", "preprocessing", "random_weights",
+                          "source": {"model", "options", "files": [[path, size, mtime_ns]], "versions"},
                           "frames": {"<name>": {"input": sha256 of the frame's inputs,
                                                 "sha256": sha256 of the stored tensor bytes}}}
 
@@ -13,11 +14,18 @@ parsed, or an entry whose bytes do not match its recorded sha256, is re-extracte
 and never used. The file is rewritten atomically when anything changed. Features are stored in
 float16 and returned as float32; fresh extractions are rounded through float16 too, so a cache hit
 and a miss give identical tensors.
+
+"source" records what the model was built from: its get_model options, the weights files it read
+or looked for (with their size and modification time) and the versions of the packages that build
+it. When all of them are unchanged and every frame hits, the features are loaded without building
+the model at all (importing open_clip and building a ViT costs seconds; a cached scene needs none
+of it). Otherwise the model is built and the cache is checked against its weights hash as always.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 from dataclasses import dataclass, field
@@ -38,6 +46,19 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = "m3-features"
 CACHE_VERSION = 1
 STORE_DTYPE = torch.float16
+# Packages whose version can change what a model computes from the same weights files.
+SOURCE_PACKAGES = ("torch", "open_clip_torch", "transformers")
+# The metadata keys that must equal the current model's for a cache entry to be used.
+_HEADER_KEYS = (
+    "format",
+    "version",
+    "model",
+    "model_id",
+    "dim",
+    "weights_hash",
+    "preprocessing",
+    "random_weights",
+)
 
 
 @dataclass
@@ -67,12 +88,12 @@ def _tensor_sha256(t: torch.Tensor) -> str:
     return _sha256(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
-def _frame_input_hash(scene: Scene, i: int, model: FeatureModel) -> str:
+def _frame_input_hash(scene: Scene, i: int, model_name: str) -> str:
     frame = scene.frames[i]
     if not Path(frame.image_path).is_file():
         raise SceneError(f"frame {frame.name}: image {frame.image_path} is missing")
     digest = hashlib.sha256(Path(frame.image_path).read_bytes())
-    if model.name == "language":
+    if model_name == "language":
         mask_path = Path(scene.root) / "masks" / f"{frame.name}.png"
         captions_path = Path(scene.root) / "masks" / "captions.json"
         if mask_path.exists() and captions_path.exists():
@@ -95,6 +116,65 @@ def _model_header(model: FeatureModel) -> dict[str, Any]:
         "preprocessing": model.preprocessing,
         "random_weights": bool(model.random_weights),
     }
+
+
+def _file_state(path: Path) -> list[str | int | None]:
+    """[path, size, mtime_ns], or [path, None, None] where nothing is."""
+    try:
+        st = path.stat()
+    except OSError:
+        return [str(path), None, None]
+    return [str(path), int(st.st_size), int(st.st_mtime_ns)]
+
+
+def _package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def model_source(name: str, options: dict[str, Any], files: list[Path]) -> dict[str, Any]:
+    """What a model built by `get_model(name, **options)` depends on, as the cache records it."""
+    return {
+        "model": name,
+        "options": json.loads(json.dumps(options, sort_keys=True, default=str)),
+        "files": [_file_state(p) for p in files],
+        "versions": {pkg: _package_version(pkg) for pkg in SOURCE_PACKAGES},
+    }
+
+
+def _built_source(model: FeatureModel) -> dict[str, Any] | None:
+    """The source of a model from get_model that reports its weights files, else None."""
+    files = getattr(model, "weights_files", None)
+    options = getattr(model, "build_options", None)
+    if files is None or options is None:
+        return None
+    return model_source(model.name, options, list(files))
+
+
+def _read_meta(path: Path) -> dict[str, Any] | None:
+    """The "m3" metadata of a cache file (no tensor is read), or None when there is none."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = json.loads((fh.metadata() or {})["m3"])
+    except Exception:  # noqa: BLE001 (safetensors raises several types on corrupt files)
+        return None
+    return meta if isinstance(meta, dict) and meta.get("format") == CACHE_FORMAT else None
+
+
+def _unchanged_source(meta: dict[str, Any], name: str, options: dict[str, Any]) -> bool:
+    """Whether the model the cache was made with would be rebuilt identical now: same options,
+    the same weights files (size and mtime) present or absent, the same package versions."""
+    source = meta.get("source")
+    if not isinstance(source, dict) or not isinstance(source.get("files"), list):
+        return False
+    files = source["files"]
+    if not all(isinstance(f, list) and f and isinstance(f[0], str) for f in files):
+        return False
+    return model_source(name, options, [Path(f[0]) for f in files]) == source
 
 
 def _read_cache(path: Path, header: dict[str, Any]) -> dict[str, tuple[str, torch.Tensor]]:
@@ -133,8 +213,15 @@ def _read_cache(path: Path, header: dict[str, Any]) -> dict[str, tuple[str, torc
     return out
 
 
-def _write_cache(path: Path, header: dict[str, Any], entries: dict[str, tuple[str, torch.Tensor]]) -> None:
+def _write_cache(
+    path: Path,
+    header: dict[str, Any],
+    entries: dict[str, tuple[str, torch.Tensor]],
+    source: dict[str, Any] | None,
+) -> None:
     meta = dict(header)
+    if source is not None:
+        meta["source"] = source
     meta["frames"] = {name: {"input": h, "sha256": _tensor_sha256(g)} for name, (h, g) in entries.items()}
     tensors = {f"frame:{name}": g.contiguous() for name, (_h, g) in entries.items()}
     atomic_write_bytes(path, save(tensors, metadata={"m3": json.dumps(meta, sort_keys=True)}))
@@ -185,9 +272,15 @@ def load_scene_features(
     """Dense features of all frames of `scene` for `model` (a registry name or a built model),
     from scene/features/<model>.safetensors where valid, extracting (and caching) the rest.
 
-    `options` go to get_model when `model` is a name (e.g. {"arch": "ViT-L-14-336"}).
+    `options` go to get_model when `model` is a name (e.g. {"arch": "ViT-L-14-336"}). A name whose
+    cache is complete and whose recorded source is unchanged loads without building the model.
     """
     if isinstance(model, str):
+        if model == "language":
+            _check_scene_has_masks(scene)
+        cached = _features_from_cache_alone(scene, model, options or {}, allow_random_weights)
+        if cached is not None:
+            return cached
         model = get_model(model, device=device, allow_random_weights=allow_random_weights, **(options or {}))
     elif options:
         raise ValueError("options only apply when model is given by name; this model is already built")
@@ -195,6 +288,7 @@ def load_scene_features(
         _check_scene_has_masks(scene)
     path = cache_path(scene, model.name)
     header = _model_header(model)
+    source = _built_source(model)
     cached = _read_cache(path, header)
     entries: dict[str, tuple[str, torch.Tensor]] = {}
     extracted = 0
@@ -207,7 +301,7 @@ def load_scene_features(
     )
     for i in frames:
         name = scene.frames[i].name
-        input_hash = _frame_input_hash(scene, i, model)
+        input_hash = _frame_input_hash(scene, i, model.name)
         hit = cached.get(name)
         if hit is not None and hit[0] == input_hash:
             entries[name] = hit
@@ -221,27 +315,66 @@ def load_scene_features(
             f"frames of {scene.root} give feature grids of different shapes {sorted(shapes)}: the images "
             "differ in size; M3 expects one camera resolution per scene (resize the images)"
         )
-    if extracted or set(cached) != set(entries):
-        _write_cache(path, header, entries)
-    if model.random_weights:
-        log.warning("features in %s were made with RANDOM WEIGHTS (%s): meaningless", path, model.model_id)
+    stored_source = (_read_meta(path) or {}).get("source") if cached else None
+    if extracted or set(cached) != set(entries) or (source is not None and stored_source != source):
+        _write_cache(path, header, entries, source)
+    return _scene_features(scene, path, header, entries, extracted)
+
+
+def _features_from_cache_alone(
+    scene: Scene, name: str, options: dict[str, Any], allow_random_weights: bool
+) -> SceneFeatures | None:
+    """The features of every frame from the cache, without building model `name`, when the cache
+    records an unchanged source and holds every frame's current input; else None."""
+    path = cache_path(scene, name)
+    meta = _read_meta(path)
+    if meta is None or meta.get("model") != name or not _unchanged_source(meta, name, options):
+        return None
+    if meta.get("random_weights") and not allow_random_weights:
+        return None  # building says what is missing (WeightsMissingError)
+    header = {key: meta.get(key) for key in _HEADER_KEYS}
+    cached = _read_cache(path, header)
+    entries = {}
+    for i, frame in enumerate(scene.frames):
+        hit = cached.get(frame.name)
+        if hit is None or hit[0] != _frame_input_hash(scene, i, name):
+            return None
+        entries[frame.name] = hit
+    if len({tuple(g.shape) for _h, g in entries.values()}) != 1:
+        return None
+    return _scene_features(scene, path, header, entries, 0, built=False)
+
+
+def _scene_features(
+    scene: Scene,
+    path: Path,
+    header: dict[str, Any],
+    entries: dict[str, tuple[str, torch.Tensor]],
+    extracted: int,
+    built: bool = True,
+) -> SceneFeatures:
+    if header["random_weights"]:
+        log.warning(
+            "features in %s were made with RANDOM WEIGHTS (%s): meaningless", path, header["model_id"]
+        )
     names = [f.name for f in scene.frames]
     grids = torch.stack([entries[n][1] for n in names]).float()
     log.info(
-        "%s features: %d frames, %d extracted, %d from cache",
-        model.name,
+        "%s features: %d frames, %d extracted, %d from cache%s",
+        header["model"],
         len(names),
         extracted,
         len(names) - extracted,
+        "" if built else " (model not built: the cache records an unchanged source)",
     )
     return SceneFeatures(
-        model=model.name,
-        model_id=model.model_id,
-        dim=int(model.dim),
+        model=header["model"],
+        model_id=header["model_id"],
+        dim=int(header["dim"]),
         names=names,
         grids=grids,
-        random_weights=bool(model.random_weights),
-        weights_hash=model.weights_hash,
-        preprocessing=model.preprocessing,
+        random_weights=bool(header["random_weights"]),
+        weights_hash=header["weights_hash"],
+        preprocessing=header["preprocessing"],
         num_extracted=extracted,
     )

@@ -106,6 +106,23 @@ def find_clip_weights(
     )
 
 
+def _weights_files(
+    arch: str, pretrained: str, weights_path: str | Path | None, cache_dir: str | None, found: Path | None
+) -> tuple[Path, ...]:
+    """The files (or, for a hub snapshot not downloaded, the folder one would appear in) whose
+    presence and content decide this model's weights: what the feature cache records."""
+    if found is not None:
+        return (found,)
+    if weights_path is not None:
+        return (Path(weights_path).expanduser(),)
+    try:
+        candidates = clip_weight_candidates(arch, pretrained, cache_dir)
+    except WeightsMissingError:
+        return ()  # no pretrained weights exist for this architecture: always random
+    # "<revision>" stands for a snapshot folder: its parent changes when one is downloaded.
+    return tuple(p.parent.parent if "<revision>" in p.parts else p for p in candidates)
+
+
 class _quiet_root_warnings:  # noqa: N801 (a context manager used like a function)
     """Hide open_clip's root-logger "No pretrained weights loaded" while building: weights are
     loaded right after (or random weights are announced by our own warning)."""
@@ -182,6 +199,7 @@ class ClipFeatures(PatchFeatureModel):
             if not allow_random_weights:
                 raise
             path = None
+        self.weights_files = _weights_files(arch, pretrained, weights_path, cache_dir, path)
         with seeded_init(), _quiet_root_warnings():
             model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=quick_gelu)
         if path is not None:

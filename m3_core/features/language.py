@@ -121,6 +121,8 @@ class LanguageMaskFeatures:
         self.device = resolve_device(device)
         self.stride = stride
         self.encoder = SentenceEncoder(model_dir, self.device)
+        # every file of the model folder (weights, config, tokenizer), for the feature cache
+        self.weights_files = tuple(sorted(p for p in self.encoder.model_dir.iterdir() if p.is_file()))
         self.dim = self.encoder.dim
         self.model_id = f"transformers:{MINILM_ID}"
         self.random_weights = False

@@ -48,4 +48,8 @@ def get_model(
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for feature model {name!r}; valid: {valid}")
-    return cls(device=device, allow_random_weights=allow_random_weights, **options)
+    model = cls(device=device, allow_random_weights=allow_random_weights, **options)
+    # With `weights_files` (set by models that know them) this lets the feature cache tell whether
+    # the same call would rebuild the same model, without building it (features/cache.py).
+    model.build_options = dict(options)
+    return model
