@@ -56,6 +56,9 @@ def _parse_args() -> argparse.Namespace:
         "--compile", choices=("auto", "on", "off"), default=None,
         help="TrainConfig.compile_loss (default: the config's, auto = compiled on CUDA with Triton)",
     )  # fmt: skip
+    parser.add_argument(
+        "--compile-mode", default=None, help="TrainConfig.compile_mode (torch.compile mode of the loss)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.baseline:
         parser.exit(2, "bench_train.py: --baseline is gone; use --heads attention,linear\n")
@@ -77,6 +80,8 @@ def _train_config(args: argparse.Namespace, cuda: bool):
         config = replace(config, train_width=args.train_width)
     if args.compile is not None:
         config = replace(config, compile_loss=args.compile)
+    if args.compile_mode is not None:
+        config = replace(config, compile_mode=args.compile_mode)
     if args.thetas:
         pairs = dict(kv.split("=") for kv in args.thetas.split(","))
         config = replace(config, thetas={**config.thetas, **{k: float(v) for k, v in pairs.items()}})
@@ -130,7 +135,7 @@ def main() -> int:
         total = t_features + t_train
         print(
             f"\n[{head} head] iters {cfg.iters} at width {cfg.train_width or 'native'} ({res.memory.manifest['training']['render_mode']} mode, "
-            f"compile_loss {cfg.compile_loss})"
+            f"compile_loss {cfg.compile_loss}, mode {cfg.compile_mode})"
         )
         print(f"  setup {s['seconds_setup']:.1f} s (PSC {s['seconds_psc']:.1f} s), train {s['seconds_train']:.1f} s "
               f"({cfg.iters / max(s['seconds_train'], 1e-9):.1f} it/s), features+setup+train {total:.1f} s")  # fmt: skip

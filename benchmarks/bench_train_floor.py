@@ -186,6 +186,11 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=60, help="steps per timed block")
     parser.add_argument("--repeats", type=int, default=3, help="timed blocks per row (median reported)")
     parser.add_argument("--profile", action="store_true", help="kernel launches and GPU busy share per row")
+    parser.add_argument(
+        "--compile-mode",
+        default="default",
+        help="comma list of TrainConfig.compile_mode values: one compiled trainer (rows) for each",
+    )
     parser.add_argument("--label", default="", help="printed with the results (e.g. the commit)")
     parser.add_argument(
         "--compile", choices=("auto", "on", "off", "both"), default="both",
@@ -214,12 +219,21 @@ def main() -> int:
         m: load_scene_features(scene, m, device=device, allow_random_weights=args.allow_random_weights, progress=False)
         for m in args.models.split(",")
     }  # fmt: skip
-    modes = ("off", "on") if args.compile == "both" else (args.compile,)
+    compiled = [("on", m.strip()) for m in args.compile_mode.split(",") if m.strip()]
+    variants = {"off": [("off", "default")], "both": [("off", "default"), *compiled]}.get(
+        args.compile, [(args.compile, m) for _o, m in compiled]
+    )
     trainers = {}
-    for mode in modes:
+    for loss_mode, compile_mode in variants:
         torch.manual_seed(0)
-        trainers[mode] = Trainer(scene, features, replace(config, compile_loss=mode), device)
-    trainer = trainers[modes[0]]
+        tag = (
+            "eager"
+            if loss_mode == "off"
+            else "compiled" + ("" if compile_mode == "default" else f" {compile_mode}")
+        )
+        cfg = replace(config, compile_loss=loss_mode, compile_mode=compile_mode)
+        trainers[tag] = Trainer(scene, features, cfg, device)
+    trainer = next(iter(trainers.values()))
     n = trainer.gaussians.num_gaussians
     q = trainer.gaussians.queries.shape[1]
     H, W = trainer.views[0].rgb.shape[:2]
@@ -239,8 +253,8 @@ def main() -> int:
         if args.profile:
             profiles[name] = profile_steps(floor.step)
     del floors
-    for mode, ours in trainers.items():
-        tag = "" if len(trainers) == 1 else (", compiled" if mode == "on" else ", eager")
+    for name, ours in trainers.items():
+        tag = "" if len(trainers) == 1 else f", {name}"
         time_ours(ours, tag, args, rows, profiles)
         assert ours.gaussians.num_gaussians == n, "the Gaussian count changed while timing"
 

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 RENDER_MODES = ("auto", "full", "points")
 COMPILE_MODES = ("auto", "on", "off")
+# torch.compile modes the loss may be compiled with ("reduce-overhead": replayed as CUDA graphs)
+TORCH_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 
 
 class TrainError(M3Error):
@@ -140,6 +142,10 @@ class TrainConfig:
     """torch.compile the loss after the render in full mode: "auto" (on CUDA with Triton), "on",
     "off". Fuses ~200 small kernels of a launch-bound GPU step (objective.py); the first steps pay
     the compilation (kept in torch's on-disk cache for the next run)."""
+    compile_mode: str = "reduce-overhead"
+    """torch.compile mode of the compiled loss: "reduce-overhead" (its kernels replayed as CUDA
+    graphs, forward and backward: the loss's shapes are fixed, only the render's vary), "default"
+    or "max-autotune-no-cudagraphs"."""
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     """Memory attention (M3 head)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -152,6 +158,8 @@ class TrainConfig:
             raise ValueError(f"render_mode must be one of {RENDER_MODES}, got {self.render_mode!r}")
         if self.compile_loss not in COMPILE_MODES:
             raise ValueError(f"compile_loss must be one of {COMPILE_MODES}, got {self.compile_loss!r}")
+        if self.compile_mode not in TORCH_COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {TORCH_COMPILE_MODES}, got {self.compile_mode!r}")
         if self.iters < 0 or self.points_per_view < 1 or self.patch_size < 11:
             raise ValueError(
                 "iters >= 0, points_per_view >= 1 and patch_size >= 11 (SSIM window) are required"
@@ -354,7 +362,8 @@ class Trainer:
             return self.objective.full_image
         log.info("compiling the step's loss with torch.compile (the first steps take longer)")
         # static shapes: one image size and point count per run; a new shape recompiles once
-        return torch.compile(self.objective.full_image, dynamic=False)
+        mode_arg = None if self.config.compile_mode == "default" else self.config.compile_mode
+        return torch.compile(self.objective.full_image, dynamic=False, mode=mode_arg)
 
     def _select_pscs(self) -> dict[str, torch.Tensor]:
         """Each model's principal scene components from its training views' features (timed)."""
