@@ -167,7 +167,11 @@ def test_query_node_answers_good_and_bad_requests(rclpy_node, start_process, tmp
     pose = pose_msg_from_matrix(WORLD_FROM_CAMERA, 0, "odom")
     given = call("cup", target_frame="odom", camera_pose=pose)
     assert given.success, given.message
-    assert np.linalg.norm(matrix_from_pose_msg(given.target.pose)[:3, 3] - OBJECTS["mug"][1]) < 0.025
+    centre = given.target.object_centre
+    assert np.linalg.norm(np.array([centre.x, centre.y, centre.z]) - OBJECTS["mug"][1]) < 0.025
+    # The pose is the best grasp when the planner finds one (on an Intel Xeon it found a grasp across
+    # the closed 8 cm cylinder's top edge, on AMD EPYC none), else the centre: on the mug either way.
+    assert np.linalg.norm(matrix_from_pose_msg(given.target.pose)[:3, 3] - OBJECTS["mug"][1]) < 0.08
 
     _assert_bad_requests_refused(call, call_when_loaded)
 
