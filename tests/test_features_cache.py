@@ -350,3 +350,13 @@ def test_a_touched_weights_file_builds_the_model_again(tmp_path, get_model_calls
     assert len(get_model_calls) == 2 and again.num_extracted == 0 and torch.equal(again.grids, first.grids)
     load_scene_features(scene, "language", options=options, progress=False)
     assert len(get_model_calls) == 2
+
+
+def test_a_cache_naming_too_many_source_files_is_not_trusted(scene):
+    from m3_core.features.cache import MAX_SOURCE_FILES, _unchanged_source, model_source
+
+    files = [scene.root / f"w{i}" for i in range(MAX_SOURCE_FILES + 1)]
+    meta = {"source": model_source("clip", {}, files)}
+    assert not _unchanged_source(meta, "clip", {})
+    meta = {"source": model_source("clip", {}, files[:2])}
+    assert _unchanged_source(meta, "clip", {}) and not _unchanged_source(meta, "clip", {"arch": "ViT-B-32"})

@@ -48,6 +48,7 @@ CACHE_VERSION = 1
 STORE_DTYPE = torch.float16
 # Packages whose version can change what a model computes from the same weights files.
 SOURCE_PACKAGES = ("torch", "open_clip_torch", "transformers")
+MAX_SOURCE_FILES = 64
 # The metadata keys that must equal the current model's for a cache entry to be used.
 _HEADER_KEYS = (
     "format",
@@ -172,7 +173,10 @@ def _unchanged_source(meta: dict[str, Any], name: str, options: dict[str, Any]) 
     if not isinstance(source, dict) or not isinstance(source.get("files"), list):
         return False
     files = source["files"]
-    if not all(isinstance(f, list) and f and isinstance(f[0], str) for f in files):
+    # A model reads or looks for a handful of files; a cache naming more is not one we wrote.
+    if len(files) > MAX_SOURCE_FILES or not all(
+        isinstance(f, list) and f and isinstance(f[0], str) for f in files
+    ):
         return False
     return model_source(name, options, [Path(f[0]) for f in files]) == source
 
