@@ -181,10 +181,13 @@ def _unchanged_source(meta: dict[str, Any], name: str, options: dict[str, Any]) 
     return model_source(name, options, [Path(f[0]) for f in files]) == source
 
 
-def _read_cache(path: Path, header: dict[str, Any]) -> dict[str, tuple[str, torch.Tensor]]:
-    """{frame name: (input hash, float16 grid)} of the valid entries of a cache file."""
+def _read_cache(
+    path: Path, header: dict[str, Any]
+) -> tuple[dict[str, tuple[str, torch.Tensor]], dict[str, Any] | None]:
+    """({frame name: (input hash, float16 grid)} of the valid entries of a cache file, the source it
+    records (None: none, or no valid entry))."""
     if not path.exists():
-        return {}
+        return {}, None
 
     try:
         with safe_open(str(path), framework="pt") as fh:
@@ -194,11 +197,11 @@ def _read_cache(path: Path, header: dict[str, Any]) -> dict[str, tuple[str, torc
             stored = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 (safe_open API)
     except Exception as err:  # noqa: BLE001 (safetensors raises several types on corrupt files)
         log.warning("feature cache %s is corrupt or unreadable (%s); re-extracting all frames", path, err)
-        return {}
+        return {}, None
     same = {k: meta.get(k) for k in header} == header
     if not same:
         log.info("feature cache %s was made with another model/weights/preprocessing; re-extracting", path)
-        return {}
+        return {}, None
     out = {}
     for name, entry in meta["frames"].items():
         grid = stored.get(f"frame:{name}")
@@ -214,7 +217,7 @@ def _read_cache(path: Path, header: dict[str, Any]) -> dict[str, tuple[str, torc
             log.warning("feature cache %s: entry for frame %s is corrupt; re-extracting it", path, name)
             continue
         out[name] = (str(entry.get("input")), grid)
-    return out
+    return out, (meta.get("source") if out else None)
 
 
 def _write_cache(
@@ -279,21 +282,19 @@ def load_scene_features(
     `options` go to get_model when `model` is a name (e.g. {"arch": "ViT-L-14-336"}). A name whose
     cache is complete and whose recorded source is unchanged loads without building the model.
     """
+    if (model if isinstance(model, str) else model.name) == "language":
+        _check_scene_has_masks(scene)
     if isinstance(model, str):
-        if model == "language":
-            _check_scene_has_masks(scene)
         cached = _features_from_cache_alone(scene, model, options or {}, allow_random_weights)
         if cached is not None:
             return cached
         model = get_model(model, device=device, allow_random_weights=allow_random_weights, **(options or {}))
     elif options:
         raise ValueError("options only apply when model is given by name; this model is already built")
-    if model.name == "language":
-        _check_scene_has_masks(scene)
     path = cache_path(scene, model.name)
     header = _model_header(model)
     source = _built_source(model)
-    cached = _read_cache(path, header)
+    cached, stored_source = _read_cache(path, header)
     entries: dict[str, tuple[str, torch.Tensor]] = {}
     extracted = 0
     frames = tqdm(
@@ -319,7 +320,6 @@ def load_scene_features(
             f"frames of {scene.root} give feature grids of different shapes {sorted(shapes)}: the images "
             "differ in size; M3 expects one camera resolution per scene (resize the images)"
         )
-    stored_source = (_read_meta(path) or {}).get("source") if cached else None
     if extracted or set(cached) != set(entries) or (source is not None and stored_source != source):
         _write_cache(path, header, entries, source)
     return _scene_features(scene, path, header, entries, extracted)
@@ -337,7 +337,7 @@ def _features_from_cache_alone(
     if meta.get("random_weights") and not allow_random_weights:
         return None  # building says what is missing (WeightsMissingError)
     header = {key: meta.get(key) for key in _HEADER_KEYS}
-    cached = _read_cache(path, header)
+    cached, _ = _read_cache(path, header)
     entries = {}
     for i, frame in enumerate(scene.frames):
         hit = cached.get(frame.name)
