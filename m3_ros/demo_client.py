@@ -16,8 +16,13 @@ from std_srvs.srv import Trigger
 from m3_ros.conversions import image_from_msg
 from m3_ros.ready import StatusBoard
 
-# Answers that mean "not ready yet" (memory still loading, no TF received yet): ask again.
-_RETRY_PREFIXES = ("no memory loaded", "no transform")
+# Answers that mean "not ready yet" (memory still loading, no TF or CameraInfo received yet): ask again.
+_RETRY_PREFIXES = ("no memory loaded", "no transform", "no camera intrinsics")
+
+
+def not_ready(message: str) -> bool:
+    """Whether a failed query's message means the node lacks something a running replay brings."""
+    return message.startswith(_RETRY_PREFIXES)
 
 
 class DemoClient(Node):
@@ -73,11 +78,7 @@ class DemoClient(Node):
             answer = self._call(
                 self.query_client, Query.Request(text=text, target_frame=target_frame), timeout
             )
-            if (
-                answer.success
-                or not answer.message.startswith(_RETRY_PREFIXES)
-                or time.monotonic() > deadline
-            ):
+            if answer.success or not not_ready(answer.message) or time.monotonic() > deadline:
                 return answer
             self.get_logger().info(f"query not ready yet ({answer.message}); asking again")
             time.sleep(0.5)

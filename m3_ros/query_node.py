@@ -70,6 +70,11 @@ LATCHED = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,
 )
 _QUERY_FIELDS = {f.name for f in fields(QueryConfig)}
+# Answered while neither CameraInfo nor the parameter has given intrinsics; a client may ask again.
+NO_INTRINSICS_MESSAGE = (
+    "no camera intrinsics: no CameraInfo received yet and parameter camera_intrinsics is not set "
+    "(fx fy cx cy width height)"
+)
 
 
 class QueryNode(Node):
@@ -336,10 +341,7 @@ class QueryNode(Node):
     def _camera_from_parameter(self) -> PinholeCamera:
         values = list(self.get_parameter("camera_intrinsics").value or [])
         if len(values) != 6:
-            raise M3Error(
-                "no camera intrinsics: no CameraInfo received yet and parameter camera_intrinsics is not "
-                "set (fx fy cx cy width height)"
-            )
+            raise M3Error(NO_INTRINSICS_MESSAGE)
         fx, fy, cx, cy, w, h = values
         return PinholeCamera(float(fx), float(fy), float(cx), float(cy), int(w), int(h))
 

@@ -81,3 +81,15 @@ def test_demo_waits_for_the_image_streams_only(tmp_path):
     topics = load_robot_config().topics
     assert counts[topics.camera_info] == 4 and counts[topics.odometry] > 0
     assert image_counts(counts) == {topics.color: 4, topics.depth: 4}
+
+
+def test_demo_asks_again_until_the_query_node_has_camera_intrinsics():
+    """The stance replay brings TF and CameraInfo in no fixed order: a query answered before the
+    first CameraInfo is "not ready", as before the first transform, not a failed demo (a fresh-clone
+    CI run failed the end-to-end demo with the node's no-intrinsics answer)."""
+    from m3_ros.demo_client import not_ready
+    from m3_ros.query_node import NO_INTRINSICS_MESSAGE
+
+    assert not_ready(NO_INTRINSICS_MESSAGE)
+    assert not_ready("no transform odom -> camera_color_optical_frame for the camera: ...")
+    assert not not_ready('"banana" not found: no region of the view reaches relevance 0.80')
