@@ -4,12 +4,13 @@ asked for or, by default, on CUDA with Triton."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 
 import pytest
 import torch
 
-from m3_core.training.objective import compile_available
+from m3_core.training.objective import COMPILER_MODULES, compile_available, prefetch_compiler
 from m3_core.training.trainer import TrainConfig, Trainer, TrainError
 from tests.conftest_memory import one_thread, small_scene  # noqa: F401
 
@@ -92,3 +93,12 @@ def test_loss_is_compiled_by_default_only_where_it_pays(small_scene, one_thread)
     assert not ok and "CUDA" in why
     with pytest.raises(ValueError, match="compile_loss"):
         TrainConfig(compile_loss="yes")
+
+
+def test_the_compiler_import_runs_beside_the_set_up_and_finishes() -> None:
+    # The trainer joins this thread before torch.compile: it must end, having imported what
+    # torch.compile loads, and never raise in the background.
+    thread = prefetch_compiler()
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    assert all(name in sys.modules for name in COMPILER_MODULES)

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,7 +46,7 @@ from m3_core.model.memory_bank import DEFAULT_THETAS, default_theta, features_fr
 from m3_core.scene import Scene
 from m3_core.training.densify import Densifier, DensifyConfig
 from m3_core.training.losses import prepare_grid, ssim
-from m3_core.training.objective import Objective, compile_available
+from m3_core.training.objective import Objective, compile_available, prefetch_compiler
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +294,17 @@ class Trainer:
         self.config, self.device, self.scene = config, device, scene
         self.train_idx, self.heldout_idx = split_indices(len(scene), config.heldout_every)
         check_features(scene, features, self.train_idx)
-        self.views = [load_view(scene, i, config.train_width, device) for i in self.train_idx]
+        self.mode = config.render_mode
+        if self.mode == "auto":
+            self.mode = "full" if device.type == "cuda" else "points"
+        self._compiler_import = (
+            prefetch_compiler()
+            if self.mode == "full" and config.compile_loss != "off" and compile_available(device)[0]
+            else None
+        )
+        # cv2 decodes with the GIL released: the views' PNGs are read in parallel
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            self.views = list(pool.map(lambda i: load_view(scene, i, config.train_width, device), self.train_idx))
         if not any(bool((v.depth_m > 0).any()) for v in self.views):
             raise TrainError(
                 f"scene {scene.root} has no valid depth in any training frame; the trainer needs depth "
@@ -304,9 +316,6 @@ class Trainer:
         self.prepared_grids = {
             m: {v.index: prepare_grid(grid[v.index]) for v in self.views} for m, grid in self.grids.items()
         }
-        self.mode = config.render_mode
-        if self.mode == "auto":
-            self.mode = "full" if device.type == "cuda" else "points"
         self.gen = torch.Generator().manual_seed(config.seed)
         # Pixels are drawn where they are used. On CPU that is self.gen itself (the same stream as
         # before); on CUDA a device generator, so no per-step host-to-device copy.
@@ -360,6 +369,8 @@ class Trainer:
         if mode == "auto" and not ok:
             log.debug("loss not compiled: %s", why)
             return self.objective.full_image
+        if self._compiler_import is not None:
+            self._compiler_import.join()
         log.info("compiling the step's loss with torch.compile (the first steps take longer)")
         # static shapes: one image size and point count per run; a new shape recompiles once
         mode_arg = None if self.config.compile_mode == "default" else self.config.compile_mode
