@@ -44,6 +44,7 @@ from m3_core.render import torch_backend  # noqa: E402
 ENGINES = {
     "new": {},
     "reference": {"relevance_method": "decode", "fuse_search_m": 0.0},
+    "planner-1-thread": {"planner_workers": 1},  # the planner's batches one after another
 }
 STAGES = ("encode", "render", "locate", "grasp")
 

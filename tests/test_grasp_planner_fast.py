@@ -11,6 +11,7 @@ and thinned to 2.5 mm), and the ranked grasps must agree.
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -214,3 +215,20 @@ def test_planner_gives_the_reference_grasps_on_memory_objects(monkeypatch, name)
     fast, ref = _plan_both(monkeypatch, obj, scene, robot.gripper, robot.arm, None, MEMORY_PLANNER)
     assert ref, "the reference finds grasps (else the comparison says little)"
     _assert_same_grasps(fast, ref)
+
+
+@pytest.mark.parametrize("name", ["mug", "rounded_brick"])
+def test_batches_checked_in_parallel_give_the_grasps_of_one_thread(name):
+    # Small batches and an early stop inside a round of parallel batches: the check must stop after
+    # the same batch as one thread does, and the later batches of that round must not count.
+    obj, scene, base, config = _synthetic_objects()[name]
+    config = replace(config, batch_size=16, enough_feasible=20)
+    one = plan_grasps(obj, scene, GripperConfig(), ArmConfig(), base, replace(config, workers=1))
+    assert one, "one thread finds grasps (else the comparison says little)"
+    for workers in (2, 3, 8):
+        _assert_same_grasps(plan_grasps(obj, scene, GripperConfig(), ArmConfig(), base, replace(config, workers=workers)), one)
+
+
+def test_planner_workers_must_not_be_negative():
+    with pytest.raises(ValueError, match="workers"):
+        GraspPlannerConfig(workers=-1)

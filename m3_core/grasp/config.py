@@ -97,6 +97,10 @@ class GraspPlannerConfig:
     the mug's rim grasps, ranked low by the prior's centring, unchecked in 5 of 12 built-in queries)."""
     batch_size: int = 64
     """Candidates checked per vectorised batch."""
+    workers: int = 0
+    """Threads checking batches side by side (0: one per CPU core, at most 8; 1: in the calling thread).
+    numpy releases the GIL in the batch's array work, so batches run in parallel; the result is the
+    same for any number (batches are taken in order and the check stops at the same one)."""
     top_k: int = 10
     """Grasps returned at most (after near-duplicate suppression)."""
     enough_feasible: int = 96
@@ -137,6 +141,8 @@ class GraspPlannerConfig:
         bad = [name for name in positive if getattr(self, name) <= 0]
         if bad:
             raise ValueError(f"GraspPlannerConfig: {', '.join(bad)} must be > 0")
+        if self.workers < 0:
+            raise ValueError(f"GraspPlannerConfig: workers must be >= 0, got {self.workers}")
         if self.approach_clearance_m < self.opening_clearance_m:
             raise ValueError("approach_clearance_m must be >= opening_clearance_m")
         if not 0.0 < self.friction_cone_deg < 90.0:

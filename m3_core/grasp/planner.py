@@ -10,7 +10,9 @@ near-duplicate suppression -> top-K.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -199,14 +201,33 @@ def _evaluate(
     poses: np.ndarray, prior: np.ndarray, scene: _Scene, gripper: GripperConfig, config: GraspPlannerConfig
 ) -> list[tuple[np.ndarray, float, float]]:
     """(world_from_grasp, width, quality) of feasible candidates, checked best prior first in batches
-    until `enough_feasible` are found or `max_evaluated` were checked; sorted by quality."""
-    found: list[tuple[np.ndarray, float, float]] = []
+    until `enough_feasible` are found or `max_evaluated` were checked; sorted by quality.
+
+    With several workers, `workers` batches are checked at a time and their results taken in order,
+    so the check stops after the same batch as one by one would (the batches after it in the same
+    round are wasted work, the price of the parallelism)."""
     limit = min(len(poses), config.max_evaluated)
-    for start in range(0, limit, config.batch_size):
-        batch = poses[start:min(start + config.batch_size, limit)]
-        found.extend(_evaluate_batch(batch, scene, gripper, config))
-        if len(found) >= config.enough_feasible:
-            break
+    starts = list(range(0, limit, config.batch_size))
+
+    def check(start: int) -> list[tuple[np.ndarray, float, float]]:
+        return _evaluate_batch(poses[start:min(start + config.batch_size, limit)], scene, gripper, config)
+
+    workers = min(config.workers or min(os.cpu_count() or 1, 8), len(starts))
+    found: list[tuple[np.ndarray, float, float]] = []
+    if workers <= 1:
+        for start in starts:
+            found.extend(check(start))
+            if len(found) >= config.enough_feasible:
+                break
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for first in range(0, len(starts), workers):
+                for batch in pool.map(check, starts[first:first + workers]):
+                    found.extend(batch)
+                    if len(found) >= config.enough_feasible:
+                        break
+                if len(found) >= config.enough_feasible:
+                    break
     found.sort(key=lambda item: -item[2])
     return found
 

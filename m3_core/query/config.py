@@ -166,6 +166,9 @@ class QueryConfig:
     """3D queries: rendered points inside the instance's box (its Gaussians' means) grown by this are
     the object's: the surface lies a few mm outside the means. At 8 mm the render's blend into the
     table around the object's foot joined it (half the built-in duck's feasible grasps lost)."""
+    planner_workers: int = 0
+    """Threads the grasp planner checks its candidate batches on (0: one per CPU core, at most 8;
+    1: the query's own thread). The grasps are the same for any number."""
     require_grasp: bool = True
     """True: a candidate on which the grasp planner (m3_core.grasp.planner) finds no feasible
     grasp is not the answer. The top-down fallback used without the planner never refuses."""
@@ -218,6 +221,8 @@ class QueryConfig:
             raise ValueError("max_text_chars and max_points must be >= 1")
 
     def _check_dense(self) -> None:
+        if self.planner_workers < 0:
+            raise ValueError(f"planner_workers must be >= 0, got {self.planner_workers}")
         if self.dense_replan_below < 0:
             raise ValueError(f"dense_replan_below must be >= 0, got {self.dense_replan_below}")
         if self.dense_views < 0 or not 0.0 <= self.dense_min_alpha <= 1.0:

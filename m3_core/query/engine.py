@@ -452,7 +452,8 @@ class QueryEngine:
         world_from_armbase: np.ndarray | None,
     ) -> list[Grasp]:
         obj, scene = self._scene_points(enc, points, rendered)
-        return plan_grasps(obj, scene, self.robot.gripper, self.robot.arm, world_from_armbase, MEMORY_PLANNER)
+        planner = replace(MEMORY_PLANNER, workers=enc.config.planner_workers)
+        return plan_grasps(obj, scene, self.robot.gripper, self.robot.arm, world_from_armbase, planner)
 
     def dense_object(self, config: QueryConfig, instance: Instance) -> np.ndarray:
         """[N,3] the memory's depth on a 3D instance's surface (m3_core.query.dense): rendered from
