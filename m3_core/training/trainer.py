@@ -330,6 +330,7 @@ class Trainer:
         self.objective = Objective(
             self.heads, self.gaussians.query_slices, config.depth_weight, config.feature_weight
         )
+        self._graph_outputs = False  # the loss's outputs live in a CUDA graph's memory (set below)
         self.full_image_loss = self._full_image_loss(config.compile_loss)
         # Fused Adam: one kernel per parameter group instead of ~7 per parameter (on the CPU too:
         # a third of the single-tensor update's time over ~50k Gaussians).
@@ -374,6 +375,7 @@ class Trainer:
         log.info("compiling the step's loss with torch.compile (the first steps take longer)")
         # static shapes: one image size and point count per run; a new shape recompiles once
         mode_arg = None if self.config.compile_mode == "default" else self.config.compile_mode
+        self._graph_outputs = mode_arg == "reduce-overhead"
         return torch.compile(self.objective.full_image, dynamic=False, mode=mode_arg)
 
     def _select_pscs(self) -> dict[str, torch.Tensor]:
@@ -496,7 +498,13 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.iteration += 1
         dens = self.densifier.step(self.iteration, self.gaussians, self.optimizer)
-        logs["loss"] = loss.detach()
+        if self._graph_outputs:
+            # A CUDA graph replays into the same output memory at the next step: what the caller
+            # keeps (a list of the steps' logs) must be copied out, in one kernel.
+            names = [*logs, "loss"]
+            logs = dict(zip(names, torch.stack([*logs.values(), loss.detach()]).unbind()))
+        else:
+            logs["loss"] = loss.detach()
         logs["n"] = self.gaussians.num_gaussians
         if any(dens.values()):
             logs.update(dens)
