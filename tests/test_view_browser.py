@@ -131,6 +131,9 @@ def test_query_in_the_browser_shows_object_and_gripper(viewer_url, browser) -> N
 
     query = [i for i in browser.find_elements(By.TAG_NAME, "input") if i.get_attribute("type") == "text"][-1]
     query.send_keys("yellow rubber duck", Keys.TAB)
+    # The text reaches the viewer while it is typed; Find queries what has arrived (a click right
+    # after the last key, on a busy machine, once queried "y"): wait for the viewer's echo of it.
+    _wait_for(lambda: "look for yellow rubber duck" in _page_text(browser), 60, "the viewer to have the typed text")
     button.click()
     _wait_for(lambda: "ound " in _page_text(browser), 180, "the query's status line")  # Found / Not found
     page = _page_text(browser)

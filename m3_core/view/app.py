@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PROMPT = "Type an object and press **Find**."
+"""The status line before anything is typed."""
+
 
 @dataclass(frozen=True)
 class ViewerConfig:
@@ -108,6 +111,7 @@ class MemoryViewer:
         self._pending: dict[int, object] = {}
         self._wake = threading.Condition()
         self._query_lock = threading.Lock()
+        self._echoed = ""  # the query text last echoed in the status line
 
         server.scene.set_up_direction("+z")
         splats = splat_arrays(memory.gaussians, config.max_splats)
@@ -118,9 +122,10 @@ class MemoryViewer:
         self.mode = gui.add_dropdown("View", VIEW_MODES, initial_value="rgb")
         self.text = gui.add_text("Query", initial_value="", hint='an object, e.g. "yellow bath duck"')
         self.button = gui.add_button("Find")
-        self.status = gui.add_markdown("Type an object and press **Find**.")
+        self.status = gui.add_markdown(PROMPT)
         self.panel = gui.add_image(np.zeros((config.panel_height_px, config.panel_height_px, 3), np.uint8), label="memory")
         self.button.on_click(lambda event: self._on_find(event.client))
+        self.text.on_update(lambda event: self._on_text())
         self.mode.on_update(lambda event: self._request_all())
         server.on_client_connect(self._on_connect)
         threading.Thread(target=self._render_loop, name="m3-view-render", daemon=True).start()
@@ -170,6 +175,15 @@ class MemoryViewer:
         self.panel.image = render_view(self.memory, world_from_camera, camera, self.mode.value, relevance, mask)
 
     # -- query -----------------------------------------------------------------------------------
+    def _on_text(self) -> None:
+        # The browser sends the typed text while the user types, and Find queries what has arrived:
+        # the status line echoes it, so what Find will look for is on the screen before the click.
+        text = self.text.value.strip()
+        if text == self._echoed:  # a repeated value (a blur after typing) must not hide an answer
+            return
+        self._echoed = text
+        self.status.content = f"Press **Find** to look for **{text}**." if text else PROMPT
+
     def _on_find(self, client: viser.ClientHandle | None) -> None:
         text = self.text.value
         if client is None:
