@@ -232,3 +232,52 @@ def test_batches_checked_in_parallel_give_the_grasps_of_one_thread(name):
 def test_planner_workers_must_not_be_negative():
     with pytest.raises(ValueError, match="workers"):
         GraspPlannerConfig(workers=-1)
+
+
+def test_the_support_bound_is_never_below_the_clearance_at_any_opening():
+    rng = np.random.default_rng(5)
+    gripper = GripperConfig()
+    B = 400
+    q = rng.normal(size=(B, 4))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    from scipy.spatial.transform import Rotation  # local: only this test builds random rotations
+
+    poses = np.tile(np.eye(4), (B, 1, 1))
+    poses[:, :3, :3] = Rotation.from_quat(q).as_matrix()
+    poses[:, :3, 3] = rng.uniform(-0.1, 0.1, (B, 3))
+    up = np.array([0.0, 0.0, 1.0])
+    bound = filters.support_clearance_bound(poses, up, 0.0, gripper)
+    for w in np.linspace(gripper.min_opening_m, gripper.max_opening_m, 7):
+        at = filters.support_clearance(poses, np.full(B, w), up, 0.0, gripper)
+        assert np.all(bound >= at - 1e-12)
+    # and it is tight where the width does not matter: at one of the two extreme openings
+    ends = [filters.support_clearance(poses, np.full(B, w), up, 0.0, gripper)
+            for w in (gripper.min_opening_m, gripper.max_opening_m)]
+    assert np.mean(bound <= np.maximum(*ends) + 0.01) > 0.9
+
+
+@pytest.mark.parametrize("name", ["box", "mug", "rounded_brick"])
+def test_dropping_candidates_below_the_floor_early_changes_no_grasp(monkeypatch, name):
+    obj, scene, base, config = _synthetic_objects()[name]
+    early = plan_grasps(obj, scene, GripperConfig(), ArmConfig(), base, config)
+    with monkeypatch.context() as m:
+        m.setattr(filters, "support_clearance_bound", lambda poses, *a: np.full(len(poses), np.inf))
+        late = plan_grasps(obj, scene, GripperConfig(), ArmConfig(), base, config)
+    assert late, "grasps are found (else the comparison says little)"
+    _assert_same_grasps(early, late)
+
+
+@pytest.mark.parametrize("name", ["teddy", "mug"])
+def test_dropping_candidates_below_the_floor_early_changes_no_grasp_of_memory_objects(monkeypatch, name):
+    if not FOUND_INPUTS.exists():
+        pytest.skip(f"{FOUND_INPUTS} is missing")
+    data = np.load(FOUND_INPUTS)
+    robot = load_robot_config()
+    obj, scene = data[f"{name}_object"].astype(np.float64), data[f"{name}_scene"].astype(np.float64)
+    args = (obj, scene, robot.gripper, robot.arm, None, MEMORY_PLANNER)
+    early = plan_grasps(*args)
+    with monkeypatch.context() as m:
+        m.setattr(filters, "support_clearance_bound", lambda poses, *a: np.full(len(poses), np.inf))
+        late = plan_grasps(*args)
+    assert late, "grasps are found (else the comparison says little)"
+    _assert_same_grasps(early, late)

@@ -44,13 +44,35 @@ def support_clearance(
 ) -> np.ndarray:
     """Height [B] of the lowest corner of fingers and palm, at the grasp or at the pre-grasp, above the
     support plane (height `support_h` along `up`); keep those above `support_clearance_m`."""
+    lowest = _corner_heights(poses, widths, up, gripper).min(axis=1)
+    pre_shift = -gripper.approach_distance_m * (poses[:, :3, 2] @ up)
+    return np.minimum(lowest, lowest + pre_shift) - support_h
+
+
+def support_clearance_bound(
+    poses: np.ndarray, up: np.ndarray, support_h: float, gripper: GripperConfig
+) -> np.ndarray:
+    """An upper bound [B] of `support_clearance` over every opening the gripper has (min_opening_m to
+    max_opening_m): a candidate below the floor by this bound is below it whatever width it gets, so
+    it can be dropped before its width is measured.
+
+    Each corner's height is linear in the width, so it is at most the larger of its heights at the
+    two extreme widths, and the lowest corner at most the smallest of those."""
+    g = gripper
+    ends = np.array([g.min_opening_m, g.max_opening_m])
+    heights = _corner_heights(np.concatenate([poses, poses]), np.repeat(ends, len(poses)), up, g)
+    lowest = np.maximum(heights[: len(poses)], heights[len(poses):]).min(axis=1)
+    pre_shift = -g.approach_distance_m * (poses[:, :3, 2] @ up)
+    return np.minimum(lowest, lowest + pre_shift) - support_h
+
+
+def _corner_heights(poses: np.ndarray, widths: np.ndarray, up: np.ndarray, gripper: GripperConfig) -> np.ndarray:
+    """Heights along `up` [B,24] of the 8 corners of each finger and the palm, at the grasp."""
     centres, sizes = local_boxes(widths, gripper)                          # [B,3,3]
     corners = centres[:, :, None, :] + sizes[:, :, None, :] * _CORNERS      # [B,3,8,3]
     up_local = np.einsum("bji,j->bi", poses[:, :3, :3], up)                # up in each grasp frame
     h = poses[:, :3, 3] @ up
-    lowest = h + np.einsum("bkci,bi->bkc", corners, up_local).reshape(len(poses), 24).min(axis=1)
-    pre_shift = -gripper.approach_distance_m * (poses[:, :3, 2] @ up)
-    return np.minimum(lowest, lowest + pre_shift) - support_h
+    return h[:, None] + np.einsum("bkci,bi->bkc", corners, up_local).reshape(len(poses), 24)
 
 
 def _ball_pairs(tree: cKDTree, centres: np.ndarray, radius: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:

@@ -235,6 +235,12 @@ def _evaluate(
 def _evaluate_batch(
     poses: np.ndarray, scene: _Scene, gripper: GripperConfig, config: GraspPlannerConfig
 ) -> list[tuple[np.ndarray, float, float]]:
+    # Candidates whose gripper reaches below the support's floor whatever its opening would be
+    # refused after the costly width measurement (a third of the found-path queries' candidates)
+    bound = filters.support_clearance_bound(poses, scene.up, scene.support_h, gripper)
+    poses = poses[bound >= scene.floor_m - 1e-9]          # (1e-9: rounding never drops a feasible one)
+    if not len(poses):
+        return []
     local = filters.grasp_frame_points(poses, scene.points)                  # [B,3,N]
     closing = filters.measure_closing(poses, local, scene.normals, gripper, config)
     keep = closing["ok"] & (closing["contact_cos"] >= np.cos(np.radians(config.friction_cone_deg)))
