@@ -212,7 +212,7 @@ def _evaluate(
     def check(start: int) -> list[tuple[np.ndarray, float, float]]:
         return _evaluate_batch(poses[start:min(start + config.batch_size, limit)], scene, gripper, config)
 
-    workers = min(config.workers or min(os.cpu_count() or 1, 8), len(starts))
+    workers = min(config.workers or os.cpu_count() or 1, len(starts))
     found: list[tuple[np.ndarray, float, float]] = []
     if workers <= 1:
         for start in starts:

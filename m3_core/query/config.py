@@ -166,9 +166,9 @@ class QueryConfig:
     """3D queries: rendered points inside the instance's box (its Gaussians' means) grown by this are
     the object's: the surface lies a few mm outside the means. At 8 mm the render's blend into the
     table around the object's foot joined it (half the built-in duck's feasible grasps lost)."""
-    planner_workers: int = 0
-    """Threads the grasp planner checks its candidate batches on (0: one per CPU core, at most 8;
-    1: the query's own thread). The grasps are the same for any number."""
+    planner_workers: int = 2
+    """Threads the grasp planner checks its candidate batches on (1: the query's own thread; 0: one
+    per CPU core; see GraspPlannerConfig.workers). The grasps are the same for any number."""
     require_grasp: bool = True
     """True: a candidate on which the grasp planner (m3_core.grasp.planner) finds no feasible
     grasp is not the answer. The top-down fallback used without the planner never refuses."""
