@@ -205,14 +205,19 @@ def test_planner_gives_the_reference_grasps_on_synthetic_objects(monkeypatch, na
     _assert_same_grasps(fast, ref)
 
 
-@pytest.mark.parametrize("name", ["duck", "teddy", "mug", "toy_brick"])
-def test_planner_gives_the_reference_grasps_on_memory_objects(monkeypatch, name):
+def _memory_object_args(name: str) -> tuple:
+    """plan_grasps' arguments for one of the found-path queries' objects (skips without the file)."""
     if not FOUND_INPUTS.exists():
         pytest.skip(f"{FOUND_INPUTS} is missing")
     data = np.load(FOUND_INPUTS)
     robot = load_robot_config()
     obj, scene = data[f"{name}_object"].astype(np.float64), data[f"{name}_scene"].astype(np.float64)
-    fast, ref = _plan_both(monkeypatch, obj, scene, robot.gripper, robot.arm, None, MEMORY_PLANNER)
+    return obj, scene, robot.gripper, robot.arm, None, MEMORY_PLANNER
+
+
+@pytest.mark.parametrize("name", ["duck", "teddy", "mug", "toy_brick"])
+def test_planner_gives_the_reference_grasps_on_memory_objects(monkeypatch, name):
+    fast, ref = _plan_both(monkeypatch, *_memory_object_args(name))
     assert ref, "the reference finds grasps (else the comparison says little)"
     _assert_same_grasps(fast, ref)
 
@@ -259,22 +264,15 @@ def test_the_support_bound_is_never_below_the_clearance_at_any_opening():
 @pytest.mark.parametrize("name", ["box", "mug", "rounded_brick"])
 def test_dropping_candidates_below_the_floor_early_changes_no_grasp(monkeypatch, name):
     obj, scene, base, config = _synthetic_objects()[name]
-    early = plan_grasps(obj, scene, GripperConfig(), ArmConfig(), base, config)
-    with monkeypatch.context() as m:
-        m.setattr(filters, "support_clearance_bound", lambda poses, *a: np.full(len(poses), np.inf))
-        late = plan_grasps(obj, scene, GripperConfig(), ArmConfig(), base, config)
-    assert late, "grasps are found (else the comparison says little)"
-    _assert_same_grasps(early, late)
+    _assert_floor_bound_changes_nothing(monkeypatch, obj, scene, GripperConfig(), ArmConfig(), base, config)
 
 
 @pytest.mark.parametrize("name", ["teddy", "mug"])
 def test_dropping_candidates_below_the_floor_early_changes_no_grasp_of_memory_objects(monkeypatch, name):
-    if not FOUND_INPUTS.exists():
-        pytest.skip(f"{FOUND_INPUTS} is missing")
-    data = np.load(FOUND_INPUTS)
-    robot = load_robot_config()
-    obj, scene = data[f"{name}_object"].astype(np.float64), data[f"{name}_scene"].astype(np.float64)
-    args = (obj, scene, robot.gripper, robot.arm, None, MEMORY_PLANNER)
+    _assert_floor_bound_changes_nothing(monkeypatch, *_memory_object_args(name))
+
+
+def _assert_floor_bound_changes_nothing(monkeypatch, *args) -> None:
     early = plan_grasps(*args)
     with monkeypatch.context() as m:
         m.setattr(filters, "support_clearance_bound", lambda poses, *a: np.full(len(poses), np.inf))
