@@ -239,9 +239,13 @@ def test_planner_workers_must_not_be_negative():
         GraspPlannerConfig(workers=-1)
 
 
-def test_the_support_bound_is_never_below_the_clearance_at_any_opening():
+def test_the_support_bound_is_never_below_the_clearance_at_any_opening_and_centring():
+    # The planner measures a candidate's width and moves its origin along the closing axis to centre
+    # it on the object, then tests the support clearance: the bound, taken before both, must be at
+    # least that clearance for every width and shift (it was not for shifts at first: a tray grasp
+    # along a tilted closing axis was dropped although it was feasible).
     rng = np.random.default_rng(5)
-    gripper = GripperConfig()
+    gripper, config = GripperConfig(), GraspPlannerConfig()
     B = 400
     q = rng.normal(size=(B, 4))
     q /= np.linalg.norm(q, axis=1, keepdims=True)
@@ -251,14 +255,16 @@ def test_the_support_bound_is_never_below_the_clearance_at_any_opening():
     poses[:, :3, :3] = Rotation.from_quat(q).as_matrix()
     poses[:, :3, 3] = rng.uniform(-0.1, 0.1, (B, 3))
     up = np.array([0.0, 0.0, 1.0])
-    bound = filters.support_clearance_bound(poses, up, 0.0, gripper)
-    for w in np.linspace(gripper.min_opening_m, gripper.max_opening_m, 7):
-        at = filters.support_clearance(poses, np.full(B, w), up, 0.0, gripper)
-        assert np.all(bound >= at - 1e-12)
-    # and it is tight where the width does not matter: at one of the two extreme openings
-    ends = [filters.support_clearance(poses, np.full(B, w), up, 0.0, gripper)
-            for w in (gripper.min_opening_m, gripper.max_opening_m)]
-    assert np.mean(bound <= np.maximum(*ends) + 0.01) > 0.9
+    half = filters.slab_half_width(gripper, config)
+    bound = filters.support_clearance_bound(poses, up, 0.0, gripper, half)
+    for w in np.linspace(gripper.min_opening_m, gripper.max_opening_m, 5):
+        for shift in np.linspace(-half, half, 5):
+            moved = poses.copy()
+            moved[:, :3, 3] += shift * poses[:, :3, 0]
+            at = filters.support_clearance(moved, np.full(B, w), up, 0.0, gripper)
+            assert np.all(bound >= at - 1e-12)
+    # and it still refuses something: candidates pointing the fingers down into the support
+    assert (bound < 0.0).mean() > 0.2
 
 
 @pytest.mark.parametrize("name", ["box", "mug", "rounded_brick"])

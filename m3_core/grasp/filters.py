@@ -50,18 +50,22 @@ def support_clearance(
 
 
 def support_clearance_bound(
-    poses: np.ndarray, up: np.ndarray, support_h: float, gripper: GripperConfig
+    poses: np.ndarray, up: np.ndarray, support_h: float, gripper: GripperConfig, max_shift_m: float
 ) -> np.ndarray:
     """An upper bound [B] of `support_clearance` over every opening the gripper has (min_opening_m to
-    max_opening_m): a candidate below the floor by this bound is below it whatever width it gets, so
-    it can be dropped before its width is measured.
+    max_opening_m) and every shift of the origin along the closing axis up to `max_shift_m` (the
+    planner centres each grasp on what lies between the fingers): a candidate below the floor by
+    this bound is below it whatever width and centring it gets, so it can be dropped before its
+    width is measured.
 
     Each corner's height is linear in the width, so it is at most the larger of its heights at the
-    two extreme widths, and the lowest corner at most the smallest of those."""
+    two extreme widths, and the lowest corner at most the smallest of those; a shift moves them all
+    by at most `max_shift_m` times the closing axis' slope."""
     g = gripper
     ends = np.array([g.min_opening_m, g.max_opening_m])
     heights = _corner_heights(np.concatenate([poses, poses]), np.repeat(ends, len(poses)), up, g)
     lowest = np.maximum(heights[: len(poses)], heights[len(poses):]).min(axis=1)
+    lowest += max_shift_m * np.abs(poses[:, :3, 0] @ up)
     pre_shift = -g.approach_distance_m * (poses[:, :3, 2] @ up)
     return np.minimum(lowest, lowest + pre_shift) - support_h
 
@@ -98,6 +102,12 @@ def grasp_frame_points(poses: np.ndarray, points: np.ndarray) -> np.ndarray:  # 
     return rotated - np.matmul(grasp_from_world, poses[:, :3, 3, None])
 
 
+def slab_half_width(gripper: GripperConfig, config: GraspPlannerConfig) -> float:
+    """How far along the closing axis from the origin `measure_closing` looks for the object (and so
+    the largest shift it can centre a grasp by)."""
+    return 0.5 * gripper.max_opening_m + gripper.finger_thickness_m + config.collision_margin_m
+
+
 def measure_closing(
     poses: np.ndarray, local: np.ndarray, normals: np.ndarray, gripper: GripperConfig, config: GraspPlannerConfig,
 ) -> dict[str, np.ndarray]:
@@ -118,7 +128,7 @@ def measure_closing(
     x, y, z = local[:, 0], local[:, 1], local[:, 2]
     slab = np.abs(y) <= 0.5 * g.finger_width_m + config.collision_margin_m
     slab &= (z >= -g.tcp_depth_m) & (z <= g.finger_length_m - g.tcp_depth_m)
-    slab &= np.abs(x) <= 0.5 * g.max_opening_m + g.finger_thickness_m + config.collision_margin_m
+    slab &= np.abs(x) <= slab_half_width(g, config)
     gap = g.finger_thickness_m + config.opening_clearance_m + config.collision_margin_m
     x_min, x_max, count = _centre_cluster_extremes(x, slab, gap, config.extent_trim_fraction)
     extent = np.where(count > 0, x_max - x_min, np.inf)
