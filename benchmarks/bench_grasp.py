@@ -71,18 +71,20 @@ class NoAnswerError(Exception):
     """The query answered "not found" (or found nothing graspable)."""
 
 
-def make_context(memory, config: QueryConfig) -> dict:
+def make_context(memory, config: QueryConfig, search_3d: str = "fallback") -> dict:
     """What `answer` reuses across queries (the engine, or the older path's cache)."""
     if QueryEngine is not None:
-        return {"engine": QueryEngine(memory, config), "config": config, "path": "engine"}
+        return {"engine": QueryEngine(memory, config), "config": config, "path": "engine", "search_3d": search_3d}
     return {"cache": QueryCache(memory), "config": config, "path": "region centre"}
 
 
 def answer(memory, text: str, view: QueryView, ctx: dict, gripper: GripperConfig) -> list[Grasp]:
     """The query under test: ranked grasps for `text` seen from `view` (raises NoAnswerError).
 
-    With the query engine: its ranked grasps (planner or its top-down fallback), view queries
-    answered from the view only ("never"), 3D queries among the Gaussians.
+    With the query engine: its ranked grasps (planner or its top-down fallback); view queries as
+    the query node and `m3 query` answer them by default ("fallback": the memory's Gaussians when
+    the view finds nothing graspable) or from the view only (--search-3d never); 3D queries among
+    the Gaussians.
     Without it (older checkouts): the centre of the located region with the top-down approach,
     opening = the region's points' spread along the closing axis + 1.5 cm, at most the gripper's.
     """
@@ -90,7 +92,8 @@ def answer(memory, text: str, view: QueryView, ctx: dict, gripper: GripperConfig
         engine_view = (
             None if view.world_from_camera is None else EngineView(view.world_from_camera, view.camera)
         )
-        result = ctx["engine"].query(text, view=engine_view, search_3d="never" if engine_view else "always")
+        search_3d = ctx.get("search_3d", "fallback") if engine_view else "always"
+        result = ctx["engine"].query(text, view=engine_view, search_3d=search_3d)
         if not result.found or not result.grasps:
             raise NoAnswerError(result.message)
         return list(result.grasps)
@@ -208,8 +211,8 @@ def query_benchmark(args) -> dict:
         "objects": [o for o in records if not o["support"]],
         "table": next(o for o in records if o["support"]),
     }
-    ctx = make_context(memory, QueryConfig(render_width=args.width))
-    print(f"query path: {ctx['path']}")
+    ctx = make_context(memory, QueryConfig(render_width=args.width), args.search_3d)
+    print(f"query path: {ctx['path']}, view queries search_3d={args.search_3d}")
     spec, folder = scene_spec(None, args.gt, None)
     rows, absent = [], []
     with GraspSim(spec, robot_for(spec, folder, None).gripper) as sim:
@@ -233,7 +236,7 @@ def query_benchmark(args) -> dict:
                 row = run_query(memory, sim, gt, None, text, view, ctx)
                 absent.append(row)
                 print_row(row)
-    return {"rows": rows, "absent": absent, "summary": summarise(rows, absent)}
+    return {"rows": rows, "absent": absent, "summary": {**summarise(rows, absent), "search_3d": args.search_3d}}
 
 
 def print_row(row: dict) -> None:
@@ -363,6 +366,11 @@ def parse_args() -> argparse.Namespace:
     )
     ap.add_argument("--tries", type=int, default=12, help="part grasps tried per object (--ground-truth)")
     ap.add_argument("--width", type=int, default=320, help="query render width")
+    ap.add_argument(
+        "--search-3d", choices=("fallback", "never"), default="fallback",
+        help="view queries: 'fallback' (the query node's and m3 query's default: the memory's Gaussians "
+        "when the view finds nothing graspable) or 'never' (the view alone)",
+    )  # fmt: skip
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--label", default="", help="name of this run in the summary (e.g. clean, noisy)")
     ap.add_argument("--json", type=Path, help="also write all rows and the summary here")
