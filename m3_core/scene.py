@@ -33,10 +33,11 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -114,6 +115,19 @@ class Scene:
 
 
 # -- pixels ----------------------------------------------------------------------------------
+
+
+_T = TypeVar("_T")
+
+
+def map_frames(read: Callable[[int], _T], indices: Sequence[int]) -> Iterator[_T]:
+    """`read(i)` for each frame index, in order, on up to 8 threads: cv2 decodes PNGs with the GIL
+    released. A few frames at a time, not all at once: a long capture's images would not fit in
+    memory together."""
+    workers = min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for start in range(0, len(indices), 2 * workers):
+            yield from pool.map(read, indices[start:start + 2 * workers])
 
 
 def read_rgb(path: Path) -> np.ndarray:

@@ -9,6 +9,7 @@ near-duplicate suppression -> top-K.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -212,22 +213,16 @@ def _evaluate(
     def check(start: int) -> list[tuple[np.ndarray, float, float]]:
         return _evaluate_batch(poses[start:min(start + config.batch_size, limit)], scene, gripper, config)
 
-    workers = min(config.workers or os.cpu_count() or 1, len(starts))
+    workers = max(1, min(config.workers or os.cpu_count() or 1, len(starts)))
     found: list[tuple[np.ndarray, float, float]] = []
-    if workers <= 1:
-        for start in starts:
-            found.extend(check(start))
+    with ThreadPoolExecutor(max_workers=workers) if workers > 1 else contextlib.nullcontext() as pool:
+        run = pool.map if pool is not None else map
+        # rounds of `workers` batches, submitted one round at a time as the results are taken
+        batches = (b for first in range(0, len(starts), workers) for b in run(check, starts[first:first + workers]))
+        for batch in batches:
+            found.extend(batch)
             if len(found) >= config.enough_feasible:
                 break
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for first in range(0, len(starts), workers):
-                for batch in pool.map(check, starts[first:first + workers]):
-                    found.extend(batch)
-                    if len(found) >= config.enough_feasible:
-                        break
-                if len(found) >= config.enough_feasible:
-                    break
     found.sort(key=lambda item: -item[2])
     return found
 

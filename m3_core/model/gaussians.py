@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +26,7 @@ from torch import Tensor, nn
 
 from m3_core.geometry.camera import points_from_depth
 from m3_core.geometry.quaternion import rotmat_from_quat_wxyz
-from m3_core.scene import SceneError
+from m3_core.scene import SceneError, map_frames
 
 if TYPE_CHECKING:
     from m3_core.scene import Scene
@@ -306,24 +304,6 @@ def voxel_downsample(
     return sums_p / counts[:, None], sums_c / counts[:, None], counts
 
 
-def _read_frames(scene: Scene, indices: range) -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None]]:
-    """(index, depth in metres or None, RGB or None without depth) of each frame, in order.
-
-    cv2 decodes with the GIL released, so the PNGs are read in parallel threads, a few frames at a
-    time (not all at once: a long capture's images would not fit in memory together)."""
-
-    def read(i: int) -> tuple[np.ndarray | None, np.ndarray | None]:
-        depth_m = scene.read_depth_m(i)
-        return depth_m, (scene.read_rgb(i) if depth_m is not None else None)
-
-    workers = min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for start in range(0, len(indices), 2 * workers):
-            chunk = indices[start:start + 2 * workers]
-            for i, (depth_m, rgb) in zip(chunk, pool.map(read, chunk)):
-                yield i, depth_m, rgb
-
-
 def init_from_scene(
     scene: Scene,
     query_dims: Mapping[str, int] | Iterable[str] | None = None,
@@ -339,7 +319,12 @@ def init_from_scene(
     if cfg.stride < 1 or cfg.frame_stride < 1 or cfg.max_points < 1:
         raise ValueError(f"stride, frame_stride and max_points must be >= 1, got {cfg}")
     all_p, all_c = [], []
-    for i, depth_m, rgb in _read_frames(scene, range(0, len(scene), cfg.frame_stride)):
+    def read(i: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        depth_m = scene.read_depth_m(i)
+        return depth_m, (scene.read_rgb(i) if depth_m is not None else None)
+
+    indices = range(0, len(scene), cfg.frame_stride)
+    for i, (depth_m, rgb) in zip(indices, map_frames(read, indices)):
         if depth_m is None or rgb is None:
             continue
         if cfg.max_depth_m > 0:

@@ -178,6 +178,8 @@ class QueryConfig:
         self._check_relevance()
         self._check_workspace()
         self._check_dense()
+        if self.planner_workers < 0:
+            raise ValueError(f"planner_workers must be >= 0, got {self.planner_workers}")
 
     def _check_modes(self) -> None:
         if self.threshold_mode not in ("fixed", "otsu"):
@@ -221,8 +223,6 @@ class QueryConfig:
             raise ValueError("max_text_chars and max_points must be >= 1")
 
     def _check_dense(self) -> None:
-        if self.planner_workers < 0:
-            raise ValueError(f"planner_workers must be >= 0, got {self.planner_workers}")
         if self.dense_replan_below < 0:
             raise ValueError(f"dense_replan_below must be >= 0, got {self.dense_replan_below}")
         if self.dense_views < 0 or not 0.0 <= self.dense_min_alpha <= 1.0:

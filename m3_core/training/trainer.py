@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,7 +41,7 @@ from m3_core.model.gaussians import GaussianInitConfig, GaussianModel, init_from
 from m3_core.model.linear import LinearDecoder, latent_dim_for_budget
 from m3_core.model.memory import HEADS, M3Memory, render_memory
 from m3_core.model.memory_bank import DEFAULT_THETAS, default_theta, features_from_grids, select_psc
-from m3_core.scene import Scene
+from m3_core.scene import Scene, map_frames
 from m3_core.training.densify import Densifier, DensifyConfig
 from m3_core.training.losses import prepare_grid, ssim
 from m3_core.training.objective import Objective, compile_available, prefetch_compiler
@@ -302,9 +300,7 @@ class Trainer:
             if self.mode == "full" and config.compile_loss != "off" and compile_available(device)[0]
             else None
         )
-        # cv2 decodes with the GIL released: the views' PNGs are read in parallel
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            self.views = list(pool.map(lambda i: load_view(scene, i, config.train_width, device), self.train_idx))
+        self.views = list(map_frames(lambda i: load_view(scene, i, config.train_width, device), self.train_idx))
         if not any(bool((v.depth_m > 0).any()) for v in self.views):
             raise TrainError(
                 f"scene {scene.root} has no valid depth in any training frame; the trainer needs depth "
