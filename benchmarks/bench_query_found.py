@@ -45,6 +45,7 @@ ENGINES = {
     "new": {},
     "reference": {"relevance_method": "decode", "fuse_search_m": 0.0},
     "planner-1-thread": {"planner_workers": 1},  # the planner's batches one after another
+    "planner-host": {"planner_device": "host"},  # candidates checked with numpy on the host CPU
 }
 STAGES = ("encode", "render", "locate", "grasp")
 

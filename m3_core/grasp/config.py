@@ -103,6 +103,15 @@ class GraspPlannerConfig:
     one). Only the batches' array loops release the GIL: on the machines measured 2 threads cut the
     mean planning time by 10-25 % (the median by -8 to +21 %), and 8 on a 16-core host made the
     found-path query's planning 30 % slower than one thread (BENCHMARKS.md, session 14)."""
+    device: str | None = None
+    """Where the candidates are checked. None: numpy on the host, `batch_size` at a time until
+    `enough_feasible` are found (on `workers` threads). A torch device ("cuda", "cuda:1", "cpu"):
+    every candidate at once as batched float64 torch (`m3_core.grasp.device_filters`), then cut
+    where the host path would have stopped, so the grasps are the same as the host path's up to
+    rounding. Meant for a GPU: one query's checks are then ~100 kernel launches instead of
+    thousands of numpy calls."""
+    device_chunk: int = 1024
+    """Candidates checked per torch call on `device` (memory: ~chunk x scene points x 200 bytes)."""
     top_k: int = 10
     """Grasps returned at most (after near-duplicate suppression)."""
     enough_feasible: int = 96
@@ -139,7 +148,8 @@ class GraspPlannerConfig:
 
     def __post_init__(self) -> None:
         positive = ("object_voxel_m", "scene_voxel_m", "max_object_points", "normal_neighbours",
-                    "num_seeds", "ray_neighbours", "num_approaches", "top_down_yaws", "batch_size", "top_k", "max_evaluated")
+                    "num_seeds", "ray_neighbours", "num_approaches", "top_down_yaws", "batch_size", "top_k", "max_evaluated",
+                    "device_chunk")
         bad = [name for name in positive if getattr(self, name) <= 0]
         if bad:
             raise ValueError(f"GraspPlannerConfig: {', '.join(bad)} must be > 0")

@@ -7,6 +7,7 @@ All functions take world_from_grasp poses [B,4,4] and return per-candidate array
 from __future__ import annotations
 
 import itertools
+from typing import TypeVar
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -15,7 +16,13 @@ from m3_core.grasp.config import GraspPlannerConfig
 from m3_core.grasp.gripper import local_boxes
 from m3_core.robot import ArmConfig, GripperConfig
 
+ArrayT = TypeVar("ArrayT")  # a numpy array or a torch tensor: the comparisons below work on both
+
 _CORNERS = np.array(list(itertools.product((-0.5, 0.5), repeat=3)))    # [8,3] unit-box corners
+ROUNDING_M = 1e-9
+"""Slack of a comparison at a bound that points sit on by construction (the top-down sampler puts
+the fingertips at a surface point's height): rounding (numpy on the host, a GPU's fused
+multiply-adds) must not decide whether such a point is between the fingers."""
 
 
 def approach_ok(poses: np.ndarray, up: np.ndarray, config: GraspPlannerConfig) -> np.ndarray:
@@ -127,7 +134,7 @@ def measure_closing(
     g = gripper
     x, y, z = local[:, 0], local[:, 1], local[:, 2]
     slab = np.abs(y) <= 0.5 * g.finger_width_m + config.collision_margin_m
-    slab &= (z >= -g.tcp_depth_m) & (z <= g.finger_length_m - g.tcp_depth_m)
+    slab &= _along_fingers(z, g)
     slab &= np.abs(x) <= slab_half_width(g, config)
     gap = g.finger_thickness_m + config.opening_clearance_m + config.collision_margin_m
     x_min, x_max, count = _centre_cluster_extremes(x, slab, gap, config.extent_trim_fraction)
@@ -150,6 +157,12 @@ def measure_closing(
             "contact_mean_cos": np.minimum(right_mean, left_mean), "ok": ok}
 
 
+def _along_fingers(z: ArrayT, gripper: GripperConfig) -> ArrayT:
+    """Where grasp-frame heights `z` lie along the fingers, palm face to fingertips (`ROUNDING_M` slack);
+    numpy arrays or torch tensors."""
+    return (z >= -gripper.tcp_depth_m - ROUNDING_M) & (z <= gripper.finger_length_m - gripper.tcp_depth_m + ROUNDING_M)
+
+
 def section_plane_cos(
     local: np.ndarray, widths: np.ndarray, gripper: GripperConfig, config: GraspPlannerConfig
 ) -> np.ndarray:
@@ -163,7 +176,7 @@ def section_plane_cos(
     which way the wall leans."""
     x, y, z = local[:, 0], local[:, 1], local[:, 2]
     section = (np.abs(y) <= config.section_half_width_m) & (np.abs(x) <= 0.5 * widths[:, None])
-    section &= (z >= -gripper.tcp_depth_m) & (z <= gripper.finger_length_m - gripper.tcp_depth_m)
+    section &= _along_fingers(z, gripper)
     return _patch_plane_cos(local, section, gripper.finger_width_m)
 
 

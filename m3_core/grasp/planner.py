@@ -17,10 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy.spatial import cKDTree
 from threadpoolctl import threadpool_limits
 
-from m3_core.grasp import filters, sampling, scoring
+from m3_core.grasp import device_filters, filters, sampling, scoring
 from m3_core.grasp.config import GraspPlannerConfig
 from m3_core.grasp.gripper import pregrasp_matrix
 from m3_core.grasp.pointcloud import checked_points, estimate_normals, voxel_downsample
@@ -208,6 +209,10 @@ def _evaluate(
     so the check stops after the same batch as one by one would (the batches after it in the same
     round are wasted work, the price of the parallelism)."""
     limit = min(len(poses), config.max_evaluated)
+    if config.device is not None:
+        found = _evaluate_on_device(poses[:limit], scene, gripper, config) if limit else []
+        found.sort(key=lambda item: -item[2])
+        return found
     starts = list(range(0, limit, config.batch_size))
 
     def check(start: int) -> list[tuple[np.ndarray, float, float]]:
@@ -242,7 +247,7 @@ def _evaluate_batch(
     keep = closing["ok"] & (closing["contact_cos"] >= np.cos(np.radians(config.friction_cone_deg)))
     shift, width = closing["shift"][keep], closing["width"][keep]
     open_width = closing["open_width"][keep]
-    antipodal = scoring.antipodal_score(closing["contact_mean_cos"][keep], config)
+    contact_mean_cos = closing["contact_mean_cos"][keep]
     poses, local = poses[keep].copy(), local[keep]
     if not len(poses):
         return []
@@ -256,8 +261,8 @@ def _evaluate_batch(
     if len(hanging):
         section_cos = filters.section_plane_cos(local[hanging], width[hanging], gripper, config)
         flat[hanging] = section_cos >= np.cos(np.radians(config.hanging_alignment_deg))
-    poses, local, width, open_width, antipodal = (
-        poses[flat], local[flat], width[flat], open_width[flat], antipodal[flat]
+    poses, local, width, open_width, contact_mean_cos = (
+        poses[flat], local[flat], width[flat], open_width[flat], contact_mean_cos[flat]
     )
     if not len(poses):
         return []
@@ -272,17 +277,51 @@ def _evaluate_batch(
         approach_width[wide[ok]] = open_width[wide[ok]]
     if not free.any():
         return []
-    clearance = np.minimum(clearance, above)[free]
-    poses, width, approach_width, antipodal = poses[free], width[free], approach_width[free], antipodal[free]
+    return _ranked(poses[free], width[free], approach_width[free], np.minimum(clearance, above)[free],
+                   contact_mean_cos[free], scene, gripper, config)
+
+
+def _ranked(
+    poses: np.ndarray, width: np.ndarray, approach_width: np.ndarray, clearance: np.ndarray,
+    contact_mean_cos: np.ndarray, scene: _Scene, gripper: GripperConfig, config: GraspPlannerConfig,
+) -> list[tuple[np.ndarray, float, float]]:
+    """(world_from_grasp, approach opening, quality) of feasible grasps, in their order."""
     top_down, toward = scoring.approach_terms(poses, scene.up, scene.reach_dir)
     sat = config.clearance_saturation_m
     # the spare-opening term judges the opening the grasp needs (the room a misjudged width has)
-    q = scoring.quality(antipodal, scoring.centring(poses, scene.centre, scene.radius), top_down, toward,
+    q = scoring.quality(scoring.antipodal_score(contact_mean_cos, config),
+                        scoring.centring(poses, scene.centre, scene.radius), top_down, toward,
                         np.clip(clearance / sat, 0.0, 1.0), config, scene.reach_dir is not None,
                         scoring.spare_opening(width, gripper.max_opening_m, config),
                         scoring.approach_room(width, approach_width, config))
-    width = approach_width
-    return list(zip(poses, width, q))
+    return list(zip(poses, approach_width, q))
+
+
+def _evaluate_on_device(
+    poses: np.ndarray, scene: _Scene, gripper: GripperConfig, config: GraspPlannerConfig
+) -> list[tuple[np.ndarray, float, float]]:
+    """`_evaluate`'s found grasps (before sorting), checked on `config.device`: every candidate at
+    once, then cut after the batch of `batch_size` at which the host path stops."""
+    device = torch.device(config.device)
+    on = device_filters.DeviceScene(
+        points=device_filters.to_device(scene.points, device), normals=device_filters.to_device(scene.normals, device),
+        obstacles=device_filters.to_device(scene.obstacles.reshape(-1, 3), device),
+        centre=device_filters.to_device(scene.centre, device), up=device_filters.to_device(scene.up, device),
+        support_h=float(scene.support_h), floor_m=float(scene.floor_m))
+    candidates = device_filters.to_device(poses, device)
+    packed = []
+    for start in range(0, len(poses), config.device_chunk):
+        c = device_filters.check_candidates(candidates[start:start + config.device_chunk], on, gripper, config)
+        packed.append(torch.cat([c.feasible[:, None].to(c.width.dtype), c.width[:, None], c.approach_width[:, None],
+                                 c.clearance[:, None], c.contact_mean_cos[:, None], c.poses.reshape(-1, 16)], dim=1))
+    host = torch.cat(packed).cpu().numpy()                                   # one copy back
+    feasible = np.flatnonzero(host[:, 0] > 0.5)
+    per_batch = np.cumsum(np.bincount(feasible // config.batch_size, minlength=-(-len(poses) // config.batch_size)))
+    enough = np.flatnonzero(per_batch >= config.enough_feasible)
+    if len(enough):
+        feasible = feasible[feasible // config.batch_size <= enough[0]]
+    rows = host[feasible]
+    return _ranked(rows[:, 5:].reshape(-1, 4, 4), rows[:, 1], rows[:, 2], rows[:, 3], rows[:, 4], scene, gripper, config)
 
 
 def _clear_at(

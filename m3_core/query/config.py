@@ -15,6 +15,7 @@ Hence relevance >= 0.80 and cosine >= 0.50.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 from m3_core.query.phrases import COLOUR_WORDS
@@ -169,6 +170,11 @@ class QueryConfig:
     planner_workers: int = 2
     """Threads the grasp planner checks its candidate batches on (1: the query's own thread; 0: one
     per CPU core; see GraspPlannerConfig.workers). The grasps are the same for any number."""
+    planner_device: str = "auto"
+    """Where the grasp planner checks its candidates: "host" (numpy, batch by batch, on
+    `planner_workers` threads), "auto" (the memory's device when it is a GPU, else the host) or a
+    torch device name ("cuda:0"). The grasps are the same up to rounding (see
+    GraspPlannerConfig.device)."""
     require_grasp: bool = True
     """True: a candidate on which the grasp planner (m3_core.grasp.planner) finds no feasible
     grasp is not the answer. The top-down fallback used without the planner never refuses."""
@@ -180,6 +186,9 @@ class QueryConfig:
         self._check_dense()
         if self.planner_workers < 0:
             raise ValueError(f"planner_workers must be >= 0, got {self.planner_workers}")
+        if not re.fullmatch(r"auto|host|cpu|cuda(:\d+)?", self.planner_device):
+            raise ValueError(f"planner_device must be 'auto', 'host', 'cpu', 'cuda' or 'cuda:N', "
+                             f"got {self.planner_device!r}")
 
     def _check_modes(self) -> None:
         if self.threshold_mode not in ("fixed", "otsu"):

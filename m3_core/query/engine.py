@@ -452,8 +452,18 @@ class QueryEngine:
         world_from_armbase: np.ndarray | None,
     ) -> list[Grasp]:
         obj, scene = self._scene_points(enc, points, rendered)
-        planner = replace(MEMORY_PLANNER, workers=enc.config.planner_workers)
+        planner = replace(MEMORY_PLANNER, workers=enc.config.planner_workers,
+                          device=self._planner_device(enc.config.planner_device))
         return plan_grasps(obj, scene, self.robot.gripper, self.robot.arm, world_from_armbase, planner)
+
+    def _planner_device(self, choice: str) -> str | None:
+        """GraspPlannerConfig.device for QueryConfig.planner_device (None: numpy on the host)."""
+        if choice == "host":
+            return None
+        if choice == "auto":
+            device = torch.device(self.device)
+            return str(device) if device.type == "cuda" else None
+        return choice
 
     def dense_object(self, config: QueryConfig, instance: Instance) -> np.ndarray:
         """[N,3] the memory's depth on a 3D instance's surface (m3_core.query.dense): rendered from
